@@ -1,0 +1,140 @@
+"""GenEval's rules, applied to the pixel detector's output, plus GenEval++'s region and size rules.
+
+`geneval` mode follows GenEval's evaluate(): an include asks for AT LEAST `count` objects of its class and
+checks colour and position on the first `count` of them; exact counts come only through `exclude`. `strict`
+mode asks for exactly `count` of every included class (summed over includes of the same class) and checks
+colour, position, region and size on all of them.
+
+Every failure is recorded with a `kind` (count, color, position, region, size, exclude) next to GenEval's
+human-readable reason, so tests and reports can tell why an image failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gvu.world.detect import Detection, Detections, detect
+from gvu.world.spec import COLORS, IMAGE_SIZE
+
+POSITION_THRESHOLD = 0.1  # GenEval's value
+MODES = ("geneval", "strict")
+
+
+@dataclass
+class Verdict:
+    correct: bool
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (kind, reason)
+
+    @property
+    def reason(self) -> str:
+        return "\n".join(r for _, r in self.failures)
+
+    @property
+    def kinds(self) -> set[str]:
+        return {k for k, _ in self.failures}
+
+
+def relative_position(a: Detection, b: Detection, threshold: float = POSITION_THRESHOLD) -> set[str]:
+    """Position of A relative to B as GenEval computes it: centre offset, shrunk by the box sizes."""
+    boxes = np.array([a.box, b.box], dtype=float).reshape(2, 2, 2)
+    center_a, center_b = boxes.mean(axis=-2)
+    dim_a, dim_b = np.abs(np.diff(boxes, axis=-2))[..., 0, :]
+    offset = center_a - center_b
+    revised = np.maximum(np.abs(offset) - threshold * (dim_a + dim_b), 0) * np.sign(offset)
+    if np.all(np.abs(revised) < 1e-3):
+        return set()
+    dx, dy = revised / np.linalg.norm(offset)
+    rels = set()
+    if dx < -0.5:
+        rels.add("left of")
+    if dx > 0.5:
+        rels.add("right of")
+    if dy < -0.5:
+        rels.add("above")
+    if dy > 0.5:
+        rels.add("below")
+    return rels
+
+
+def in_region(d: Detection, region: str, size: int = IMAGE_SIZE) -> bool:
+    """GenEval++'s region: the object's centre lies in the named half of the image (y grows downward)."""
+    cx, cy = d.center
+    half = size / 2
+    return {"left": cx < half, "right": cx > half, "above": cy < half, "below": cy > half}[region]
+
+
+def evaluate(dets: Detections, row: dict, mode: str = "geneval") -> Verdict:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+    strict = mode == "strict"
+    objects = dets.objects
+    v = Verdict(True)
+
+    def fail(kind: str, reason: str):
+        v.correct = False
+        v.failures.append((kind, reason))
+
+    expected_total: dict[str, int] = {}
+    for req in row["include"]:
+        expected_total[req["class"]] = expected_total.get(req["class"], 0) + req["count"]
+
+    groups: list[list[Detection] | None] = []
+    for req in row["include"]:
+        cls, count = req["class"], req["count"]
+        have = objects.get(cls, [])
+        matched = True
+        if strict and len(have) != expected_total[cls]:
+            matched = False
+            fail("count", f"expected {cls}=={expected_total[cls]}, found {len(have)}")
+        elif len(have) < count:
+            matched = False
+            fail("count", f"expected {cls}>={count}, found {len(have)}")
+        found = have if strict else have[:count]
+        if matched and "color" in req:
+            colors = [d.color for d in found]
+            if colors.count(req["color"]) < count:
+                matched = False
+                fail("color", f"expected {req['color']} {cls}>={count}, found {colors.count(req['color'])} "
+                              f"{req['color']}; and " + ", ".join(f"{colors.count(c)} {c}" for c in COLORS
+                                                                 if c in colors))
+        if matched and "position" in req:
+            rel, target = req["position"]
+            if groups[target] is None:
+                matched = False
+                fail("position", f"no target for {cls} to be {rel}")
+            else:
+                for obj in found:
+                    bad = next((relative_position(obj, t) for t in groups[target]
+                                if rel not in relative_position(obj, t)), None)
+                    if bad is not None:
+                        matched = False
+                        fail("position", f"expected {cls} {rel} target, found {' and '.join(sorted(bad)) or 'no relation to'} target")
+                        break
+        if matched and "region" in req:
+            outside = [d for d in found if not in_region(d, req["region"])]
+            if outside:
+                matched = False
+                fail("region", f"expected {cls} in the {req['region']} half, found {len(outside)} outside it")
+        groups.append(found if matched else None)
+
+    # GenEval++'s size: every object of a "larger" include is larger (by area) than every "smaller" one.
+    larger = [g for req, g in zip(row["include"], groups) if req.get("size") == "larger" and g]
+    smaller = [g for req, g in zip(row["include"], groups) if req.get("size") == "smaller" and g]
+    for gl in larger:
+        for gs in smaller:
+            if min(d.area for d in gl) <= max(d.area for d in gs):
+                fail("size", f"expected {gl[0].cls} larger than {gs[0].cls}, found areas "
+                             f"{min(d.area for d in gl)} <= {max(d.area for d in gs)}")
+
+    for req in row.get("exclude", []):
+        cls = req["class"]
+        if len(objects.get(cls, [])) >= req["count"]:
+            fail("exclude", f"expected {cls}<{req['count']}, found {len(objects[cls])}")
+    return v
+
+
+def judge_image(pixels: np.ndarray, row: dict, mode: str = "geneval") -> tuple[Verdict, Detections]:
+    dets = detect(pixels)
+    return evaluate(dets, row, mode), dets
