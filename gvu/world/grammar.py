@@ -157,7 +157,11 @@ class _Parser:
         else:
             count = None
         size = next((s for s in spec.SIZE_WORDS if self.take((s,))), None)
-        color = next((c for c in self.lex.colors if self.take((c,))), None)
+        # A colour word is a colour only when an object name follows: COCO has a class "orange" ("an orange").
+        color = next((c for c in self.lex.colors if self.peek((c,)) and any(
+            tuple(self.w[self.i + 1:self.i + 1 + len(seq)]) == seq for seq, _ in self.nouns)), None)
+        if color:
+            self.i += 1
         for seq, (cls, number) in self.nouns:
             if self.take(seq):
                 break

@@ -1,0 +1,143 @@
+"""The `gvu` command line: parse arguments, call library functions, print. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _rows_from(source: str, world: str = "shapes") -> list[dict]:
+    """A metadata file, or the name of a built-in prompt set."""
+    from gvu.bench import prompts
+
+    builders = {"geneval": prompts.build_geneval, "genevalpp": prompts.build_genevalpp}
+    if source in builders:
+        return builders[source](world)
+    from gvu.bench.metadata import read_metadata
+
+    return read_metadata(source)
+
+
+def cmd_prompts(a: argparse.Namespace) -> None:
+    from gvu.bench import prompts
+    from gvu.bench.metadata import write_metadata, write_prompts
+
+    if a.set == "geneval":
+        rows = prompts.build_geneval(a.world, seed=43 if a.seed is None else a.seed, n=a.n or 100)
+    elif a.set == "genevalpp":
+        rows = prompts.build_genevalpp(a.world, seed=0 if a.seed is None else a.seed, n=a.n or 40)
+    else:
+        rows = prompts.build_train(a.world, seed=0 if a.seed is None else a.seed, n=a.n or 50_000)
+    out = Path(a.out)
+    write_metadata(out / "evaluation_metadata.jsonl", rows)
+    write_prompts(out / "generation_prompts.txt", rows)
+    print(f"wrote {len(rows)} prompts to {out}/evaluation_metadata.jsonl and generation_prompts.txt")
+
+
+def cmd_world_render(a: argparse.Namespace) -> None:
+    from gvu.bench.groundtruth import render_ground_truth
+    from gvu.bench.metadata import read_metadata
+
+    rows = read_metadata(a.metadata)
+    render_ground_truth(rows, a.outdir, per_prompt=a.per_prompt, seed=a.seed)
+    print(f"rendered {len(rows)} prompts x {a.per_prompt} images to {a.outdir}")
+
+
+def cmd_judge(a: argparse.Namespace) -> None:
+    from gvu.bench.judging import format_summary, judge_folder, write_results
+
+    results, summary = judge_folder(a.dir, mode="strict" if a.strict else "geneval")
+    if a.out:
+        write_results(a.out, results)
+    print(format_summary(summary, f"{a.dir} ({'strict' if a.strict else 'geneval'} mode, {len(results)} images)"))
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from gvu.models.pretrain import PretrainConfig, pretrain
+
+    kw = {k: getattr(a, k) for k in ("steps", "batch_size", "learning_rate", "gen_fraction", "num_scenes",
+                                      "threads") if getattr(a, k) is not None}
+    cfg = PretrainConfig(preset=a.preset, size=a.size, seed=a.seed, **kw)
+    model = pretrain(cfg, a.out)
+    print(f"wrote a {cfg.preset} base ({model.num_parameters():,} parameters, size {cfg.size}) to {a.out}")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from gvu.bench.evaluate import evaluate_model
+
+    summary = evaluate_model(a.model, a.benchmark, per_prompt=a.per_prompt, seed=a.seed, out=a.out,
+                             guidance=a.guidance)
+    print(summary["table"])
+    if a.out:
+        print(f"wrote {Path(a.out) / 'summary.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gvu", description="Learning to Generate via Understanding (GvU).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prompts", help="build a prompt set in GenEval's metadata format")
+    s.add_argument("set", choices=["geneval", "genevalpp", "train"])
+    s.add_argument("--world", choices=["shapes", "coco"], default="shapes")
+    s.add_argument("--seed", type=int, default=None, help="default: 43 for geneval (GenEval's own), 0 otherwise")
+    s.add_argument("-n", type=int, default=None,
+                   help="geneval: prompts per task (100); genevalpp: per tag (40); train: total (50000)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=cmd_prompts)
+
+    w = sub.add_parser("world", help="the shapes world")
+    wsub = w.add_subparsers(dest="world_command", required=True)
+    r = wsub.add_parser("render", help="render ground-truth scenes of a metadata file in GenEval's layout")
+    r.add_argument("--metadata", required=True)
+    r.add_argument("--outdir", required=True)
+    r.add_argument("--per-prompt", type=int, default=4)
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_world_render)
+
+    j = sub.add_parser("judge", help="judge a GenEval-layout folder of shapes-world images exactly")
+    j.add_argument("dir")
+    j.add_argument("--strict", action="store_true", help="exact counts for every include")
+    j.add_argument("--out", help="write GenEval-style results.jsonl here")
+    j.set_defaults(func=cmd_judge)
+
+    pt = sub.add_parser("pretrain", help="pretrain the built-in unified model from scratch")
+    pt.add_argument("--preset", choices=["regular", "weak"], default="regular")
+    pt.add_argument("--size", choices=["default", "tiny"], default="default")
+    pt.add_argument("--out", required=True, help="model folder (rerun the same command to resume)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--steps", type=int)
+    pt.add_argument("--batch-size", dest="batch_size", type=int)
+    pt.add_argument("--learning-rate", dest="learning_rate", type=float)
+    pt.add_argument("--gen-fraction", dest="gen_fraction", type=float)
+    pt.add_argument("--num-scenes", dest="num_scenes", type=int)
+    pt.add_argument("--threads", type=int)
+    pt.set_defaults(func=cmd_pretrain)
+
+    ev = sub.add_parser("eval", help="generate for a benchmark, judge, and summarise")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--benchmark", default="all", help="geneval | genevalpp | understanding | all | FILE.jsonl")
+    ev.add_argument("--per-prompt", dest="per_prompt", type=int, default=4)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    ev.add_argument("--out", help="folder for images (GenEval layout), results and summary.json")
+    ev.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:  # bad input: say what and where, no traceback
+        print(f"gvu {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
