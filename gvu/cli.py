@@ -74,6 +74,27 @@ def cmd_eval(a: argparse.Namespace) -> None:
         print(f"wrote {Path(a.out) / 'summary.json'}")
 
 
+def cmd_train(a: argparse.Namespace) -> None:
+    from gvu.rl.config import load_config, parse_overrides
+    from gvu.rl.trainer import Trainer
+
+    if a.resume:
+        import yaml
+
+        from gvu.rl.checkpoint import STATE, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(a.resume)
+        saved = yaml.safe_load((ckpt / STATE).read_text())["config"]
+        saved.update(parse_overrides(a.overrides))  # e.g. max_steps=... to train further
+        cfg = load_config(None, saved)
+    else:
+        if not a.config:
+            raise ValueError("give --config FILE (see configs/) or --resume DIR")
+        cfg = load_config(a.config, a.overrides)
+    final = Trainer(cfg, resume=ckpt if a.resume else None).train()
+    print(f"wrote the trained policy to {final}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gvu", description="Learning to Generate via Understanding (GvU).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -123,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     ev.add_argument("--out", help="folder for images (GenEval layout), results and summary.json")
     ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("train", help="GvU: self-supervised GRPO with the model's own understanding as reward")
+    tr.add_argument("--config", help="YAML config (configs/tiny.yaml, configs/default.yaml)")
+    tr.add_argument("--resume", help="a checkpoint folder, or a training output folder (its latest checkpoint)")
+    tr.add_argument("overrides", nargs="*", help="key=value config overrides")
+    tr.set_defaults(func=cmd_train)
     return p
 
 

@@ -1,0 +1,70 @@
+"""Resumable training checkpoints, written atomically.
+
+A checkpoint folder holds the trainable weights (all of them, or only the LoRA adapters), the optimizer and
+scheduler states, every random state the loop draws from (the sampling and minibatch generators and torch's
+global RNG), the step and the data position, and the config. It is written into a temporary sibling folder
+and renamed, so an interrupted save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+STATE = "trainer_state.json"
+_NAME = re.compile(r"checkpoint-(\d+)$")
+
+
+def trainable_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in lm.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in lm.state_dict().items() if k in names}
+
+
+def save_checkpoint(output_dir: Path, step: int, lm: torch.nn.Module, optimizer, scheduler, rng: dict,
+                    state: dict, keep: int = 2) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / f"checkpoint-{step}"
+    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".checkpoint-tmp-"))
+    try:
+        torch.save(trainable_state(lm), tmp / "trainable.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=1) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*") if (m := _NAME.search(p.name))
+             and (p / STATE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a training output folder (its latest checkpoint)."""
+    p = Path(path)
+    if (p / STATE).is_file():
+        return p
+    ckpts = list_checkpoints(p) if p.is_dir() else []
+    if not ckpts:
+        raise FileNotFoundError(f"{p} holds no checkpoint (expected {STATE} in it, or checkpoint-N folders)")
+    return ckpts[-1]
+
+
+def load_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
+    """(trainable weights, optimizer+scheduler states, rng states, trainer state)."""
+    return (torch.load(ckpt / "trainable.pt", weights_only=True), torch.load(ckpt / "optim.pt", weights_only=False),
+            torch.load(ckpt / "rng.pt", weights_only=False), json.loads((ckpt / STATE).read_text()))

@@ -1,0 +1,202 @@
+"""The GvU training configuration: one dataclass, TRL's names where the concept is the same, mirrored by YAML.
+
+`load_config(path, overrides)` reads a YAML file, applies `key=value` overrides (values parsed as YAML), and
+rejects unknown keys with the list of known ones. Validation lives in __post_init__ and says how to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gvu.rl.grpo import LOSS_AGGREGATIONS, SCALE_REWARDS
+
+REWARDS = ("intrinsic", "oracle_binary", "oracle_strict", "oracle_partial")
+
+
+@dataclass
+class TrainConfig:
+    # ------------------------------------------------------------------ what to train, on what, where
+    model: str = ""
+    """The starting policy: a folder written by `gvu pretrain` (or `gvu train`'s `final/`)."""
+    output_dir: str = "runs/train"
+    """Where the log, checkpoints, evaluation grids and `final/` go."""
+    prompts: str = "train"
+    """A GenEval-format metadata file, or 'train' (built-in shapes-world training set, no test overlap)."""
+    num_prompts: int = 50_000
+    """Size of the built-in training set when `prompts` is 'train'."""
+    max_steps: int = 200
+    """Training steps (one rollout each)."""
+    seed: int = 0
+    """Seeds prompt order, sampling and initialisation of adapters."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+    # ------------------------------------------------------------------ rollout
+    prompts_per_step: int = 16
+    """Prompts per step; each gets `num_generations` images."""
+    num_generations: int = 8
+    """Group size G (the published run uses 2)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_k: int = 0
+    """Top-k filter (0: off)."""
+    top_p: float = 1.0
+    """Nucleus filter (1.0: off)."""
+    min_p: float = 0.0
+    """Min-p filter (0.0: off; the published run uses 0.03)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance in the rollout (1.0: off; the published run uses none)."""
+
+    # ------------------------------------------------------------------ reward
+    reward: str = "intrinsic"
+    """'intrinsic' (GvU) or an oracle from the exact judge: 'oracle_binary', 'oracle_strict', 'oracle_partial'."""
+    reward_variant: str = "geomean"
+    """Intrinsic reward variant: 'geomean' (the paper), 'content', 'contrastive'."""
+    reward_scorer: str = "policy"
+    """Who scores the intrinsic reward: the current 'policy' or the frozen 'reference'."""
+    reward_image_path: str = "tokens"
+    """'tokens' (read the generated codes) or 'pixels' (decode, re-encode, as the published code does)."""
+    instruction: str = "Describe the image in detail."
+    """Understanding instruction placed after the image."""
+    scale_rewards: str = "group"
+    """Advantage scaling: 'group' std (GRPO), 'batch' std, or 'none' (Dr. GRPO)."""
+
+    # ------------------------------------------------------------------ policy update
+    learning_rate: float = 3e-4
+    """Peak learning rate (the published LoRA run on a 7B model uses 1e-6)."""
+    lr_scheduler_type: str = "constant"
+    """'constant', 'linear' or 'cosine' decay after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up, in optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0: off)."""
+    beta: float = 0.02
+    """KL weight against the reference policy (k3 estimator); 0 loads no reference unless the scorer needs it."""
+    epsilon: float = 0.2
+    """Lower clipping range: ratios below 1 - epsilon are clipped."""
+    epsilon_high: float | None = None
+    """Upper clipping range (None: same as epsilon; DAPO uses a larger one)."""
+    loss_type: str = "grpo"
+    """Loss aggregation: 'grpo', 'bnpo', 'dr_grpo', 'dapo' (see gvu.rl.grpo)."""
+    num_iterations: int = 2
+    """Passes over each rollout (1: the published setting, where the ratio is always 1)."""
+    minibatch_size: int = 64
+    """Rows (images) per optimizer step; must divide prompts_per_step * num_generations."""
+    old_logp_source: str = "sampler"
+    """Old log-probs: recorded by the 'sampler', or a teacher-forced 'replay' before the update."""
+
+    # ------------------------------------------------------------------ parameters
+    use_lora: bool = False
+    """Train LoRA adapters (PEFT) instead of all weights; the reference is then the adapter disabled."""
+    lora_r: int = 8
+    """LoRA rank (published: 8)."""
+    lora_alpha: int = 32
+    """LoRA alpha (published: 32)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout; keep 0 so the update's log-probs match the sampler's."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"])
+    """Modules that get adapters."""
+
+    # ------------------------------------------------------------------ evaluation, logging, checkpoints
+    eval_steps: int = 50
+    """Evaluate every this many steps (and at the start and end); 0: never."""
+    eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "understanding"])
+    """Held-out benchmarks evaluated during training."""
+    eval_per_prompt: int = 2
+    """Images per prompt in evaluation."""
+    eval_limit: int = 0
+    """Use only the first N prompts of each benchmark (0: all); for quick runs."""
+    eval_seed: int = 1234
+    """Fixed evaluation seed: every evaluation draws with the same generators."""
+    logging_steps: int = 1
+    """Write a log line every this many steps."""
+    save_steps: int = 50
+    """Write a resumable checkpoint every this many steps (0: only at the end and on Ctrl-C)."""
+    save_total_limit: int = 2
+    """Keep at most this many step checkpoints."""
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(msg)
+
+        need(self.num_generations >= 2, f"num_generations must be >= 2 (got {self.num_generations}): group-relative "
+             "advantages need at least two images per prompt")
+        need(self.prompts_per_step >= 1, "prompts_per_step must be >= 1")
+        rows = self.prompts_per_step * self.num_generations
+        need(self.minibatch_size >= 1 and rows % self.minibatch_size == 0,
+             f"minibatch_size ({self.minibatch_size}) must divide prompts_per_step * num_generations ({rows}); "
+             f"try {rows} or a divisor of it")
+        need(self.max_steps >= 1, "max_steps must be >= 1")
+        need(self.num_iterations >= 1, "num_iterations must be >= 1")
+        need(self.reward in REWARDS, f"reward must be one of {REWARDS}, got {self.reward!r}")
+        need(self.scale_rewards in SCALE_REWARDS, f"scale_rewards must be one of {SCALE_REWARDS}")
+        need(self.loss_type in LOSS_AGGREGATIONS, f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}")
+        need(self.old_logp_source in ("sampler", "replay"), "old_logp_source must be 'sampler' or 'replay'")
+        need(self.lr_scheduler_type in ("constant", "linear", "cosine"),
+             "lr_scheduler_type must be 'constant', 'linear' or 'cosine'")
+        need(self.learning_rate > 0, "learning_rate must be > 0")
+        need(self.beta >= 0, "beta must be >= 0 (0 turns the KL term off)")
+        need(0 < self.epsilon < 1, f"epsilon must be in (0, 1), got {self.epsilon}")
+        need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high must be > 0 or null")
+        from gvu.reward import RewardConfig  # validates variant, scorer and image path with its own messages
+        RewardConfig(instruction=self.instruction, variant=self.reward_variant, scorer=self.reward_scorer,
+                     image_path=self.reward_image_path)
+        unknown = set(self.eval_benchmarks) - {"geneval", "genevalpp", "understanding"}
+        need(not unknown, f"unknown eval_benchmarks {sorted(unknown)}; use geneval, genevalpp, understanding")
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+    def needs_reference(self) -> bool:
+        return self.beta > 0 or (self.reward == "intrinsic" and self.reward_scorer == "reference")
+
+
+KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _check_keys(d: dict, where: str):
+    unknown = [k for k in d if k not in KNOWN_KEYS]
+    if unknown:
+        raise ValueError(f"{where}: unknown config key(s) {unknown}; known keys: {', '.join(KNOWN_KEYS)}")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    _check_keys(out, "command line")
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    data: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+        _check_keys(data, str(path))
+    data.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
+    try:
+        return TrainConfig(**data)
+    except TypeError as err:
+        raise ValueError(f"bad config: {err}") from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

@@ -1,0 +1,332 @@
+"""The GvU loop: prompts -> the policy's own images -> its own reward -> GRPO update.
+
+One step: sample `num_generations` images for each of `prompts_per_step` prompts (recording the sampler's
+log-probs), decode, score (the intrinsic reward, or an oracle), turn rewards into group-relative
+advantages, then `num_iterations` passes over the rollout in minibatches of `minibatch_size` images, each an
+optimizer step. Because the old log-probs are fixed at sampling time, the ratio moves after the first
+minibatch step and clipping really acts when num_iterations > 1 (in the published code, one update per
+rollout, the ratio is always 1).
+
+Every step also judges its own images with the exact evaluator (shapes world) and logs the ROC AUC of the
+intrinsic reward against correctness: a falling AUC while the reward rises is the reward-hacking alarm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gvu.models.protocol import SamplingConfig
+from gvu.reward import RewardConfig, intrinsic_reward, oracle_reward_function
+from gvu.rl import checkpoint as ckpt
+from gvu.rl.config import TrainConfig, dump_config
+from gvu.rl.grpo import group_advantages, grpo_loss
+
+
+def auc(scores, labels) -> float | None:
+    """ROC AUC (Mann-Whitney, ties count half); None when only one class is present."""
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def load_prompt_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
+    """The training prompts, each checked against the model's vocabulary before any compute."""
+    if cfg.prompts == "train":
+        from gvu.bench.prompts import build_train
+
+        rows, where = build_train("shapes", seed=cfg.seed, n=cfg.num_prompts), "built-in training set"
+    else:
+        from gvu.bench.metadata import read_metadata
+
+        rows, where = read_metadata(cfg.prompts), cfg.prompts
+    for line, row in enumerate(rows, start=1):
+        try:
+            tokenizer.encode(row["prompt"])
+        except ValueError as err:
+            raise ValueError(f"{where}:{line}: {err}; the model can only read prompts in its vocabulary") from None
+    return rows
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None):
+        from gvu.models.load import load_model
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.policy = load_model(cfg.model)
+        self.rows = load_prompt_rows(cfg, self.policy.tokenizer)
+        self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                       min_p=cfg.min_p, guidance=cfg.guidance_scale)
+        self.reward_cfg = RewardConfig(instruction=cfg.instruction, variant=cfg.reward_variant,
+                                       scorer=cfg.reward_scorer, image_path=cfg.reward_image_path)
+        self.reference = None
+        if cfg.use_lora:
+            from peft import LoraConfig, get_peft_model
+
+            self.policy.lm = get_peft_model(self.policy.lm, LoraConfig(
+                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_target_modules), bias="none"))
+        elif cfg.needs_reference():
+            self.reference = copy.deepcopy(self.policy)
+            for p in self.reference.lm.parameters():
+                p.requires_grad_(False)
+        self.params = [p for p in self.policy.lm.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda())
+        self.sample_gen = torch.Generator().manual_seed(cfg.seed)
+        self.update_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.step = 0
+        self.data_pos = 0
+        self.oracle = oracle_reward_function(cfg.reward.removeprefix("oracle_")) if cfg.reward != "intrinsic" else None
+        self._eval_sets: dict = {}
+        if resume is not None:
+            self._resume(resume)
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    def _lr_lambda(self):
+        cfg = self.cfg
+        total = cfg.max_steps * cfg.num_iterations * (cfg.rows_per_step // cfg.minibatch_size)
+
+        def f(k: int) -> float:
+            if k < cfg.warmup_steps:
+                return (k + 1) / cfg.warmup_steps
+            t = min(1.0, (k - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+            return {"constant": 1.0, "linear": 1.0 - t, "cosine": 0.5 * (1 + math.cos(math.pi * t))}[
+                cfg.lr_scheduler_type]
+        return f
+
+    @contextlib.contextmanager
+    def reference_model(self):
+        """The frozen reference: a copy, or the policy with its LoRA adapter disabled."""
+        if self.cfg.use_lora:
+            with self.policy.lm.disable_adapter():
+                yield self.policy
+        else:
+            if self.reference is None:
+                raise RuntimeError("no reference model loaded (beta = 0 and the policy scores the reward)")
+            yield self.reference
+
+    def next_rows(self) -> list[dict]:
+        """The next prompts in a per-epoch shuffled order; the data position is all the state there is."""
+        out = []
+        n = len(self.rows)
+        for _ in range(self.cfg.prompts_per_step):
+            epoch, i = divmod(self.data_pos, n)
+            order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+            out.append(self.rows[order[i]])
+            self.data_pos += 1
+        return out
+
+    def _rng_state(self) -> dict:
+        return {"sample": self.sample_gen.get_state(), "update": self.update_gen.get_state(),
+                "torch": torch.get_rng_state()}
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(self.out, self.step, self.policy.lm, self.opt, self.sched, self._rng_state(),
+                                    {"data_pos": self.data_pos, "config": dataclasses.asdict(self.cfg)},
+                                    keep=self.cfg.save_total_limit)
+
+    def _resume(self, path):
+        c = ckpt.resolve_checkpoint(path)
+        weights, optim, rng, state = ckpt.load_checkpoint(c)
+        missing = set(ckpt.trainable_state(self.policy.lm)) ^ set(weights)
+        if missing:
+            raise ValueError(f"{c} does not match this model/config (parameters differ: {sorted(missing)[:3]}...)")
+        self.policy.lm.load_state_dict(weights, strict=False)
+        self.opt.load_state_dict(optim["optimizer"])
+        self.sched.load_state_dict(optim["scheduler"])
+        self.sample_gen.set_state(rng["sample"])
+        self.update_gen.set_state(rng["update"])
+        torch.set_rng_state(rng["torch"])
+        self.step, self.data_pos = state["step"], state["data_pos"]
+
+    # ------------------------------------------------------------------------------------------ one step
+
+    def score(self, tokens_NT, pixels, row_prompts, row_meta) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward used for training, intrinsic reward for logging)."""
+        scorer_ctx = self.reference_model() if self.cfg.reward_scorer == "reference" else contextlib.nullcontext(self.policy)
+        with scorer_ctx as scorer:
+            intrinsic = intrinsic_reward(scorer, tokens_NT, row_prompts, self.reward_cfg, rows=row_meta,
+                                         rng=np.random.default_rng([self.cfg.seed, self.step])).reward_N
+        if self.oracle is None:
+            return intrinsic, intrinsic
+        return torch.tensor(self.oracle(row_prompts, pixels, rows=row_meta), dtype=torch.float32), intrinsic
+
+    def train_step(self) -> dict:
+        from gvu.world.judge import judge_image
+
+        cfg, G = self.cfg, self.cfg.num_generations
+        times: dict[str, float] = {}
+        t_step = t = time.perf_counter()
+        rows = self.next_rows()
+        rollout = self.policy.sample([r["prompt"] for r in rows], G, self.sampling, self.sample_gen)
+        tokens_NT = rollout.image_tokens_NT
+        row_prompts = rollout.row_prompts()
+        row_meta = [rows[i] for i in rollout.prompt_index_N.tolist()]
+        times["time/sample"], t = time.perf_counter() - t, time.perf_counter()
+        pixels = self.policy.decode(tokens_NT)
+        times["time/decode"], t = time.perf_counter() - t, time.perf_counter()
+        reward_N, intrinsic_N = self.score(tokens_NT, pixels, row_prompts, row_meta)
+        times["time/reward"], t = time.perf_counter() - t, time.perf_counter()
+        correct = [judge_image(px, row)[0].correct for px, row in zip(pixels, row_meta)]
+        times["time/judge"], t = time.perf_counter() - t, time.perf_counter()
+
+        adv_N, stats = group_advantages(reward_N, G, cfg.scale_rewards)
+        old_N = rollout.logp_NT
+        if cfg.old_logp_source == "replay":
+            with torch.no_grad():
+                replay = self.policy.image_logprobs(row_prompts, tokens_NT, self.sampling)
+            stats["rollout_replay_max_abs_diff"] = (replay - old_N).abs().max().item()
+            old_N = replay
+        ref_NT = None
+        if cfg.beta > 0:
+            with torch.no_grad(), self.reference_model() as ref:
+                ref_NT = ref.image_logprobs(row_prompts, tokens_NT, self.sampling)
+        N, T = tokens_NT.shape
+        agg: dict[str, list[float]] = {}
+        for _ in range(cfg.num_iterations):
+            perm = torch.randperm(N, generator=self.update_gen)
+            for s in range(0, N, cfg.minibatch_size):
+                idx = perm[s:s + cfg.minibatch_size]
+                logp = self.policy.image_logprobs([row_prompts[i] for i in idx.tolist()], tokens_NT[idx],
+                                                  self.sampling)
+                loss, st = grpo_loss(logp, old_N[idx], adv_N[idx], None if ref_NT is None else ref_NT[idx],
+                                     beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                                     loss_type=cfg.loss_type, tokens_in_batch=N * T)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                self.opt.step()
+                self.sched.step()
+                for k, v in st.items():
+                    agg.setdefault(k, []).append(v)
+        times["time/update"] = time.perf_counter() - t
+        self.step += 1
+        metrics = {"step": self.step, **stats, **{k: float(np.mean(v)) for k, v in agg.items()},
+                   "clip_ratio/region_max": max(agg["clip_ratio/region_mean"]),
+                   "entropy": -rollout.logp_NT.mean().item(),  # Monte Carlo estimate from the drawn codes
+                   "intrinsic_reward": intrinsic_N.mean().item(), "accuracy": float(np.mean(correct)),
+                   "reward_auc": auc(intrinsic_N.tolist(), correct), "learning_rate": self.sched.get_last_lr()[0],
+                   **times, "step_time": time.perf_counter() - t_step}
+        return metrics
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> dict:
+        from gvu.bench.evaluate import benchmark_rows, generate_and_judge
+        from gvu.bench.understanding import build_understanding_set, run_understanding
+
+        cfg, out = self.cfg, {}
+        grid_imgs, grid_caps, grid_ok = [], [], []
+        for name in cfg.eval_benchmarks:
+            if name == "understanding":
+                if "understanding" not in self._eval_sets:
+                    self._eval_sets["understanding"] = build_understanding_set(limit=cfg.eval_limit or None)
+                u = run_understanding(self.policy, self._eval_sets["understanding"], captions=True)
+                out["eval_understanding"] = u["overall"]
+                out["eval_caption_truthfulness"] = u["caption_truthfulness"]
+                for k, v in u["by_perturbation"].items():
+                    out[f"eval_understanding/{k}"] = v
+                continue
+            if name not in self._eval_sets:
+                rows = benchmark_rows(name)
+                self._eval_sets[name] = rows[:cfg.eval_limit] if cfg.eval_limit else rows
+
+            def keep(i, row, imgs, rs, name=name):
+                if i % max(1, len(self._eval_sets[name]) // 8) == 0 and len(grid_imgs) < 16:
+                    grid_imgs.append(imgs[0]); grid_caps.append(row["prompt"]); grid_ok.append(rs[0]["correct"])
+
+            results, summary = generate_and_judge(self.policy, self._eval_sets[name], cfg.eval_per_prompt,
+                                                  cfg.eval_seed, self.sampling, progress=False, on_images=keep)
+            out[f"eval_{name}"] = summary["overall"]
+            out[f"eval_{name}_strict"] = summary["strict_overall"]
+            for tag, v in summary["tags"].items():
+                out[f"eval_{name}/{tag}"] = v
+        if grid_imgs:
+            from gvu.analysis.plots import image_grid
+
+            (self.out / "grids").mkdir(parents=True, exist_ok=True)
+            image_grid(grid_imgs, grid_caps, grid_ok, self.out / "grids" / f"step_{self.step:05d}.png",
+                       title=f"step {self.step}")
+        return out
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def train(self, progress: bool = True) -> Path:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(dump_config(cfg))
+        log = open(self.out / "log.jsonl", "a")
+        tb = _tensorboard(self.out)
+
+        def write(m: dict):
+            log.write(json.dumps(m) + "\n")
+            log.flush()
+            if tb is not None:
+                for k, v in m.items():
+                    if isinstance(v, (int, float)) and k != "step":
+                        tb.add_scalar(k, v, m["step"])
+
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="gvu train", unit="step", disable=not progress)
+        try:
+            if cfg.eval_steps and self.step == 0:
+                write({"step": 0, **self.evaluate()})
+            while self.step < cfg.max_steps:
+                m = self.train_step()
+                if cfg.eval_steps and (self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
+                    m.update(self.evaluate())
+                if self.step % cfg.logging_steps == 0 or any(k.startswith("eval_") for k in m):
+                    write(m)
+                bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.2f}")
+                bar.update(1)
+                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+                    self.save()
+        except KeyboardInterrupt:
+            path = self.save()
+            print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}; resume with "
+                  f"`gvu train --resume {self.out}`")
+            raise
+        finally:
+            bar.close()
+            log.close()
+            if tb is not None:
+                tb.close()
+        self.save()
+        return self.save_final()
+
+    def save_final(self) -> Path:
+        from gvu.models.builtin import BuiltinUMM, save_builtin
+
+        lm = self.policy.lm
+        if self.cfg.use_lora:
+            lm = copy.deepcopy(lm).merge_and_unload()
+        final = BuiltinUMM(lm, self.policy.tokenizer, self.policy.size)
+        return save_builtin(final, self.out / "final",
+                            extra={"trained_from": self.cfg.model, "train": dataclasses.asdict(self.cfg)})
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional; the JSONL log is always written
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
