@@ -19,6 +19,13 @@ from gvu.models.protocol import SamplingConfig
 BENCHMARKS = ("geneval", "genevalpp", "understanding")
 
 
+def spread(rows: list, limit: int | None) -> list:
+    """`limit` rows spread evenly over the list (every tag keeps its share), or all of them."""
+    if not limit or limit >= len(rows):
+        return rows
+    return [rows[int(i)] for i in np.linspace(0, len(rows) - 1, limit).round()]
+
+
 def benchmark_rows(name: str) -> list[dict]:
     from gvu.bench.prompts import build_geneval, build_genevalpp
 
@@ -67,8 +74,10 @@ def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int =
 
 
 def evaluate_model(model_spec, benchmark: str = "all", per_prompt: int = 4, seed: int = 0,
-                   out: str | os.PathLike | None = None, guidance: float = 1.0, progress: bool = True) -> dict:
-    """`gvu eval`: run one benchmark, all three, or a shapes-world metadata file; write summary.json."""
+                   out: str | os.PathLike | None = None, guidance: float = 1.0, progress: bool = True,
+                   limit: int | None = None) -> dict:
+    """`gvu eval`: run one benchmark, all three, or a shapes-world metadata file; write summary.json.
+    `limit` keeps only the first prompts (images) of each benchmark, for quick runs."""
     import json
     from pathlib import Path
 
@@ -84,7 +93,9 @@ def evaluate_model(model_spec, benchmark: str = "all", per_prompt: int = 4, seed
     sampling = SamplingConfig(guidance=guidance)
     for name in names:
         if name == "understanding":
-            u = run_understanding(model)
+            from gvu.bench.understanding import build_understanding_set
+
+            u = run_understanding(model, build_understanding_set(limit=limit))
             summary["understanding"] = u
             lines.append("understanding\n  matching accuracy  {:.3f}  ({} pairs)\n".format(u["overall"], u["pairs"])
                          + "".join(f"    {k:<8} {v:.3f}\n" for k, v in u["by_perturbation"].items())
@@ -97,6 +108,7 @@ def evaluate_model(model_spec, benchmark: str = "all", per_prompt: int = 4, seed
         else:
             raise ValueError(f"unknown benchmark {name!r}; use geneval, genevalpp, understanding, all or a "
                              "shapes-world metadata FILE.jsonl")
+        rows = spread(rows, limit)
         img_dir = Path(out) / key if out else None
         results, s = generate_and_judge(model, rows, per_prompt=per_prompt, seed=seed, sampling=sampling,
                                         outdir=img_dir, progress=progress)

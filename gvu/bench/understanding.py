@@ -105,8 +105,9 @@ class UnderstandingSet:
 
 def build_understanding_set(seed: int = 0, limit: int | None = None) -> UnderstandingSet:
     rows = build_geneval("shapes") + build_genevalpp("shapes")
-    if limit is not None:
-        rows = rows[:limit]
+    from gvu.bench.evaluate import spread
+
+    rows = spread(rows, limit)
     rng = np.random.default_rng([seed, 7])
     objs = [realise(r, rng) for r in rows]
     negs = [negatives(r, o, rng) for r, o in zip(rows, objs)]

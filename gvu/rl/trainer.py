@@ -18,27 +18,22 @@ import copy
 import dataclasses
 import json
 import math
+import signal
+import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gvu.analysis.quality import auc
 from gvu.models.protocol import SamplingConfig
 from gvu.reward import RewardConfig, intrinsic_reward, oracle_reward_function
 from gvu.rl import checkpoint as ckpt
 from gvu.rl.config import TrainConfig, dump_config
 from gvu.rl.grpo import group_advantages, grpo_loss
-
-
-def auc(scores, labels) -> float | None:
-    """ROC AUC (Mann-Whitney, ties count half); None when only one class is present."""
-    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
 
 
 def load_prompt_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
@@ -51,11 +46,22 @@ def load_prompt_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
         from gvu.bench.metadata import read_metadata
 
         rows, where = read_metadata(cfg.prompts), cfg.prompts
-    for line, row in enumerate(rows, start=1):
+    if not rows:  # e.g. num_prompts=0: the data order below would divide by zero at the first step
+        raise ValueError(f"{where}: no training prompts")
+    # read_metadata skips blank lines, so row k is not file line k: name the file's own line numbers
+    lines: range | list[int] = range(1, len(rows) + 1)
+    if cfg.prompts != "train":
+        with open(cfg.prompts, encoding="utf-8") as fp:  # split exactly as read_metadata does
+            lines = [i for i, text in enumerate(fp, start=1) if text.strip()]
+    for line, row in zip(lines, rows):
         try:
             tokenizer.encode(row["prompt"])
         except ValueError as err:
             raise ValueError(f"{where}:{line}: {err}; the model can only read prompts in its vocabulary") from None
+    try:  # the instruction is read at every reward: check it before any compute too
+        tokenizer.encode(cfg.instruction)
+    except ValueError as err:
+        raise ValueError(f"instruction: {err}") from None
     return rows
 
 
@@ -94,6 +100,7 @@ class Trainer:
         self.data_pos = 0
         self.oracle = oracle_reward_function(cfg.reward.removeprefix("oracle_")) if cfg.reward != "intrinsic" else None
         self._eval_sets: dict = {}
+        self._resumed = False
         if resume is not None:
             self._resume(resume)
 
@@ -155,6 +162,7 @@ class Trainer:
         self.update_gen.set_state(rng["update"])
         torch.set_rng_state(rng["torch"])
         self.step, self.data_pos = state["step"], state["data_pos"]
+        self._resumed = True
 
     # ------------------------------------------------------------------------------------------ one step
 
@@ -230,7 +238,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ evaluation
 
     def evaluate(self) -> dict:
-        from gvu.bench.evaluate import benchmark_rows, generate_and_judge
+        from gvu.bench.evaluate import benchmark_rows, generate_and_judge, spread
         from gvu.bench.understanding import build_understanding_set, run_understanding
 
         cfg, out = self.cfg, {}
@@ -247,7 +255,7 @@ class Trainer:
                 continue
             if name not in self._eval_sets:
                 rows = benchmark_rows(name)
-                self._eval_sets[name] = rows[:cfg.eval_limit] if cfg.eval_limit else rows
+                self._eval_sets[name] = spread(rows, cfg.eval_limit)
 
             def keep(i, row, imgs, rs, name=name):
                 if i % max(1, len(self._eval_sets[name]) // 8) == 0 and len(grid_imgs) < 16:
@@ -263,8 +271,8 @@ class Trainer:
             from gvu.analysis.plots import image_grid
 
             (self.out / "grids").mkdir(parents=True, exist_ok=True)
-            image_grid(grid_imgs, grid_caps, grid_ok, self.out / "grids" / f"step_{self.step:05d}.png",
-                       title=f"step {self.step}")
+            image_grid(grid_imgs, self.out / "grids" / f"step_{self.step:05d}.png", captions=grid_caps,
+                       correct=grid_ok, title=f"step {self.step}")
         return out
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -275,6 +283,8 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(dump_config(cfg))
+        if self._resumed:
+            _drop_log_after(self.out / "log.jsonl", self.step)
         log = open(self.out / "log.jsonl", "a")
         tb = _tensorboard(self.out)
 
@@ -287,23 +297,37 @@ class Trainer:
                         tb.add_scalar(k, v, m["step"])
 
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="gvu train", unit="step", disable=not progress)
+        # A KeyboardInterrupt inside train_step leaves a half-done step (data position and generators advanced,
+        # some minibatches applied, self.step not yet counted): a checkpoint of that would not resume exactly.
+        # So the first Ctrl-C only asks the loop to stop after the current step; only a consistent state is saved.
+        consistent = True
         try:
-            if cfg.eval_steps and self.step == 0:
-                write({"step": 0, **self.evaluate()})
-            while self.step < cfg.max_steps:
-                m = self.train_step()
-                if cfg.eval_steps and (self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
-                    m.update(self.evaluate())
-                if self.step % cfg.logging_steps == 0 or any(k.startswith("eval_") for k in m):
-                    write(m)
-                bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.2f}")
-                bar.update(1)
-                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
-                    self.save()
+            with _stop_after_step() as stop:
+                if cfg.eval_steps and self.step == 0:
+                    write({"step": 0, **self.evaluate()})
+                while self.step < cfg.max_steps:
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    consistent = False
+                    m = self.train_step()
+                    if cfg.eval_steps and (self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
+                        m.update(self.evaluate())
+                    if self.step % cfg.logging_steps == 0 or any(k.startswith("eval_") for k in m):
+                        write(m)
+                    consistent = True
+                    bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.2f}")
+                    bar.update(1)
+                    if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+                        self.save()
         except KeyboardInterrupt:
-            path = self.save()
-            print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}; resume with "
-                  f"`gvu train --resume {self.out}`")
+            if consistent:
+                path = self.save()
+                print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}; resume with "
+                      f"`gvu train --resume {self.out}`", file=sys.stderr)
+            else:
+                last = ckpt.list_checkpoints(self.out)
+                print(f"\ninterrupted in the middle of a step; no checkpoint written (the state is half-updated); "
+                      + (f"the latest is {last[-1]}" if last else "there is no checkpoint yet"), file=sys.stderr)
             raise
         finally:
             bar.close()
@@ -322,6 +346,46 @@ class Trainer:
         final = BuiltinUMM(lm, self.policy.tokenizer, self.policy.size)
         return save_builtin(final, self.out / "final",
                             extra={"trained_from": self.cfg.model, "train": dataclasses.asdict(self.cfg)})
+
+
+@contextlib.contextmanager
+def _stop_after_step():
+    """While active, the first Ctrl-C (SIGINT) only sets `.requested`; a second one interrupts at once. Signals
+    reach only the main thread, so elsewhere this does nothing."""
+    stop = types.SimpleNamespace(requested=False)
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_sigint(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop now, unsaved)",
+              file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _drop_log_after(path: Path, step: int) -> None:
+    """On resume, drop log lines past the checkpoint's step (written after it by a run that then died), so the
+    resumed run does not log those steps twice; a torn last line goes too. At step 0 the only line is the initial
+    evaluation, which the resumed run writes again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            logged = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if logged < step or logged == step > 0:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    path.write_text("".join(kept))
 
 
 def _tensorboard(out: Path):

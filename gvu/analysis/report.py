@@ -1,0 +1,180 @@
+"""The demo report, built ONLY from a run's saved outputs, so any number in it can be recomputed from files.
+
+Inputs under the run folder: eval_before/summary.json, eval_after/summary.json (+ their GenEval-layout image
+folders and results.jsonl), train/log.jsonl, sensitivity/sensitivity.json (+ .png), demo.json.
+Outputs: report.json (every number), report.md, report.html (pictures inlined as base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+from gvu.bench.metadata import atomic_write_text
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _rel(before: float, after: float) -> float | None:
+    return None if before == 0 else (after - before) / before
+
+
+def compare(before: dict, after: dict) -> dict:
+    """Before/after per benchmark: overall, per tag, relative change."""
+    out = {}
+    for bench in ("geneval", "genevalpp", "file"):
+        if bench in before and bench in after:
+            b, a = before[bench], after[bench]
+            out[bench] = {
+                "overall": {"before": b["overall"], "after": a["overall"], "relative": _rel(b["overall"], a["overall"])},
+                "tags": {t: {"before": b["tags"][t], "after": a["tags"].get(t)} for t in b["tags"]},
+            }
+    if "understanding" in before and "understanding" in after:
+        b, a = before["understanding"], after["understanding"]
+        out["understanding"] = {
+            "overall": {"before": b["overall"], "after": a["overall"], "change": a["overall"] - b["overall"]},
+            "by_perturbation": {k: {"before": v, "after": a["by_perturbation"].get(k)}
+                                for k, v in b["by_perturbation"].items()},
+            "caption_truthfulness": {"before": b.get("caption_truthfulness"), "after": a.get("caption_truthfulness")},
+        }
+    return out
+
+
+def _log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _grid(run: Path, bench: str, n: int = 12) -> Path | None:
+    """Before/after grid of the same prompts and seeds (sample 0 of the first n prompts)."""
+    from gvu.analysis.plots import tile_images
+    from gvu.bench.layout import load_image
+
+    imgs, oks = [], []
+    for stage in ("eval_before", "eval_after"):
+        res = {r["filename"]: r for r in _log(run / stage / bench / "results.jsonl")}
+        row_imgs, row_ok = [], []
+        for i in range(n):
+            f = f"{i:05d}/samples/0000.png"
+            p = run / stage / bench / f
+            if not p.is_file():
+                break
+            row_imgs.append(load_image(p))
+            row_ok.append(res.get(f, {}).get("correct"))
+        imgs.append(row_imgs)
+        oks.append(row_ok)
+    k = min(len(imgs[0]), len(imgs[1]))
+    if k == 0:
+        return None
+    from PIL import Image
+
+    tile = tile_images(imgs[0][:k] + imgs[1][:k], oks[0][:k] + oks[1][:k], ncols=k)
+    path = run / f"grid_{bench}.png"
+    Image.fromarray(tile).resize((tile.shape[1] * 2, tile.shape[0] * 2), Image.NEAREST).save(path)
+    return path
+
+
+def build_report(run: str | os.PathLike) -> dict:
+    run = Path(run)
+    before, after = _load(run / "eval_before" / "summary.json"), _load(run / "eval_after" / "summary.json")
+    if before is None or after is None:
+        raise FileNotFoundError(f"{run} has no eval_before/summary.json and eval_after/summary.json")
+    log = _log(run / "train" / "log.jsonl")
+    steps = [m for m in log if "reward" in m]
+    report = {
+        "demo": _load(run / "demo.json"),
+        "comparison": compare(before, after),
+        "reward": {"first": steps[0]["reward"] if steps else None, "last": steps[-1]["reward"] if steps else None,
+                   "steps": len(steps)},
+        "sensitivity": _load(run / "sensitivity" / "sensitivity.json"),
+    }
+    return report
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def _markdown(report: dict, pictures: dict[str, Path]) -> str:
+    c = report["comparison"]
+    lines = ["# GvU on the shapes world", ""]
+    d = report.get("demo") or {}
+    if d:
+        lines += [f"Base: **{d.get('demo', {}).get('base')}**, reward: **{d.get('demo', {}).get('reward')}**, "
+                  f"scorer: **{d.get('demo', {}).get('scorer')}**, quick: {d.get('demo', {}).get('quick')}.", ""]
+    for bench, title in (("geneval", "GenEval-shapes"), ("genevalpp", "GenEval++-shapes")):
+        if bench not in c:
+            continue
+        o = c[bench]["overall"]
+        lines += [f"## {title}", "", "| tag | before | after |", "|---|---|---|"]
+        lines += [f"| {t} | {v['before']:.3f} | {v['after']:.3f} |" for t, v in c[bench]["tags"].items()]
+        lines += [f"| **overall** | **{o['before']:.3f}** | **{o['after']:.3f}** ({_pct(o['relative'])}) |", ""]
+    if "understanding" in c:
+        u = c["understanding"]
+        lines += ["## Understanding (image-text matching)", "", "| perturbation | before | after |", "|---|---|---|"]
+        lines += [f"| {k} | {v['before']:.3f} | {v['after']:.3f} |" for k, v in u["by_perturbation"].items()]
+        lines += [f"| **overall** | **{u['overall']['before']:.3f}** | **{u['overall']['after']:.3f}** |",
+                  f"| caption truthfulness | {u['caption_truthfulness']['before']:.3f} | "
+                  f"{u['caption_truthfulness']['after']:.3f} |", ""]
+    r = report["reward"]
+    if r["steps"]:
+        lines += [f"Intrinsic reward: {r['first']:.4f} at step 1 -> {r['last']:.4f} at step {r['steps']}.", ""]
+    for name, path in pictures.items():
+        lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(run: str | os.PathLike, **demo_info) -> Path:
+    from gvu.analysis.plots import metrics_plot
+
+    run = Path(run)
+    if demo_info:
+        atomic_write_text(run / "demo.json", json.dumps(demo_info, indent=1) + "\n")
+    report = build_report(run)
+    pictures: dict[str, Path] = {}
+    log = _log(run / "train" / "log.jsonl")
+    if log:
+        keys = [k for k in ("reward", "accuracy", "reward_auc", "kl", "eval_geneval", "eval_genevalpp",
+                            "eval_understanding") if any(k in m for m in log)]
+        pictures["Reward and evaluation over training steps"] = metrics_plot(log, keys, run / "curves.png")
+    for bench in ("geneval", "genevalpp"):
+        g = _grid(run, bench)
+        if g is not None:
+            pictures[f"{bench}: before (top) and after (bottom), same prompts and seeds; green = correct"] = g
+    sens_png = run / "sensitivity" / "sensitivity.png"
+    if sens_png.is_file():
+        pictures["Sensitivity of the reward to removed descriptors"] = sens_png
+    atomic_write_text(run / "report.json", json.dumps(report, indent=1) + "\n")
+    md = _markdown(report, {k: v.relative_to(run) if v.is_relative_to(run) else v for k, v in pictures.items()})
+    atomic_write_text(run / "report.md", md.replace("](sensitivity.png)", "](sensitivity/sensitivity.png)"))
+    html = ["<!doctype html><meta charset='utf-8'><title>GvU report</title>",
+            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px}</style>"]
+    table: list[str] = []
+    for line in md.splitlines() + [""]:
+        if table and not line.startswith("|"):
+            html.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("# "):
+            html.append(f"<h1>{line[2:]}</h1>")
+        elif line.startswith("## "):
+            html.append(f"<h2>{line[3:]}</h2>")
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("|"):
+            cells = [x.strip().replace("**", "") for x in line.strip("|").split("|")]
+            tag = "th" if not table else "td"
+            table.append("<tr>" + "".join(f"<{tag}>{x}</{tag}>" for x in cells) + "</tr>")
+        elif line.startswith("!["):
+            name = line[2:line.index("]")]
+            data = base64.b64encode(Path(pictures[name]).read_bytes()).decode()
+            html.append(f"<img alt='{name}' style='max-width:100%' src='data:image/png;base64,{data}'>")
+        elif line:
+            html.append(f"<p>{line.replace('**', '')}</p>")
+    atomic_write_text(run / "report.html", "\n".join(html) + "\n")
+    return run / "report.md"
