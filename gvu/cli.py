@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--threads", type=int, default=0)
     dm.set_defaults(func=cmd_demo)
+
+    from gvu.analysis import score, sensitivity
+
+    score.register(sub)
+    sensitivity.register(sub)
     return p
 
 

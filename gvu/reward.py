@@ -206,13 +206,12 @@ def contrastive_reward(model, image_tokens_NT, rows, logp_NL, mask_NL, cfg, rng=
     nlp, nmask = prompt_token_logprobs(model, image_tokens_NT[idx], prompts, cfg)
     neg_lp = (nlp * nmask).sum(-1).to(true_lp.device)
     # Candidates [N, K]: the true prompt in column 0, each image's negatives after it, -inf where it has fewer.
-    idx_t = torch.tensor(idx, device=true_lp.device)
-    slot = torch.zeros_like(idx_t)
+    slot = [0] * len(idx)  # negatives of one image are consecutive in idx
     for k in range(1, len(idx)):
         slot[k] = slot[k - 1] + 1 if idx[k] == idx[k - 1] else 0
-    cand_NK = torch.full((len(rows), 1 + int(slot.max()) + 1), -math.inf, device=true_lp.device)
+    cand_NK = torch.full((len(rows), 2 + max(slot)), -math.inf, device=true_lp.device)
     cand_NK[:, 0] = true_lp
-    cand_NK[idx_t, 1 + slot] = neg_lp
+    cand_NK[torch.tensor(idx, device=true_lp.device), 1 + torch.tensor(slot, device=true_lp.device)] = neg_lp
     return (true_lp - torch.logsumexp(cand_NK, dim=-1)).exp()
 
 

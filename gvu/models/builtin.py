@@ -76,8 +76,37 @@ def llama_config(size: str, tok: WordTokenizer):
     )
 
 
-def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer | None = None) -> BuiltinUMM:
-    """A randomly initialised built-in model. The global torch RNG is left as it was."""
+@torch.no_grad()
+def align_embeddings(lm: torch.nn.Module, tok: WordTokenizer) -> None:
+    """Start words and image codes from shared factors: the embedding of code (shape, colour, part) is
+    shape_f + colour_f + part_f, the word "star" is shape_f[star] ("stars" adds a plural factor) and "red" is
+    colour_f[red]. With tied input/output embeddings this makes the image-code readout factorised from the
+    first step, and text and image start in one space, as in real UMMs whose image tokenizers are trained for
+    semantic alignment. Only the initial values change; every weight trains as usual."""
+    E = lm.get_input_embeddings().weight
+    std = lm.config.initializer_range
+    d = E.shape[1]
+    shape_f, color_f, part_f = (torch.randn(n, d) * std for n in (len(spec.SHAPES), len(spec.COLORS), len(spec.PARTS)))
+    plural_f = torch.randn(d) * std
+    for code in range(1, spec.NUM_CODES):
+        s, c, p = spec.parse_code(code)
+        E[tok.image_token_offset + code] = (shape_f[spec.SHAPES.index(s)] + color_f[spec.COLORS.index(c)]
+                                            + part_f[spec.PARTS.index(p)])
+    words = {w: i for i, w in enumerate(tok.words)}
+    for k, s in enumerate(spec.SHAPES):
+        if s in words:
+            E[tok.word_offset + words[s]] = shape_f[k]
+        if spec.PLURALS[s] in words:
+            E[tok.word_offset + words[spec.PLURALS[s]]] = shape_f[k] + plural_f
+    for k, c in enumerate(spec.COLORS):
+        if c in words:
+            E[tok.word_offset + words[c]] = color_f[k]
+
+
+def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer | None = None,
+                  aligned: bool = True) -> BuiltinUMM:
+    """A randomly initialised built-in model (`aligned`: shared word/code factors, see align_embeddings).
+    The global torch RNG is left as it was."""
     from transformers import LlamaForCausalLM
 
     tok = tokenizer or WordTokenizer()
@@ -85,6 +114,8 @@ def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         lm = LlamaForCausalLM(config)
+        if aligned:
+            align_embeddings(lm, tok)
     return BuiltinUMM(lm.eval(), tok, size)
 
 

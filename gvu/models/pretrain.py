@@ -67,6 +67,8 @@ class PretrainConfig:
     """torch threads; 0 keeps torch's default."""
     kinds: tuple[str, ...] = field(default_factory=lambda: KINDS)
     """Prompt kinds of the scene pool (all thirteen by default)."""
+    aligned_init: bool = True
+    """Initialise word and image-code embeddings from shared shape/colour factors (see builtin.align_embeddings)."""
 
     def __post_init__(self):
         if self.preset not in PRESET_GEN_FRACTION:
@@ -108,14 +110,15 @@ def build_pool(n: int, seed: int, kinds: tuple[str, ...], progress: bool = True)
 
 
 def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.random.Generator):
-    """(ids_NS, mask_NS, labels_NS) for one step; labels are -100 off the targets."""
+    """(ids_NS, mask_NS, labels_NS, is_gen_N) for one step; labels are -100 off the targets."""
     tok, layout = model.tokenizer, model.layout
     inst = tok.encode(DEFAULT_INSTRUCTION)
-    seqs, spans = [], []
+    seqs, spans, is_gen = [], [], []
     for _ in range(cfg.batch_size):
         k = int(rng.integers(len(pool.rows)))
         codes = pool.tokens[k]
-        if rng.random() < cfg.gen_fraction:
+        is_gen.append(bool(rng.random() < cfg.gen_fraction))
+        if is_gen[-1]:
             prompt = [] if rng.random() < cfg.uncond_prob else tok.encode(pool.rows[k]["prompt"])
             seq = layout.generation_sequence(prompt, codes)
             start = len(layout.generation_prefix(prompt))
@@ -130,13 +133,25 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
     labels = torch.full_like(ids, -100)
     for i, (a, b) in enumerate(spans):
         labels[i, a:b] = ids[i, a:b]
-    return ids, mask, labels
+    return ids, mask, labels, torch.tensor(is_gen)
 
 
-def lm_loss(lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def lm_loss(lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+            is_gen: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over target tokens, and the per-branch means (generation, understanding) for logs."""
     logits = lm(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                             labels[:, 1:].reshape(-1), ignore_index=-100)
+    tgt = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1),
+                                           ignore_index=-100, reduction="none").view(tgt.shape)
+    on = (tgt != -100).float()
+    loss = (ce * on).sum() / on.sum()
+    stats = {}
+    if is_gen is not None:
+        for name, rows in (("loss_gen", is_gen), ("loss_und", ~is_gen)):
+            w = on[rows]
+            if w.sum() > 0:
+                stats[name] = float((ce.detach()[rows] * w).sum() / w.sum())  # a log value: no grad
+    return loss, stats
 
 
 def _lr_lambda(cfg: PretrainConfig):
@@ -166,7 +181,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state_path = work / STATE_FILE
-    model = build_builtin(cfg.size, seed=cfg.seed)
+    model = build_builtin(cfg.size, seed=cfg.seed, aligned=cfg.aligned_init)
     pool = build_pool(cfg.num_scenes, cfg.seed, cfg.kinds, progress)
     lm = model.lm
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -187,10 +202,16 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain {cfg.preset}", unit="step", disable=not progress)
     log = open(work / LOG_FILE, "a")
     tokens_seen, t0 = 0, time.perf_counter()
+    began = (step, rng.bit_generator.state)
     try:
         while step < cfg.steps:
-            ids, mask, labels = make_batch(model, pool, cfg, rng)
-            loss = lm_loss(lm, ids, mask, labels)
+            # A Ctrl-C before the step completes saves the generator as it was when the step began, so the
+            # resumed run draws this step's batch again (saving its live state would skip the batch already
+            # drawn and change the weights). Left out: a Ctrl-C between opt.step() and `step += 1` (weights
+            # updated, step not counted), a window of a millisecond.
+            began = (step, rng.bit_generator.state)
+            ids, mask, labels, is_gen = make_batch(model, pool, cfg, rng)
+            loss, parts = lm_loss(lm, ids, mask, labels, is_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -202,12 +223,14 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
             if step % 50 == 0 or step == cfg.steps:
-                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                log.write(json.dumps({"step": step, "loss": loss.item(), **parts, "lr": sched.get_last_lr()[0],
                                       "tokens_per_s": tps}) + "\n")
                 log.flush()
             if step % cfg.save_every == 0 and step < cfg.steps:
                 _save_state(state_path, model, opt, sched, step, rng, cfg)
     except KeyboardInterrupt:
+        if step == began[0]:
+            rng.bit_generator.state = began[1]
         _save_state(state_path, model, opt, sched, step, rng, cfg)
         bar.close()
         print(f"interrupted at step {step}; state saved to {state_path}: rerun the same command to resume")

@@ -1,0 +1,230 @@
+"""`gvu score`: the intrinsic reward of every image of a GenEval-layout folder, and how well it ranks correct
+images above incorrect ones (ROC AUC) where the folder is a shapes-world benchmark the exact judge can read.
+
+Images are read as pixels, so the model re-encodes them (reward image path 'pixels'), as the published code
+scores decoded images. Which model scores:
+
+- `policy`: the model given by --model;
+- `reference`: the frozen model that model was trained from. For a plain model folder (`gvu pretrain` output)
+  there is nothing else, so the reference IS the model and both scorers agree. Only `gvu train` outputs hold a
+  separate base, found in this order: a `reference/` model folder (or link) next to `final/`; the
+  `trained_from` (or `base`) entry of the model's gvu.json; the `model` entry of the run's config.yaml. A path
+  recorded there is tried as given (relative to the directory training ran from), then relative to the run
+  folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gvu.reward import RewardConfig
+
+# Stdlib only at import time: gvu.cli builds its parser from `register` below, and `gvu --help` must not pay
+# for torch. These mirror gvu.reward.SCORERS / VARIANTS (tests check they agree).
+SCORERS = ("policy", "reference")
+VARIANTS = ("geomean", "content", "contrastive")
+SCORE_FIELDS = ("filename", "prompt", "tag", "reward", "correct")
+
+
+# ------------------------------------------------------------------------------------------ which model
+
+def _is_model(path: Path) -> bool:
+    from gvu.models.builtin import GVU_FILE
+
+    return (path / GVU_FILE).is_file() or (path / "final" / GVU_FILE).is_file()
+
+
+def _recorded_base(run: Path, model_dir: Path) -> list[str]:
+    """Paths a train output records as its starting model, most explicit first."""
+    from gvu.models.builtin import GVU_FILE
+
+    found = []
+    info = json.loads((model_dir / GVU_FILE).read_text()) if (model_dir / GVU_FILE).is_file() else {}
+    found += [info[k] for k in ("trained_from", "base") if isinstance(info.get(k), str) and info[k]]
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        if isinstance(cfg, dict) and isinstance(cfg.get("model"), str) and cfg["model"]:
+            found.append(cfg["model"])
+    return found
+
+
+def resolve_scorer(spec: str | os.PathLike, scorer: str = "policy") -> tuple[str, str]:
+    """(model spec to load, one line saying what it is) for a scorer of a model spec."""
+    from gvu.models.builtin import GVU_FILE
+
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+    run = Path(spec)
+    if scorer == "policy":
+        return str(spec), f"policy: {spec}"
+    is_train_output = (run / "final" / GVU_FILE).is_file()
+    model_dir = run / "final" if is_train_output else run
+    if _is_model(run / "reference"):
+        return str(run / "reference"), f"reference: {run / 'reference'}"
+    tried = []
+    for base in _recorded_base(run, model_dir):
+        for cand in (Path(base), run / base):
+            tried.append(str(cand))
+            if _is_model(cand):
+                return str(cand), f"reference: {cand} (the model {spec} was trained from)"
+    if tried:
+        raise ValueError(f"{spec} records its base model as {', '.join(dict.fromkeys(tried))}, but no model is "
+                         f"there; link the base as {run / 'reference'} or score with --scorer policy")
+    if is_train_output:
+        raise ValueError(f"{spec} is a training output with no record of its base model; link the base as "
+                         f"{run / 'reference'} or score with --scorer policy")
+    return str(spec), f"reference: {spec} itself (a plain model folder holds no separate base)"
+
+
+def load_scorer(spec: str | os.PathLike, scorer: str = "policy", device: str | None = None):
+    """(model, description) for `gvu score --model SPEC --scorer SCORER`."""
+    from gvu.models.load import load_model
+
+    path, what = resolve_scorer(spec, scorer)
+    return load_model(path, device=device), what
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+def is_shapes_benchmark(row: dict, pixels) -> bool:
+    """True where the exact judge can read the image: a 96x96 shapes-world render of a prompt about shapes."""
+    from gvu.world import spec
+
+    items = list(row.get("include", [])) + list(row.get("exclude", []))
+    return pixels.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3) and all(it.get("class") in spec.SHAPES
+                                                                        for it in items)
+
+
+def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = None, seed: int = 0,
+                 progress: bool = False) -> list[dict]:
+    """One record per image of a GenEval-layout folder: filename (relative to the folder), prompt, tag, reward,
+    index, sample, and `correct` (exact judge, geneval mode) where the folder is a shapes-world benchmark.
+    `cfg.image_path` is forced to 'pixels' (the images ARE pixels); `cfg.micro_batch` images are loaded and
+    scored at a time. `seed` draws the contrastive variant's negatives."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from gvu.bench.judging import judge_pixels
+    from gvu.bench.layout import iter_layout, load_image
+    from gvu.reward import RewardConfig, intrinsic_reward
+
+    cfg = dataclasses.replace(cfg or RewardConfig(), image_path="pixels")
+    outdir = Path(outdir)
+    samples = list(iter_layout(outdir))
+    rng = np.random.default_rng(seed)
+    records: list[dict] = []
+    bar = tqdm(total=len(samples), desc="scoring", unit="img", disable=not progress)
+    for start in range(0, len(samples), cfg.micro_batch):
+        chunk = samples[start:start + cfg.micro_batch]
+        pixels = [load_image(s.path) for s in chunk]
+        shapes = {p.shape for p in pixels}
+        if len(shapes) > 1:
+            raise ValueError(f"{outdir}: images of different sizes {sorted(shapes)}; the reward reads one size")
+        rows = [s.row for s in chunk]
+        reward = intrinsic_reward(model, np.stack(pixels), [r["prompt"] for r in rows], cfg, rows=rows, rng=rng)
+        for s, px, r in zip(chunk, pixels, reward.reward_N.tolist()):
+            rec = {"filename": s.path.relative_to(outdir).as_posix(), "prompt": s.row["prompt"],
+                   "tag": s.row["tag"], "reward": float(r), "index": s.index, "sample": s.sample_index}
+            if is_shapes_benchmark(s.row, px):
+                rec["correct"] = bool(judge_pixels(px, s.row, "geneval")["correct"])
+            records.append(rec)
+        bar.update(len(chunk))
+    bar.close()
+    return records
+
+
+def summarise_scores(records: list[dict]) -> dict:
+    """Mean reward; where judged: accuracy, pooled AUC overall and per tag, and within-prompt AUC."""
+    import numpy as np
+
+    from gvu.analysis.quality import auc_by_tag, within_group_auc
+
+    rewards = np.array([r["reward"] for r in records], dtype=float)
+    out: dict = {"images": len(records), "mean_reward": float(rewards.mean()) if len(records) else None}
+    judged = [r for r in records if "correct" in r]
+    out["judged"] = len(judged)
+    if not judged:
+        return out
+    s = [r["reward"] for r in judged]
+    y = [r["correct"] for r in judged]
+    a = auc_by_tag(s, y, [r["tag"] for r in judged])
+    wg, groups = within_group_auc(s, y, [r["index"] for r in judged])
+    tags = {}
+    for tag in a["tags"]:
+        sel = [r for r in judged if r["tag"] == tag]
+        good = [r["reward"] for r in sel if r["correct"]]
+        bad = [r["reward"] for r in sel if not r["correct"]]
+        tags[tag] = {"auc": a["tags"][tag], "images": len(sel), "accuracy": len(good) / len(sel),
+                     "mean_reward_correct": float(np.mean(good)) if good else None,
+                     "mean_reward_incorrect": float(np.mean(bad)) if bad else None}
+    out.update(accuracy=float(np.mean(y)), auc=a["overall"], within_prompt_auc=wg, within_prompt_groups=groups,
+               tags=tags)
+    return out
+
+
+def format_scores(summary: dict, title: str = "") -> str:
+    from gvu.analysis.quality import format_auc
+
+    lines = [title] if title else []
+    if not summary["images"]:
+        return "\n".join(lines + ["  no images"])
+    lines.append(f"  {summary['images']} images, mean reward {summary['mean_reward']:.4g}")
+    if not summary["judged"]:
+        lines.append("  not a shapes-world benchmark: no exact verdicts, so no AUC")
+        return "\n".join(lines)
+    width = max([len(t) for t in summary["tags"]] + [len("overall")])
+    lines.append(f"  {'tag':<{width}}  {'AUC':>5}  {'acc':>5}  {'images':>6}  {'r|correct':>9}  {'r|wrong':>9}")
+    fmt = lambda v: f"{v:9.4g}" if v is not None else f"{'-':>9}"  # noqa: E731
+    for tag, t in summary["tags"].items():
+        lines.append(f"  {tag:<{width}}  {format_auc(t['auc'])}  {t['accuracy']:5.3f}  {t['images']:6d}  "
+                     f"{fmt(t['mean_reward_correct'])}  {fmt(t['mean_reward_incorrect'])}")
+    lines.append(f"  {'overall':<{width}}  {format_auc(summary['auc'])}  {summary['accuracy']:5.3f}  "
+                 f"{summary['judged']:6d}   (pooled over prompts)")
+    lines.append(f"  within-prompt AUC {format_auc(summary['within_prompt_auc'])} "
+                 f"(mean over {summary['within_prompt_groups']} prompts with both correct and incorrect images)")
+    return "\n".join(lines)
+
+
+def write_scores(path: str | os.PathLike, records: list[dict]) -> None:
+    from gvu.bench.metadata import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+def cmd_score(a: argparse.Namespace) -> None:
+    from gvu.reward import RewardConfig
+
+    model, what = load_scorer(a.model, a.scorer)
+    cfg = RewardConfig(variant=a.variant, scorer=a.scorer, image_path="pixels", micro_batch=a.micro_batch)
+    records = score_folder(model, a.dir, cfg, seed=a.seed, progress=True)
+    if a.out:
+        write_scores(a.out, records)
+    print(format_scores(summarise_scores(records), f"{a.dir}: intrinsic reward ({a.variant}), scored by {what}"))
+    if a.out:
+        print(f"wrote {len(records)} scores to {a.out}")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser("score", help="score every image of a GenEval-layout folder with the intrinsic "
+                                            "reward; AUC against the exact judge on shapes-world folders")
+    s.add_argument("dir", help="GenEval-layout folder (00000/metadata.jsonl, 00000/samples/0000.png, ...)")
+    s.add_argument("--model", required=True, help="model folder (`gvu pretrain` or `gvu train` output)")
+    s.add_argument("--scorer", choices=SCORERS, default="policy",
+                   help="policy: the model; reference: the base a `gvu train` output started from (a plain "
+                        "model folder is its own reference)")
+    s.add_argument("--variant", choices=VARIANTS, default="geomean")
+    s.add_argument("--out", help="write one JSON line per image here (filename, prompt, tag, reward, correct)")
+    s.add_argument("--micro-batch", dest="micro_batch", type=int, default=64, help="images per forward pass")
+    s.add_argument("--seed", type=int, default=0, help="draws the contrastive variant's negatives")
+    s.set_defaults(func=cmd_score)
+    return s
