@@ -79,12 +79,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     from gvu.rl.trainer import Trainer
 
     if a.resume:
-        import yaml
-
         from gvu.rl.checkpoint import STATE, resolve_checkpoint
 
         ckpt = resolve_checkpoint(a.resume)
-        saved = yaml.safe_load((ckpt / STATE).read_text())["config"]
+        saved = json.loads((ckpt / STATE).read_text())["config"]
         saved.update(parse_overrides(a.overrides))  # e.g. max_steps=... to train further
         cfg = load_config(None, saved)
     else:

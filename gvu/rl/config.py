@@ -7,6 +7,8 @@ rejects unknown keys with the list of known ones. Validation lives in __post_ini
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +145,11 @@ class TrainConfig:
         need(self.lr_scheduler_type in ("constant", "linear", "cosine"),
              "lr_scheduler_type must be 'constant', 'linear' or 'cosine'")
         need(self.learning_rate > 0, "learning_rate must be > 0")
+        # The loop takes `step % logging_steps` (and eval/save steps when non-zero): 0 or negative would crash or
+        # misbehave only after the first rollout, so refuse them here.
+        need(self.logging_steps >= 1, f"logging_steps must be >= 1 (got {self.logging_steps})")
+        for name in ("eval_steps", "save_steps", "warmup_steps"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
         need(self.beta >= 0, "beta must be >= 0 (0 turns the KL term off)")
         need(0 < self.epsilon < 1, f"epsilon must be in (0, 1), got {self.epsilon}")
         need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high must be > 0 or null")
@@ -157,7 +164,9 @@ class TrainConfig:
         return self.prompts_per_step * self.num_generations
 
     def needs_reference(self) -> bool:
-        return self.beta > 0 or (self.reward == "intrinsic" and self.reward_scorer == "reference")
+        # The intrinsic reward is computed every step even when an oracle is the training reward (it is logged,
+        # with its AUC against the judge), so a 'reference' scorer needs the reference whatever `reward` is.
+        return self.beta > 0 or self.reward_scorer == "reference"
 
 
 KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -169,13 +178,52 @@ def _check_keys(d: dict, where: str):
         raise ValueError(f"{where}: unknown config key(s) {unknown}; known keys: {', '.join(KNOWN_KEYS)}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `1e-6` (no dot) is a STRING; YAML 1.2 and every reader of a config file take
+    it as a float, and learning rates are written that way. This loader reads it as a float."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def _type_ok(v, t) -> bool:
+    if t is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if t in (str, bool):
+        return isinstance(v, t)
+    if typing.get_origin(t) is list:
+        return isinstance(v, list) and all(_type_ok(x, typing.get_args(t)[0]) for x in v)
+    if typing.get_args(t):  # X | None
+        return any(v is None if a is type(None) else _type_ok(v, a) for a in typing.get_args(t))
+    return True
+
+
+def _check_types(d: dict):
+    """A wrong type would otherwise fail later with a TypeError about '<' between str and int, or not at all."""
+    hints = typing.get_type_hints(TrainConfig)
+    for k, v in d.items():
+        if k in hints and not _type_ok(v, hints[k]):
+            want = getattr(hints[k], "__name__", str(hints[k])) if not typing.get_args(hints[k]) else str(hints[k])
+            raise ValueError(f"bad config: {k} must be {want}, got {v!r} ({type(v).__name__})")
+
+
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        try:
+            out[k.strip()] = _yaml(v) if v.strip() else ""
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML: {err}") from None
     _check_keys(out, "command line")
     return out
 
@@ -185,13 +233,15 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
     if path is not None:
         text = Path(path).read_text()
         try:
-            data = yaml.safe_load(text) or {}
+            data = _yaml(text) or {}
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
         _check_keys(data, str(path))
     data.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
+    _check_keys(data, "config")
+    _check_types(data)
     try:
         return TrainConfig(**data)
     except TypeError as err:

@@ -340,6 +340,11 @@ class Trainer:
     def save_final(self) -> Path:
         from gvu.models.builtin import BuiltinUMM, save_builtin
 
+        if not isinstance(self.policy, BuiltinUMM):
+            # transformers adapters (janus, emu3, causal-lm) save the LoRA adapter (or the full weights) with
+            # save_pretrained plus a gvu.json naming the base model, which load_model reads back
+            return self.policy.save_pretrained(self.out / "final", extra={
+                "trained_from": self.cfg.model, "train": dataclasses.asdict(self.cfg)})
         lm = self.policy.lm
         if self.cfg.use_lora:
             lm = copy.deepcopy(lm).merge_and_unload()
