@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     score.register(sub)
     sensitivity.register(sub)
+    from gvu.bench import perf
+
+    perf.register(sub)
     return p
 
 

@@ -80,6 +80,10 @@ class TrainConfig:
     """Gradient clipping norm (0: off)."""
     beta: float = 0.02
     """KL weight against the reference policy (k3 estimator); 0 loads no reference unless the scorer needs it."""
+    beta_understanding: float = 0.0
+    """KL weight that leashes the understanding branch to the reference: k3 KL of the prompt's token
+    log-probs given the rollout's own images (no external data). Guards the judge against erosion by the
+    generation-only objective when weights are shared; 0 turns it off (the paper has no such term)."""
     epsilon: float = 0.2
     """Lower clipping range: ratios below 1 - epsilon are clipped."""
     epsilon_high: float | None = None
@@ -151,6 +155,7 @@ class TrainConfig:
         for name in ("eval_steps", "save_steps", "warmup_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
         need(self.beta >= 0, "beta must be >= 0 (0 turns the KL term off)")
+        need(self.beta_understanding >= 0, "beta_understanding must be >= 0 (0 turns it off)")
         need(0 < self.epsilon < 1, f"epsilon must be in (0, 1), got {self.epsilon}")
         need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high must be > 0 or null")
         from gvu.reward import RewardConfig  # validates variant, scorer and image path with its own messages
@@ -166,7 +171,7 @@ class TrainConfig:
     def needs_reference(self) -> bool:
         # The intrinsic reward is computed every step even when an oracle is the training reward (it is logged,
         # with its AUC against the judge), so a 'reference' scorer needs the reference whatever `reward` is.
-        return self.beta > 0 or self.reward_scorer == "reference"
+        return self.beta > 0 or self.beta_understanding > 0 or self.reward_scorer == "reference"
 
 
 KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))

@@ -33,7 +33,7 @@ from gvu.models.protocol import SamplingConfig
 from gvu.reward import RewardConfig, intrinsic_reward, oracle_reward_function
 from gvu.rl import checkpoint as ckpt
 from gvu.rl.config import TrainConfig, dump_config
-from gvu.rl.grpo import group_advantages, grpo_loss
+from gvu.rl.grpo import group_advantages, grpo_loss, k3_kl
 
 
 def load_prompt_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
@@ -206,6 +206,10 @@ class Trainer:
         if cfg.beta > 0:
             with torch.no_grad(), self.reference_model() as ref:
                 ref_NT = ref.image_logprobs(row_prompts, tokens_NT, self.sampling)
+        und_ref = None
+        if cfg.beta_understanding > 0:  # the judge's own leash: its prompt log-probs on these images
+            with torch.no_grad(), self.reference_model() as ref:
+                und_ref = ref.prompt_logprobs(tokens_NT, row_prompts, cfg.instruction)
         N, T = tokens_NT.shape
         agg: dict[str, list[float]] = {}
         for _ in range(cfg.num_iterations):
@@ -217,6 +221,13 @@ class Trainer:
                 loss, st = grpo_loss(logp, old_N[idx], adv_N[idx], None if ref_NT is None else ref_NT[idx],
                                      beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                                      loss_type=cfg.loss_type, tokens_in_batch=N * T)
+                if und_ref is not None:
+                    und_logp, und_mask = self.policy.prompt_logprobs(tokens_NT[idx], [row_prompts[i] for i in idx.tolist()],
+                                                                     cfg.instruction)
+                    ref_lp = und_ref[0][idx][:, :und_logp.shape[1]]  # right-padded: the minibatch is narrower
+                    kl_und = (k3_kl(und_logp, ref_lp) * und_mask).sum() / und_mask.sum().clamp(min=1)
+                    loss = loss + cfg.beta_understanding * kl_und
+                    st["kl_understanding"] = kl_und.item()
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:

@@ -1,0 +1,113 @@
+"""The benchmarks' plumbing on the tiny preset, one repeat: the JSON's structure and that every equality check
+inside ran and passed. Timings are never asserted (DESIGN.md section 7)."""
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gvu.bench import perf
+from gvu.models.builtin import build_builtin
+from gvu.reward import RewardOutput
+
+REPO = Path(__file__).resolve().parent.parent
+HEADLINES = ("reward_speedup", "rollout_speedup_cfg", "rollout_speedup_nocfg", "update_mfu", "pretrain_mfu",
+             "peak_rss_mib")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    before = torch.get_num_threads()
+    res = perf.run_benchmarks(quick=True, out=out, threads=1, size="tiny", repeats=1)
+    assert torch.get_num_threads() == before  # the thread count is put back
+    return res, out
+
+
+def timing_ok(t: dict, repeats: int = 1):
+    assert len(t["times_s"]) == repeats and t["median_s"] > 0
+
+
+def test_json_written_with_headlines_and_machine(run):
+    res, out = run
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    for k in HEADLINES:
+        assert isinstance(res[k], float) and math.isfinite(res[k]) and res[k] > 0, k
+    m = res["machine"]
+    assert m["threads"] == 1 and m["nproc"] >= 1 and m["cpu"] and m["torch"] == torch.__version__
+    assert res["headline_cases"]["rollout_speedup_cfg"]["guidance"] == 3.0
+    assert "reward" in perf.format_table(res) and "MFU" in perf.format_table(res)
+
+
+def test_reward_checked_against_the_published_loop(run):
+    cases = run[0]["reward"]["cases"]
+    assert [(c["prompt_tokens"], c["batch"]) for c in cases] == [(16, 4), (32, 4)]
+    for c in cases:
+        assert c["checked"] is True and c["max_rel_diff"] <= perf.REWARD_RTOL
+        assert c["max_token_rel_diff"] <= perf.TOKEN_RTOL
+        timing_ok(c["baseline"]), timing_ok(c["ours"])
+        assert c["speedup"] == pytest.approx(c["baseline"]["median_s"] / c["ours"]["median_s"])
+    # no 32-token prompt in the grammar: constructed; a random model's float32 product underflows there
+    assert cases[1]["prompts"] == "constructed color_attr"
+    assert cases[1]["loop_float32_product_subnormal_or_zero"] == 4
+
+
+def test_rollout_checked_against_generate(run):
+    cases = run[0]["rollout"]["cases"]
+    assert [c["guidance"] for c in cases] == [1.0, 3.0]
+    for c in cases:
+        assert c["checked"] is True
+        assert c["max_abs_diff_prob"] <= perf.SCORES_PROB_ATOL and c["max_abs_diff_logp"] <= perf.SCORES_LOGP_ATOL
+        assert c["ours_replay_max_abs_diff_logp"] <= perf.SCORES_LOGP_ATOL
+        assert c["ours_tokens_per_s"] > 0 and c["baseline_tokens_per_s"] > 0
+
+
+def test_step_and_limit(run):
+    s, li = run[0]["step"], run[0]["limit"]
+    assert s["images_per_step"] == 8 and set(s["median_s"]) >= {"time/sample", "time/decode", "time/reward",
+                                                                "time/update", "step_time"}
+    assert s["update_tokens"]["update"] > 0 and s["update_tokens"]["reference"] > 0  # beta > 0: a reference
+    assert s["peak_rss_mib"] > 0 and s["images_per_s"] > 0
+    shapes = [k for k in li["matmul"] if "reference" not in k]
+    assert li["peak_gflops_per_s"] == max(li["matmul"][k]["gflops_per_s"] for k in shapes)
+    assert li["pretrain"]["tokens_per_s"] > 0 and 0 < li["pretrain_mfu"] and 0 < li["update_mfu"]
+
+
+def test_janus_reported(run):
+    j = run[0]["janus"]
+    if isinstance(j, str):
+        assert j.startswith("not available")
+    else:  # present: checked, or the adapter's error reported (it is optional and young)
+        assert j.get("checked") is True or "error" in j
+
+
+def test_reward_check_catches_a_wrong_value():
+    loop = [(0.5, [0.5, 0.5]), (0.25, [0.25, 0.25])]
+    logp = torch.log(torch.tensor([[0.5, 0.5], [0.25, 0.25]]))
+    ok = RewardOutput(torch.tensor([0.5, 0.25]), logp, torch.ones(2, 2))
+    assert perf._compare_reward(ok, loop)["checked"] is True
+    with pytest.raises(AssertionError, match="reward differs"):
+        perf._compare_reward(RewardOutput(torch.tensor([0.5, 0.2501]), logp, torch.ones(2, 2)), loop)
+
+
+def test_prompts_of_exact_lengths():
+    tok = build_builtin("tiny").tokenizer
+    for L in (8, 16, 32, 33, 34):
+        prompts, _ = perf.prompts_of_length(tok, L, 5)
+        assert len(prompts) == 5 and all(len(tok.encode(p)) == L for p in prompts)
+
+
+def test_cli_and_scripts_parse():
+    parser = argparse.ArgumentParser()
+    perf.register(parser.add_subparsers(dest="command"))
+    a = parser.parse_args(["bench", "--quick", "--out", "x.json", "--threads", "2"])
+    assert (a.quick, a.out, a.threads, a.size, a.func) == (True, "x.json", 2, "default", perf.cmd_bench)
+    for script in ("bench_reward", "bench_rollout", "bench_step", "bench_limit", "run_all"):
+        r = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--help"], capture_output=True,
+                           text=True, cwd=REPO)
+        assert r.returncode == 0 and "--quick" in r.stdout, r.stderr

@@ -1,0 +1,173 @@
+"""`gvu demo --quick` end to end through the CLI, on a base the demo's own pretraining step put into a
+temporary cache, and every number of report.json recomputed from the files it claims to come from (the
+evaluation summaries, the GenEval results rows, the training log).
+
+The quick preset pretrains 300 steps, about half a minute on the shared CPU. So `run_demo` runs in-process
+first with a wrapper around `pretrain` that changes only the step count and writes where the real quick
+settings say (the cache key comes from them), and is stopped once the base exists; then the CLI run, as run.sh
+runs it, must find and reuse that base. Everything after pretraining is the real quick pipeline, once."""
+
+import base64
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+import gvu.bench.evaluate as evaluate_module
+import gvu.models.pretrain as pretrain_module
+from gvu.demo import DemoConfig, base_dir_for, pretrain_config, run_demo, train_overrides
+from gvu.models.builtin import is_model_dir
+from gvu.rl.config import TrainConfig
+
+_EXE = Path(sys.executable).parent / "gvu"
+GVU = [str(_EXE)] if _EXE.is_file() else [sys.executable, "-m", "gvu.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """Stands for the directory a user runs `gvu demo` in: the default cache is runs/cache under it."""
+    return tmp_path_factory.mktemp("demo")
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def cached_base(workdir):
+    """run_demo in-process with an empty cache: it pretrains the base into the cache (shortened), then stops."""
+    cfg = DemoConfig(quick=True, out=str(workdir / "run0"), cache=str(workdir / "runs" / "cache"), threads=1)
+    real, calls = pretrain_module.pretrain, []
+
+    def short_pretrain(pcfg, out, progress=True):
+        calls.append((pcfg, Path(out)))
+        return real(dataclasses.replace(pcfg, steps=20, warmup_steps=5, num_scenes=300), out, progress=progress)
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pretrain_module, "pretrain", short_pretrain)
+        m.setattr(evaluate_module, "evaluate_model", stop)
+        with pytest.raises(_Stop):
+            run_demo(cfg, progress=False)
+    assert calls == [(pretrain_config(cfg), base_dir_for(cfg))]  # the quick settings, into the cache
+    assert is_model_dir(base_dir_for(cfg))
+    return base_dir_for(cfg)
+
+
+@pytest.fixture(scope="module")
+def cli_run(cached_base, workdir):
+    base = cached_base
+    before, folder_mtime = snapshot(base), base.stat().st_mtime_ns
+    # as run.sh runs it (`gvu demo "$@"`), from the folder whose runs/cache holds the base
+    p = subprocess.run([*GVU, "demo", "--quick", "--out", "run", "--threads", "1"], cwd=workdir, env=ENV,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "report:" in p.stdout
+    return workdir / "run", before, folder_mtime
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def from_results(path: Path) -> tuple[float, dict]:
+    """GenEval's summary from results rows: accuracy per tag, overall = unweighted mean of the tags."""
+    by_tag = defaultdict(list)
+    for r in read_jsonl(path):
+        by_tag[r["tag"]].append(bool(r["correct"]))
+    tags = {t: sum(v) / len(v) for t, v in by_tag.items()}
+    return sum(tags.values()) / len(tags), tags
+
+
+def check_report(run: Path):
+    """Every number of report.json against the files it is built from; the markdown and html agree with it."""
+    for name in ("report.md", "report.html", "report.json"):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "report.json").read_text())
+    before = json.loads((run / "eval_before" / "summary.json").read_text())
+    after = json.loads((run / "eval_after" / "summary.json").read_text())
+    c = report["comparison"]
+    assert set(c) == {"geneval", "genevalpp", "understanding"}
+    approx = dict(rel=1e-12, abs=1e-12)
+    for bench in ("geneval", "genevalpp"):
+        o = c[bench]["overall"]
+        for stage, summary in (("before", before), ("after", after)):
+            overall, tags = from_results(run / f"eval_{stage}" / bench / "results.jsonl")
+            assert o[stage] == summary[bench]["overall"] == pytest.approx(overall, **approx)
+            assert set(c[bench]["tags"]) == set(tags)
+            for t, v in c[bench]["tags"].items():
+                assert v[stage] == summary[bench]["tags"][t] == pytest.approx(tags[t], **approx)
+        b, a = o["before"], o["after"]
+        assert o["relative"] == (None if b == 0 else pytest.approx((a - b) / b, **approx))
+    u = c["understanding"]
+    ub, ua = before["understanding"], after["understanding"]
+    assert (u["overall"]["before"], u["overall"]["after"]) == (ub["overall"], ua["overall"])
+    assert u["overall"]["change"] == pytest.approx(ua["overall"] - ub["overall"], **approx)
+    assert u["by_perturbation"] == {k: {"before": v, "after": ua["by_perturbation"].get(k)}
+                                    for k, v in ub["by_perturbation"].items()}
+    assert u["caption_truthfulness"] == {"before": ub["caption_truthfulness"], "after": ua["caption_truthfulness"]}
+
+    steps = [m for m in read_jsonl(run / "train" / "log.jsonl") if "reward" in m]
+    assert steps and report["reward"] == {"first": steps[0]["reward"], "last": steps[-1]["reward"],
+                                          "steps": len(steps)}
+    assert report["demo"] == json.loads((run / "demo.json").read_text())
+    assert report["sensitivity"] == json.loads((run / "sensitivity" / "sensitivity.json").read_text())
+
+    md = (run / "report.md").read_text()
+    g = c["geneval"]["overall"]
+    assert f"| **overall** | **{g['before']:.3f}** | **{g['after']:.3f}** (" in md
+    assert f"{report['reward']['first']:.4f} at step 1 -> {report['reward']['last']:.4f}" in md
+    pictures = [line for line in md.splitlines() if line.startswith("![")]
+    for line in pictures:  # the markdown's pictures exist beside it
+        assert (run / line[line.index("](") + 2:-1]).is_file(), line
+    html = (run / "report.html").read_text()
+    inlined = html.split("src='data:image/png;base64,")[1:]
+    assert len(inlined) == len(pictures) >= 3  # curves, before/after grids, sensitivity
+    for chunk in inlined:
+        assert base64.b64decode(chunk.split("'")[0]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert f"{g['before']:.3f}" in html
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_quick_demo_writes_a_report_whose_numbers_come_from_its_files(cli_run):
+    run, _, _ = cli_run
+    check_report(run)
+    demo = json.loads((run / "demo.json").read_text())["demo"]
+    assert demo == dataclasses.asdict(DemoConfig(quick=True, out="run", threads=1))
+    assert (run / "train" / "final").is_dir() and (run / "eval_after" / "geneval").is_dir()
+
+
+def test_a_second_run_reuses_the_cached_base(cached_base, cli_run, workdir):
+    run, before, folder_mtime = cli_run
+    base = cached_base
+    assert (workdir / json.loads((run / "demo.json").read_text())["base_dir"]).resolve() == base.resolve()
+    assert snapshot(base) == before and base.stat().st_mtime_ns == folder_mtime  # reused, untouched
+    assert [p.name for p in base.parent.iterdir()] == [base.name]  # and no second base was made
+    # "before" is the cached base: evaluating it here with the demo's evaluation settings gives the same rows
+    cfg = DemoConfig(quick=True, out=str(run), threads=1)
+    tcfg = TrainConfig(**train_overrides(cfg, base, run))
+    evaluate_module.evaluate_model(str(base), "geneval", per_prompt=max(tcfg.eval_per_prompt, 2),
+                                   seed=tcfg.eval_seed, limit=tcfg.eval_limit, out=workdir / "check", progress=False)
+    assert read_jsonl(workdir / "check" / "geneval" / "results.jsonl") == \
+        read_jsonl(run / "eval_before" / "geneval" / "results.jsonl")

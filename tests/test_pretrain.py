@@ -1,0 +1,219 @@
+"""Pretraining the built-in model on the tiny preset: the loss falls, the same seed gives the same weights, an
+interrupted run resumes to exactly the weights of an uninterrupted one, and batches put the loss where the
+module docstring says (image codes for generation, description + <eos> for understanding). Seconds each."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gvu.models.pretrain as pt
+from gvu.models.builtin import build_builtin, load_builtin
+from gvu.models.pretrain import LOG_FILE, STATE_FILE, PretrainConfig, ScenePool, build_pool, make_batch, pretrain
+from gvu.world.grammar import SHAPES_LEXICON, parse_prompt
+from gvu.world.judge import evaluate
+from gvu.world.scene import scene_detections
+
+# warmup 5 (not the default 100) so 30 steps actually move the weights
+TINY = PretrainConfig(size="tiny", steps=30, num_scenes=200, batch_size=16, warmup_steps=5, seed=3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted tiny run, shared: (output folder, returned model)."""
+    out = tmp_path_factory.mktemp("ref") / "base"
+    model = pretrain(TINY, out, progress=False)
+    return out, model
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.lm.state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def fixed_batch_loss(model, pool) -> float:
+    """The training loss on a fixed batch drawn with its own generator (independent of training's batches)."""
+    ids, mask, labels, is_gen = make_batch(model, pool, TINY, np.random.default_rng(123))
+    with torch.no_grad():
+        return pt.lm_loss(model.lm, ids, mask, labels)[0].item()
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def test_loss_falls_on_a_fixed_batch(reference_run):
+    _, trained = reference_run
+    untrained = build_builtin(TINY.size, seed=TINY.seed)  # pretrain starts from exactly this initialisation
+    pool = build_pool(TINY.num_scenes, TINY.seed, TINY.kinds, progress=False)
+    before, after = fixed_batch_loss(untrained, pool), fixed_batch_loss(trained, pool)
+    assert math.isfinite(after)
+    assert before > math.log(100)  # random init: roughly uniform over a vocabulary of ~500 ids
+    assert after < 0.75 * before, (before, after)
+
+
+def test_output_folder_loads_and_holds_the_log(reference_run):
+    out, trained = reference_run
+    loaded = load_builtin(out)
+    assert_same_weights(weights(loaded), weights(trained))
+    info = json.loads((out / "gvu.json").read_text())
+    assert info["pretrain"] == json.loads(json.dumps(dataclasses.asdict(TINY)))
+    lines = [json.loads(x) for x in (out / LOG_FILE).read_text().splitlines()]
+    assert [m["step"] for m in lines] == [TINY.steps]  # logged every 50 steps and at the last one
+    assert all(math.isfinite(m[k]) for m in lines for k in ("loss", "loss_gen", "loss_und", "lr"))
+    # the hidden work folder is gone once the model is written
+    assert not (out.parent / f".{out.name}.pretrain").exists()
+
+
+def test_same_seed_same_weights(reference_run, tmp_path):
+    _, first = reference_run
+    second = pretrain(TINY, tmp_path / "again", progress=False)
+    assert_same_weights(weights(first), weights(second))
+    other = build_builtin(TINY.size, seed=TINY.seed + 1)  # and the seed matters
+    assert not torch.equal(weights(other)["model.embed_tokens.weight"], weights(first)["model.embed_tokens.weight"])
+
+
+def _interrupt_at(monkeypatch, name: str, call: int, exc: BaseException):
+    """Make pt.<name> raise `exc` on its `call`-th call (1-based) during the run."""
+    real = getattr(pt, name)
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pt, name, wrapped)
+
+
+# A Ctrl-C lands anywhere. In the loss, step 13 has drawn its batch but not updated the weights: the state must
+# be that of step 12 with the generator as step 13 began. In the periodic save after step 10, the step is
+# complete: the state is step 10 with the generator as it is. (save_every never changes what is trained.)
+@pytest.mark.parametrize("where,call,saved_step", [("lm_loss", 13, 12), ("_save_state", 1, 10)])
+def test_interrupt_then_resume_matches_uninterrupted(reference_run, tmp_path, monkeypatch, capsys, where, call,
+                                                     saved_step):
+    _, uninterrupted = reference_run
+    cfg = dataclasses.replace(TINY, save_every=10)
+    out = tmp_path / "base"
+    work = tmp_path / ".base.pretrain"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, where, call, KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(cfg, out, progress=False)
+    assert "rerun the same command to resume" in capsys.readouterr().out
+    assert (work / STATE_FILE).is_file() and not out.exists()
+    assert torch.load(work / STATE_FILE, weights_only=False)["step"] == saved_step
+
+    # a different configuration must not silently continue from this state
+    with pytest.raises(ValueError, match="another configuration.*same"):
+        pretrain(dataclasses.replace(cfg, learning_rate=1e-3), out, progress=False)
+
+    resumed = pretrain(cfg, out, progress=False)
+    assert_same_weights(weights(resumed), weights(uninterrupted))
+    assert not work.exists()
+    assert [json.loads(x)["step"] for x in (out / LOG_FILE).read_text().splitlines()] == [cfg.steps]
+
+
+def test_crash_resumes_from_the_last_periodic_state(reference_run, tmp_path, monkeypatch):
+    """Not a Ctrl-C (e.g. the machine dies): the periodic state file is all there is, and it is enough."""
+    _, uninterrupted = reference_run
+    cfg = dataclasses.replace(TINY, save_every=10)
+    assert cfg.steps == TINY.steps
+    out = tmp_path / "base"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "lm_loss", 25, RuntimeError("power cut"))
+        with pytest.raises(RuntimeError, match="power cut"):
+            pretrain(cfg, out, progress=False)
+    assert torch.load(tmp_path / ".base.pretrain" / STATE_FILE, weights_only=False)["step"] == 20
+    resumed = pretrain(cfg, out, progress=False)
+    # save_every only decides when state is written, never what is trained
+    assert_same_weights(weights(resumed), weights(uninterrupted))
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+@pytest.fixture(scope="module")
+def one_scene_pool():
+    """A pool of ONE scene, so every example of a batch is known exactly."""
+    pool = build_pool(40, seed=0, kinds=TINY.kinds, progress=False)
+    # a scene with several distinct shapes, so it has many different true descriptions
+    k = max(range(40), key=lambda i: len({o.cls for o in pool.objs[i]}))
+    assert len({o.cls for o in pool.objs[k]}) >= 3
+    return ScenePool(pool.tokens[k:k + 1], pool.rows[k:k + 1], pool.objs[k:k + 1])
+
+
+def test_generation_labels_are_exactly_the_image_codes(one_scene_pool):
+    model = build_builtin("tiny")
+    layout = model.layout
+    cfg = dataclasses.replace(TINY, gen_fraction=1.0, uncond_prob=0.5, batch_size=24)
+    ids, mask, labels, is_gen = make_batch(model, one_scene_pool, cfg, np.random.default_rng(0))
+    assert is_gen.all()
+    image_ids = layout.image_ids(one_scene_pool.tokens[0])
+    prompt_ids = model.tokenizer.encode(one_scene_pool.rows[0]["prompt"])
+    lengths = set()
+    for i in range(len(ids)):
+        n = int(mask[i].sum())
+        lengths.add(n)
+        on = (labels[i] != -100).nonzero()[:, 0].tolist()
+        assert [int(x) for x in labels[i, on]] == image_ids
+        assert on == list(range(on[0], on[0] + len(image_ids)))  # one contiguous span
+        seq = ids[i, :n].tolist()
+        prompt = prompt_ids if n == len(layout.generation_sequence(prompt_ids, one_scene_pool.tokens[0])) else []
+        assert seq == layout.generation_sequence(prompt, one_scene_pool.tokens[0])
+        assert on[0] == len(layout.generation_prefix(prompt))  # nothing of the prompt or the end marker is a target
+    assert len(lengths) == 2  # both conditional and prompt-dropped (guidance) examples occurred
+
+
+def test_understanding_labels_are_a_true_description_and_eos(one_scene_pool):
+    model = build_builtin("tiny")
+    tok, layout = model.tokenizer, model.layout
+    cfg = dataclasses.replace(TINY, gen_fraction=0.0, batch_size=24)
+    ids, mask, labels, is_gen = make_batch(model, one_scene_pool, cfg, np.random.default_rng(0))
+    assert not is_gen.any()
+    dets = scene_detections(one_scene_pool.objs[0])
+    descriptions = set()
+    for i in range(len(ids)):
+        on = (labels[i] != -100).nonzero()[:, 0].tolist()
+        target = [int(x) for x in labels[i, on]]
+        assert on == list(range(on[0], on[0] + len(target)))
+        assert target[-1] == layout.eos_id and layout.eos_id not in target[:-1]
+        assert on[-1] == int(mask[i].sum()) - 1  # the span ends the sequence: eos is the last real token
+        assert ids[i, on[0] - 1] == tok.ans_id  # and starts right after the answer marker
+        text = tok.decode(target[:-1])
+        assert evaluate(dets, parse_prompt(text, SHAPES_LEXICON), "strict").correct, text
+        descriptions.add(text)
+        assert (labels[i, int(mask[i].sum()):] == -100).all()  # padding is never a target
+    assert len(descriptions) > 3  # drawn fresh for each example
+
+
+def test_presets_set_gen_fraction():
+    weak, regular = PretrainConfig(preset="weak"), PretrainConfig(preset="regular")
+    assert 0 < weak.gen_fraction < regular.gen_fraction <= 1
+    assert PretrainConfig(preset="weak", gen_fraction=0.7).gen_fraction == 0.7
+    with pytest.raises(ValueError, match="preset"):
+        PretrainConfig(preset="strong")
+    with pytest.raises(ValueError, match="gen_fraction"):
+        PretrainConfig(gen_fraction=1.5)
+    # and the fraction is what batches contain
+    pool = build_pool(20, seed=0, kinds=TINY.kinds, progress=False)
+    model = build_builtin("tiny")
+    frac = {}
+    for name, c in (("weak", weak), ("regular", regular)):
+        c = dataclasses.replace(c, batch_size=400)
+        frac[name] = make_batch(model, pool, c, np.random.default_rng(1))[3].float().mean().item()
+    assert abs(frac["weak"] - weak.gen_fraction) < 0.06 and abs(frac["regular"] - regular.gen_fraction) < 0.06
