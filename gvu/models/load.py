@@ -1,23 +1,110 @@
 """Model specs on the command line -> a model of the interface.
 
-Accepted forms: a directory written by `gvu pretrain` or `gvu train` (the built-in model). Adapters for other
-model families register further prefixes here.
+Accepted forms (SPEC_FORMS): a folder written by `gvu pretrain` or `gvu train` (the built-in model, or a trained
+transformers model: its gvu.json says which kind and, for a LoRA adapter, which base model), or KIND:NAME for a
+transformers model, with load options after '?':
+
+    janus:deepseek-community/Janus-Pro-1B?dtype=bfloat16&gradient_checkpointing=1
+    emu3:BAAI/Emu3-Gen-hf?grid=32x32
+    causal-lm:/models/x-omni-like
+
+Options: dtype (auto, bfloat16, float16, float32), device (cpu, cuda, cuda:1; default: cuda when available),
+gradient_checkpointing (0/1), attn_implementation (eager, sdpa, flash_attention_2), and per kind: janus
+use_chat_template (0/1); emu3 grid (ROWSxCOLS), negative_prompt.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
+from urllib.parse import parse_qsl
 
-SPEC_FORMS = ("DIR (a folder written by `gvu pretrain` or `gvu train`)",)
+SPEC_FORMS = (
+    "DIR (a folder written by `gvu pretrain` or `gvu train`)",
+    "janus:PATH_OR_NAME (a transformers Janus / Janus-Pro checkpoint, e.g. janus:deepseek-community/Janus-Pro-1B)",
+    "emu3:PATH_OR_NAME (a transformers Emu3 checkpoint, e.g. emu3:BAAI/Emu3-Gen-hf)",
+    "causal-lm:PATH (a causal LM folder with a gvu_causal_lm.yaml adapter file)",
+    "any KIND:... form may end in ?key=value&... load options (dtype, device, gradient_checkpointing, "
+    "attn_implementation)",
+)
+COMMON_OPTIONS = ("dtype", "device", "gradient_checkpointing", "attn_implementation")
+KIND_OPTIONS = {"janus": ("use_chat_template",), "emu3": ("grid", "negative_prompt"), "causal-lm": ()}
+_KIND = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(?!//)(.*)$")
 
 
-def load_model(spec: str, device: str | None = None):
-    from gvu.models.builtin import GVU_FILE, is_model_dir, load_builtin
+def _accepted() -> str:
+    return "accepted forms: " + "; ".join(SPEC_FORMS)
 
-    path = Path(spec)
-    if path.is_dir() and (path / GVU_FILE).is_file():
+
+def _loader(kind: str):
+    if kind == "janus":
+        from gvu.models.janus import load_janus
+        return load_janus
+    if kind == "emu3":
+        from gvu.models.emu3 import load_emu3
+        return load_emu3
+    from gvu.models.causal_lm import load_causal_lm
+    return load_causal_lm
+
+
+def parse_spec(spec: str) -> tuple[str | None, str, dict]:
+    """(kind or None for a plain folder, path or name, options)."""
+    m = _KIND.match(spec)
+    if m is None or Path(spec).exists():
+        return None, spec, {}
+    kind, rest = m.group(1).lower(), m.group(2)
+    if kind not in KIND_OPTIONS:
+        raise ValueError(f"model {spec!r}: unknown model kind {kind!r}; {_accepted()}")
+    name, _, query = rest.partition("?")
+    if not name:
+        raise ValueError(f"model {spec!r}: nothing after '{kind}:'; {_accepted()}")
+    options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    allowed = COMMON_OPTIONS + KIND_OPTIONS[kind]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"model {spec!r}: unknown option(s) {unknown} for {kind}; known: {', '.join(allowed)}")
+    return kind, name, options
+
+
+def load_saved(path: Path, device: str | None = None):
+    """A folder with a gvu.json: the built-in model, or a trained transformers model (full weights or LoRA)."""
+    from gvu.models.builtin import load_builtin
+
+    info = json.loads((path / "gvu.json").read_text())
+    kind = info.get("kind")
+    if kind == "builtin":
         return load_builtin(path, device=device)
-    if path.is_dir() and (path / "final" / GVU_FILE).is_file():  # a `gvu train` output folder
-        return load_builtin(path / "final", device=device)
+    if kind not in KIND_OPTIONS:
+        raise ValueError(f"{path}/gvu.json names model kind {kind!r}; {_accepted()}")
+    options = dict(info.get("options", {}))
+    if device is not None:
+        options["device"] = device
+    if info.get("weights") == "full":
+        return _loader(kind)(str(path), **options)
+    if info.get("weights") != "lora" or not info.get("base"):
+        raise ValueError(f"{path}/gvu.json: expected weights 'full', or 'lora' with the base model, got "
+                         f"{info.get('weights')!r} (base {info.get('base')!r})")
+    from peft import PeftModel
+
+    model = _loader(kind)(info["base"], **options)
+    # merged, so the result is a plain model again (a later LoRA run or evaluation needs nothing special)
+    model.lm = PeftModel.from_pretrained(model.lm, str(path)).merge_and_unload()
+    return model
+
+
+def load_model(spec: str | os.PathLike, device: str | None = None):
+    spec = os.fspath(spec)
+    kind, name, options = parse_spec(spec)
+    if kind is not None:
+        if device is not None:
+            options.setdefault("device", device)
+        return _loader(kind)(name, **options)
+    path = Path(spec)
+    if path.is_dir() and (path / "gvu.json").is_file():
+        return load_saved(path, device=device)
+    if path.is_dir() and (path / "final" / "gvu.json").is_file():  # a `gvu train` output folder
+        return load_saved(path / "final", device=device)
     why = "does not exist" if not path.exists() else "holds no gvu model" if path.is_dir() else "is not a folder"
-    raise ValueError(f"model {spec!r} {why}; accepted forms: " + "; ".join(SPEC_FORMS))
+    raise ValueError(f"model {spec!r} {why}; {_accepted()}")

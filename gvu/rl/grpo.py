@@ -101,6 +101,11 @@ def grpo_loss(logp_NT: torch.Tensor, old_logp_NT: torch.Tensor, adv_N: torch.Ten
     if beta != 0.0:
         if ref_logp_NT is None:
             raise ValueError("beta != 0 needs the reference log-probs")
+        # With top-k/top-p/min-p the reference's own filter can exclude a code the policy drew (ref = -inf), and
+        # low precision can do the same to both; such tokens carry no KL estimate, so they get none (not inf/NaN).
+        finite = torch.isfinite(ref_logp_NT) & torch.isfinite(logp_NT.detach())
+        ref_logp_NT = torch.where(finite, ref_logp_NT, logp_NT.detach())
+        stats["kl_undefined_frac"] = 1.0 - finite.float().mean().item()
         kl = k3_kl(logp_NT, ref_logp_NT)
         per_token = per_token + beta * kl
         stats["kl"] = ((kl * mask).sum() / mask.sum().clamp(min=1)).item()
