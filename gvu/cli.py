@@ -102,6 +102,21 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"report: {report} (and report.html beside it)")
 
 
+def cmd_generate(a: argparse.Namespace) -> None:
+    from gvu.bench.evaluate import generate_layout
+    from gvu.bench.metadata import read_metadata
+    from gvu.models.load import load_model
+    from gvu.models.protocol import SamplingConfig
+
+    rows = read_metadata(a.metadata)
+    model = load_model(a.model)
+    sampling = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
+                              guidance=a.guidance)
+    n = generate_layout(model, rows, a.outdir, per_prompt=a.per_prompt, seed=a.seed, sampling=sampling,
+                        prompts_per_batch=a.batch)
+    print(f"wrote {n} images for {len(rows)} prompts to {a.outdir} (GenEval layout)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gvu", description="Learning to Generate via Understanding (GvU).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", help="a checkpoint folder, or a training output folder (its latest checkpoint)")
     tr.add_argument("overrides", nargs="*", help="key=value config overrides")
     tr.set_defaults(func=cmd_train)
+
+    ge = sub.add_parser("generate", help="images of any model for a metadata file, in GenEval's folder layout")
+    ge.add_argument("--model", required=True, help="a gvu model folder, janus:..., emu3:..., causal-lm:...")
+    ge.add_argument("--metadata", required=True, help="GenEval-format metadata JSONL")
+    ge.add_argument("--outdir", required=True)
+    ge.add_argument("--per-prompt", dest="per_prompt", type=int, default=4)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--batch", type=int, default=8, help="prompts per sampling call")
+    ge.add_argument("--temperature", type=float, default=1.0)
+    ge.add_argument("--top-k", dest="top_k", type=int, default=0)
+    ge.add_argument("--top-p", dest="top_p", type=float, default=1.0)
+    ge.add_argument("--min-p", dest="min_p", type=float, default=0.0)
+    ge.add_argument("--guidance", type=float, default=1.0)
+    ge.set_defaults(func=cmd_generate)
 
     dm = sub.add_parser("demo", help="the paper's experiment end to end: pretrain, evaluate, GvU, evaluate, report")
     dm.add_argument("--base", choices=["regular", "weak"], default="regular")

@@ -90,7 +90,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     eval_kw = dict(per_prompt=max(per_prompt, 2), seed=tcfg.eval_seed, limit=limit, progress=progress)
 
     t = time.perf_counter()
-    before = evaluate_model(str(base), "all", out=out / "eval_before", **eval_kw)
+    evaluate_model(str(base), "all", out=out / "eval_before", **eval_kw)
     timings["eval_before"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -98,7 +98,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    after = evaluate_model(str(final), "all", out=out / "eval_after", **eval_kw)
+    evaluate_model(str(final), "all", out=out / "eval_after", **eval_kw)
     timings["eval_after"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -110,5 +110,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
                     prompts_per_tag=4 if cfg.quick else 40)
     timings["sensitivity"] = time.perf_counter() - t
 
+    import resource
+
+    # ru_maxrss is in KiB on Linux: the peak resident memory of the whole demo process so far.
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return write_report(out, demo=dataclasses.asdict(cfg), base_dir=str(base), train_dir=str(tcfg.output_dir),
-                        timings=timings)
+                        timings=timings, peak_rss_mib=peak_rss_mib)

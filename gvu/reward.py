@@ -81,20 +81,13 @@ def _images_for(model, images, path: str):
     return model.decode(images)  # prompt_logprobs re-encodes pixels
 
 
-@contextlib.contextmanager
 def _eval_mode(model):
     """Score with dropout off even when called between training steps (the built-in model has none; real UMMs
     may), and put the module back as it was."""
+    from gvu.models.shared_vocab import eval_mode
+
     module = getattr(model, "module", None)
-    if not isinstance(module, torch.nn.Module):
-        yield
-        return
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
+    return eval_mode(module) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
 
 
 @torch.no_grad()

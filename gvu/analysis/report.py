@@ -107,6 +107,9 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
     if d:
         lines += [f"Base: **{d.get('demo', {}).get('base')}**, reward: **{d.get('demo', {}).get('reward')}**, "
                   f"scorer: **{d.get('demo', {}).get('scorer')}**, quick: {d.get('demo', {}).get('quick')}.", ""]
+        if d.get("timings"):
+            lines += ["Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in d["timings"].items())
+                      + (f"; peak resident memory {d['peak_rss_mib']:.0f} MiB." if d.get("peak_rss_mib") else "."), ""]
     for bench, title in (("geneval", "GenEval-shapes"), ("genevalpp", "GenEval++-shapes")):
         if bench not in c:
             continue

@@ -137,3 +137,23 @@ def evaluate_model(model_spec, benchmark: str = "all", per_prompt: int = 4, seed
         atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=1) + "\n")
     summary["table"] = "\n".join(lines)
     return summary
+
+
+@torch.no_grad()
+def generate_layout(model, rows: list[dict], outdir: str | os.PathLike, per_prompt: int = 4, seed: int = 0,
+                    sampling: SamplingConfig | None = None, prompts_per_batch: int = 8, progress: bool = True) -> int:
+    """Images of any model in GenEval's folder layout, unjudged (score them with GenEval's or GenEval++'s own
+    tools, or with `gvu judge` for the shapes world). Same seeding as generate_and_judge. Returns the count."""
+    from tqdm import tqdm
+
+    sampling = sampling or SamplingConfig()
+    n = 0
+    for start in tqdm(range(0, len(rows), prompts_per_batch), desc="generating", unit="batch", disable=not progress):
+        chunk = rows[start:start + prompts_per_batch]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+        rollout = model.sample([r["prompt"] for r in chunk], per_prompt, sampling, gen)
+        pixels = model.decode(rollout.image_tokens_NT)
+        for j, row in enumerate(chunk):
+            write_prompt_dir(outdir, start + j, row, pixels[j * per_prompt:(j + 1) * per_prompt])
+            n += per_prompt
+    return n

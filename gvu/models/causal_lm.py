@@ -34,9 +34,7 @@ from typing import Callable
 import torch
 
 from gvu.models.protocol import Rollout, SamplingConfig
-from gvu.models.shared_vocab import (SharedVocabLayout, SharedVocabUMM, _cache_of, eval_mode, pad_batch, positions,
-                                     span_logprobs)
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
+from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM, _cache_of, eval_mode, pad_batch, positions
 
 GVU_FILE = "gvu.json"
 ADAPTER_FILES = ("gvu_causal_lm.yaml", "gvu_causal_lm.yml", "gvu_causal_lm.json")
@@ -291,19 +289,6 @@ class GridSharedVocabUMM(SharedVocabUMM):
 
     def _answer_ids(self, prompts: list[str]) -> list[list[int]]:
         return [list(self.tokenizer.encode(self.answer_template.format(prompt=p))) for p in prompts]
-
-    def prompt_logprobs(self, images, prompts: list[str],
-                        instruction: str = DEFAULT_INSTRUCTION) -> tuple[torch.Tensor, torch.Tensor]:
-        codes_NT = self._as_codes(images)
-        if len(prompts) != codes_NT.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts for {codes_NT.shape[0]} images")
-        inst_ids = self.tokenizer.encode(instruction)
-        seqs, spans = [], []
-        for codes_T, ids in zip(codes_NT.tolist(), self._answer_ids(list(prompts))):
-            seq, span = self.layout.understanding_sequence(codes_T, inst_ids, ids)
-            seqs.append(seq)
-            spans.append(span)
-        return span_logprobs(self.lm, seqs, spans, self.layout.pad_id)
 
     def save_pretrained(self, directory, extra: dict | None = None) -> Path:
         src = Path(self.source) if self.source else None

@@ -32,6 +32,7 @@ from gvu.models.shared_vocab import pad_batch
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
 from gvu.world.scene import realise, scene_tokens
+from gvu.world.spec import COLORS, EMPTY, GRID, SHAPES, code_of
 
 STATE_FILE = "pretrain_state.pt"
 LOG_FILE = "pretrain_log.jsonl"
@@ -67,6 +68,11 @@ class PretrainConfig:
     """torch threads; 0 keeps torch's default."""
     kinds: tuple[str, ...] = field(default_factory=lambda: KINDS)
     """Prompt kinds of the scene pool (all thirteen by default)."""
+    debris_prob: float = 0.3
+    """Fraction of understanding examples whose image gets 1-3 isolated quarter codes ("debris": parts of large
+    objects that form no object). The pixel judge sees nothing there and the description does not mention them,
+    so the understanding branch learns what the judge knows: a broken object is no object. Without it, RL found
+    that half-drawn objects fool the judge (measured; see README)."""
     aligned_init: bool = True
     """Initialise word and image-code embeddings from shared shape/colour factors (see builtin.align_embeddings)."""
 
@@ -75,6 +81,8 @@ class PretrainConfig:
             raise ValueError(f"preset must be one of {sorted(PRESET_GEN_FRACTION)}, got {self.preset!r}")
         if self.gen_fraction is None:
             self.gen_fraction = PRESET_GEN_FRACTION[self.preset]
+        if not 0.0 <= self.debris_prob <= 1.0:
+            raise ValueError(f"debris_prob must be in [0, 1], got {self.debris_prob}")
         if not 0.0 <= self.gen_fraction <= 1.0:
             raise ValueError(f"gen_fraction must be in [0, 1], got {self.gen_fraction}")
         if self.steps < 1 or self.batch_size < 1:
@@ -111,6 +119,24 @@ def build_pool(n: int, seed: int, kinds: tuple[str, ...], progress: bool = True)
     return ScenePool(np.stack(toks), rows, objs)
 
 
+_QUARTERS = [code_of(s, c, p) for s in SHAPES for c in COLORS for p in ("tl", "tr", "bl", "br")]
+
+
+def add_debris(codes_T: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Put up to n lone quarter codes in empty cells whose eight neighbours are empty (so no debris touches an
+    object or other debris and merges with it)."""
+    grid = codes_T.reshape(GRID, GRID).copy()
+    for _ in range(n):
+        padded = np.pad(grid != EMPTY, 1)
+        busy = sum(padded[1 + dr:1 + dr + GRID, 1 + dc:1 + dc + GRID] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+        free = np.argwhere(busy == 0)
+        if len(free) == 0:
+            break
+        r, c = free[rng.integers(len(free))]
+        grid[r, c] = _QUARTERS[rng.integers(len(_QUARTERS))]
+    return grid.reshape(-1)
+
+
 def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.random.Generator):
     """(ids_NS, mask_NS, labels_NS, is_gen_N) for one step; labels are -100 off the targets."""
     tok, layout = model.tokenizer, model.layout
@@ -128,6 +154,8 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
             spans.append((start, start + len(codes)))
         else:
             row = describe(pool.objs[k], rng) or pool.rows[k]
+            if rng.random() < cfg.debris_prob:
+                codes = add_debris(codes, rng, int(rng.integers(1, 4)))
             seq, (a, b) = layout.understanding_sequence(codes, inst, tok.encode(row["prompt"]))
             seqs.append(seq)
             spans.append((a, b + len(layout.und_suffix)))  # the description and <eos>

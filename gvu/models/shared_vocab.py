@@ -274,6 +274,10 @@ class SharedVocabUMM:
         raise ValueError(f"images must be image codes [N, {self.layout.num_image_tokens}] or uint8 pixels "
                          f"[N, H, W, 3]; got {arr.dtype} {arr.shape}")
 
+    def _answer_ids(self, prompts: list[str]) -> list[list[int]]:
+        """The ids scored by prompt_logprobs: the prompt itself here; adapters may wrap it in a template."""
+        return self._encode_prompts(prompts)
+
     def prompt_logprobs(self, images, prompts: list[str],
                         instruction: str = DEFAULT_INSTRUCTION) -> tuple[torch.Tensor, torch.Tensor]:
         codes_NT = self._as_codes(images)
@@ -281,7 +285,7 @@ class SharedVocabUMM:
             raise ValueError(f"{len(prompts)} prompts for {codes_NT.shape[0]} images")
         inst_ids = self.tokenizer.encode(instruction)
         seqs, spans = [], []
-        for codes_T, ids in zip(codes_NT.tolist(), self._encode_prompts(list(prompts))):
+        for codes_T, ids in zip(codes_NT.tolist(), self._answer_ids(list(prompts))):
             seq, span = self.layout.understanding_sequence(codes_T, inst_ids, ids)
             seqs.append(seq)
             spans.append(span)

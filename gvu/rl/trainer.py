@@ -337,7 +337,7 @@ class Trainer:
                       f"`gvu train --resume {self.out}`", file=sys.stderr)
             else:
                 last = ckpt.list_checkpoints(self.out)
-                print(f"\ninterrupted in the middle of a step; no checkpoint written (the state is half-updated); "
+                print("\ninterrupted in the middle of a step; no checkpoint written (the state is half-updated); "
                       + (f"the latest is {last[-1]}" if last else "there is no checkpoint yet"), file=sys.stderr)
             raise
         finally:
