@@ -163,12 +163,13 @@ def test_valid_edge_values():
 
 
 @pytest.mark.parametrize("kw,needs", [
-    ({"beta": 0.02}, True),
-    ({"beta": 0.0}, False),
-    ({"beta": 0.0, "reward_scorer": "reference"}, True),
+    ({"beta": 0.02, "beta_understanding": 0.0}, True),
+    ({"beta": 0.0, "beta_understanding": 0.0}, False),
+    ({"beta": 0.0, "beta_understanding": 0.5}, True),  # the understanding leash needs the reference too
+    ({"beta": 0.0, "beta_understanding": 0.0, "reward_scorer": "reference"}, True),
     # the intrinsic reward is logged (and scored by the chosen scorer) even when an oracle trains
-    ({"beta": 0.0, "reward_scorer": "reference", "reward": "oracle_binary"}, True),
-    ({"beta": 0.0, "reward": "oracle_binary"}, False),
+    ({"beta": 0.0, "beta_understanding": 0.0, "reward_scorer": "reference", "reward": "oracle_binary"}, True),
+    ({"beta": 0.0, "beta_understanding": 0.0, "reward": "oracle_binary"}, False),
 ])
 def test_needs_reference(kw, needs):
     assert TrainConfig(**kw).needs_reference() is needs

@@ -79,7 +79,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0: off)."""
     beta: float = 0.02
-    """KL weight against the reference policy (k3 estimator); 0 loads no reference unless the scorer needs it."""
+    """KL weight against the reference policy (k3 estimator); with beta = 0 and beta_understanding = 0 no
+    reference is loaded unless the scorer needs it."""
     beta_understanding: float = 1.0
     """KL weight that leashes the understanding branch to the reference: k3 KL of the prompt's token
     log-probs given the rollout's own images (no external data). Guards the judge against erosion by the
