@@ -123,6 +123,18 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return all((Path(path) / f).is_file() for f in REQUIRED_FILES)
 
 
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place. A non-empty folder cannot be renamed over, so the old one is moved
+    aside first; only the instant between the two renames has no folder at `target`."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / "model")
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write the model to `directory` atomically (replacing a gvu model already there). `extra` goes into
     gvu.json (e.g. how it was pretrained)."""
@@ -142,15 +154,7 @@ def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | 
         (tmp / GVU_FILE).write_text(json.dumps(info, indent=1) + "\n")
         if not is_model_dir(tmp):
             raise RuntimeError(f"saving wrote {sorted(os.listdir(tmp))}, expected {list(REQUIRED_FILES)}")
-        # A non-empty folder cannot be renamed over, so move the old one aside first; only the instant between
-        # the two renames has no model at `target`.
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-            os.replace(target, old / "model")
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -136,13 +136,9 @@ def save_transformers_model(umm, directory: str | os.PathLike, extra: dict | Non
                 "options": {k: v for k, v in umm.options.items() if k not in ("device", "gradient_checkpointing")},
                 **(extra or {})}
         (tmp / GVU_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-            os.replace(target, old / "model")
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        from gvu.models.builtin import replace_dir
+
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

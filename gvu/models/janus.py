@@ -33,7 +33,7 @@ import torch
 from gvu.models.causal_lm import (PlainTokenizer, base_model, dtype_name, finish_loading, flag, resolve_dtype,
                                   save_transformers_model, tiny_byte_tokenizer)
 from gvu.models.protocol import Rollout, SamplingConfig
-from gvu.models.sampling import filter_logits
+from gvu.models.sampling import guided_logprobs
 from gvu.models.shared_vocab import _cache_kwarg, _cache_of, eval_mode, pad_batch, positions, span_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
@@ -170,10 +170,7 @@ class JanusUMM:
             seqs += [self.unconditional(s) for s in seqs]
         return pad_batch(seqs, self.pad_id, "left", self.device)
 
-    def _step_logprobs(self, logits_BC: torch.Tensor, N: int, sampling: SamplingConfig) -> torch.Tensor:
-        if sampling.uses_guidance:
-            return filter_logits(logits_BC[:N], sampling, logits_BC[N:])
-        return filter_logits(logits_BC, sampling)
+    _step_logprobs = staticmethod(guided_logprobs)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,

@@ -66,3 +66,10 @@ def filter_logits(logits_NV: torch.Tensor, sampling: SamplingConfig,
     logits_NV = _top_p(logits_NV, sampling.top_p)
     logits_NV = _min_p(logits_NV, sampling.min_p)
     return torch.log_softmax(logits_NV, dim=-1)
+
+
+def guided_logprobs(logits_BC: torch.Tensor, N: int, sampling: SamplingConfig) -> torch.Tensor:
+    """Filtered log-probs of N rows from a batch whose rows N: are the unconditional half when guidance is on."""
+    if sampling.uses_guidance:
+        return filter_logits(logits_BC[:N], sampling, logits_BC[N:])
+    return filter_logits(logits_BC, sampling)

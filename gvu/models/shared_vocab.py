@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from gvu.models.protocol import Rollout, SamplingConfig
-from gvu.models.sampling import filter_logits
+from gvu.models.sampling import guided_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
 
@@ -193,10 +193,7 @@ class SharedVocabUMM:
         off = self.layout.image_token_offset
         return logits_BV[..., off:off + self.layout.num_codes]
 
-    def _step_logprobs(self, logits_BC: torch.Tensor, N: int, sampling: SamplingConfig) -> torch.Tensor:
-        if sampling.uses_guidance:
-            return filter_logits(logits_BC[:N], sampling, logits_BC[N:])
-        return filter_logits(logits_BC, sampling)
+    _step_logprobs = staticmethod(guided_logprobs)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
