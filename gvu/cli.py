@@ -89,8 +89,16 @@ def cmd_train(a: argparse.Namespace) -> None:
         if not a.config:
             raise ValueError("give --config FILE (see configs/) or --resume DIR")
         cfg = load_config(a.config, a.overrides)
-    final = Trainer(cfg, resume=ckpt if a.resume else None).train()
-    print(f"wrote the trained policy to {final}")
+    trainer = Trainer(cfg, resume=ckpt if a.resume else None)
+    try:
+        final = trainer.train()
+    finally:
+        if trainer.dist.enabled:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if trainer.dist.is_main:
+        print(f"wrote the trained policy to {final}")
 
 
 def cmd_demo(a: argparse.Namespace) -> None:

@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import torch
 
 import gvu.bench.evaluate as evaluate_module
 import gvu.models.pretrain as pretrain_module
@@ -28,14 +27,6 @@ from gvu.rl.config import TrainConfig
 _EXE = Path(sys.executable).parent / "gvu"
 GVU = [str(_EXE)] if _EXE.is_file() else [sys.executable, "-m", "gvu.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,6 @@ LIMIT, PER_PROMPT = 7, 2  # 7 = GenEval++'s number of tags, so every tag appears
 GENEVAL_FIELDS = {"filename", "tag", "prompt", "correct", "reason", "metadata", "details"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return save_builtin(build_builtin("tiny", seed=0), tmp_path_factory.mktemp("m") / "tiny")

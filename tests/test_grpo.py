@@ -13,14 +13,6 @@ from gvu.rl.grpo import LOSS_AGGREGATIONS, clipped_surrogate, group_advantages, 
 EPS = 1e-4  # group_advantages' default
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def logp_for_ratios(rho_NT, old_NT=None):
     """(logp, old_logp) with exp(logp - old) == rho."""
     rho_NT = torch.as_tensor(rho_NT, dtype=torch.float64)

@@ -29,15 +29,6 @@ SAMPLINGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the tiny model gains nothing from threads, and spinning OpenMP threads on a busy shared CPU are 10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model(one_thread):
     return build_builtin("tiny", seed=0)

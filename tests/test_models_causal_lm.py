@@ -35,14 +35,6 @@ def encode(pixels):
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_tiny_model(folder, row_end="<eol>", **overrides):
     """A tiny Llama + byte tokenizer with 32 image-code tokens, a decoder module and the adapter file."""
     from transformers import LlamaConfig, LlamaForCausalLM

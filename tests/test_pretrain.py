@@ -21,14 +21,6 @@ from gvu.world.scene import scene_detections
 TINY = PretrainConfig(size="tiny", steps=30, num_scenes=200, batch_size=16, warmup_steps=5, seed=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     """One uninterrupted tiny run, shared: (output folder, returned model)."""

@@ -27,15 +27,6 @@ EQ_PROMPTS = ["a photo of a green star and a cross", "a photo of a heart",
 LONG = "a photo of a red circle, a blue star, a green heart, and a yellow cross"  # 19 tokens (4-item color_attr)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards are fastest on one thread, and far slower on two when another job holds the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return build_builtin("tiny", seed=0)

@@ -25,14 +25,6 @@ from gvu.world.render import blank_tokens, decode, encode
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------ AUC
 
 def brute_auc(s, y):

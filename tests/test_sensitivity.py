@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from gvu.analysis import plots
 from gvu.analysis.sensitivity import (ABLATIONS, ablate, ablated_prompts, register, run_sensitivity,
@@ -21,14 +20,6 @@ from gvu.models.builtin import build_builtin, save_builtin
 from gvu.world.grammar import parse_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

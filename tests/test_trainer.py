@@ -26,15 +26,6 @@ TRL_NAMES = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "c
 PHASES = ("time/sample", "time/decode", "time/reward", "time/update")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models gain nothing from threads, and OpenMP threads on a busy shared CPU are 10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("base") / "base-tiny"

@@ -20,14 +20,6 @@ FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below":
         "right": "left", "larger": "smaller", "smaller": "larger"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def uset():
     return build_understanding_set(seed=0, limit=LIMIT)

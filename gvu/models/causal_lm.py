@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 
 from gvu.models.protocol import Rollout, SamplingConfig
+from gvu.models.sampling import draw
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM, _cache_of, eval_mode, pad_batch, positions
 
 GVU_FILE = "gvu.json"
@@ -214,7 +215,7 @@ class GridSharedVocabUMM(SharedVocabUMM):
 
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
-               generator: torch.Generator) -> Rollout:
+               generator) -> Rollout:
         if group_size < 1 or not prompts:
             raise ValueError(f"need at least one prompt and group_size >= 1 (got {len(prompts)} prompts, "
                              f"group_size={group_size})")
@@ -233,8 +234,7 @@ class GridSharedVocabUMM(SharedVocabUMM):
                           logits_to_keep=1)
             for t in range(T):
                 logp_NC = self._step_logprobs(self._code_logits(out.logits[:, -1]), N, sampling)
-                codes_N = torch.multinomial(logp_NC.exp().to(generator.device), 1, generator=generator)[:, 0]
-                codes_N = codes_N.to(device)
+                codes_N = draw(logp_NC.exp(), generator, G).to(device)
                 codes_NT[:, t] = codes_N
                 logp_NT[:, t] = logp_NC.gather(1, codes_N[:, None])[:, 0]
                 if t + 1 == T:

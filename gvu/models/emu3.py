@@ -57,6 +57,8 @@ def parse_grid(grid) -> tuple[int, int]:
 class Emu3UMM(GridSharedVocabUMM):
     """`lm`: an Emu3ForConditionalGeneration (or a PEFT wrapper of it); `hf_tokenizer`: its tokenizer."""
 
+    supports_fsdp2 = False  # decode/encode call the VQ submodule directly, outside the root's FSDP2 hooks
+
     def __init__(self, lm, hf_tokenizer, grid=DEFAULT_GRID, fmt: SequenceFormat | None = None,
                  image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)):
         fmt = fmt or emu3_format()

@@ -33,7 +33,7 @@ import torch
 from gvu.models.causal_lm import (PlainTokenizer, base_model, dtype_name, finish_loading, flag, resolve_dtype,
                                   save_transformers_model, tiny_byte_tokenizer)
 from gvu.models.protocol import Rollout, SamplingConfig
-from gvu.models.sampling import guided_logprobs
+from gvu.models.sampling import draw, guided_logprobs
 from gvu.models.shared_vocab import _cache_kwarg, _cache_of, eval_mode, pad_batch, positions, span_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
@@ -174,7 +174,7 @@ class JanusUMM:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
-               generator: torch.Generator) -> Rollout:
+               generator) -> Rollout:
         if group_size < 1 or not prompts:
             raise ValueError(f"need at least one prompt and group_size >= 1 (got {len(prompts)} prompts, "
                              f"group_size={group_size})")
@@ -191,8 +191,7 @@ class JanusUMM:
             for t in range(T):
                 logits_BC = janus.model.generation_head(out.last_hidden_state[:, -1])
                 logp_NC = self._step_logprobs(logits_BC, N, sampling)
-                codes_N = torch.multinomial(logp_NC.exp().to(generator.device), 1, generator=generator)[:, 0]
-                codes_N = codes_N.to(device)
+                codes_N = draw(logp_NC.exp(), generator, G).to(device)
                 codes_NT[:, t] = codes_N
                 logp_NT[:, t] = logp_NC.gather(1, codes_N[:, None])[:, 0]
                 if t + 1 == T:

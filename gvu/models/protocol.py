@@ -88,8 +88,10 @@ class UnifiedModel(Protocol):
     module: torch.nn.Module
 
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
-               generator: torch.Generator) -> Rollout:
-        """group_size images per prompt, reproducible from `generator`; no grad."""
+               generator) -> Rollout:
+        """group_size images per prompt, reproducible from `generator`; no grad. `generator` is one
+        torch.Generator, or one per prompt (gvu.models.sampling.draw), so that a prompt's images do not depend
+        on the rest of the batch."""
         ...
 
     def image_logprobs(self, prompts_N: list[str], image_tokens_NT: torch.Tensor,

@@ -73,3 +73,28 @@ def guided_logprobs(logits_BC: torch.Tensor, N: int, sampling: SamplingConfig) -
     if sampling.uses_guidance:
         return filter_logits(logits_BC[:N], sampling, logits_BC[N:])
     return filter_logits(logits_BC, sampling)
+
+
+def draw(probs_NC: torch.Tensor, generator, group_size: int) -> torch.Tensor:
+    """One code per row from its probabilities [N, C], as a long tensor on probs_NC's device.
+
+    `generator` is a torch.Generator for the whole batch, or a sequence of generators, one per prompt, each
+    drawing the `group_size` consecutive rows of its prompt. With one generator per prompt a prompt's images
+    depend only on its own generator, not on which other prompts share the batch: that is what lets a step's
+    prompts be split across processes and give the very images one process would."""
+    if isinstance(generator, torch.Generator):
+        return torch.multinomial(probs_NC.to(generator.device), 1, generator=generator)[:, 0].to(probs_NC.device)
+    gens = list(generator)
+    if len(gens) * group_size != probs_NC.shape[0]:
+        raise ValueError(f"{len(gens)} generators x group_size {group_size} != {probs_NC.shape[0]} rows; pass one "
+                         "generator per prompt")
+    return torch.cat([torch.multinomial(probs_NC[i * group_size:(i + 1) * group_size].to(g.device), 1,
+                                        generator=g)[:, 0].to(probs_NC.device) for i, g in enumerate(gens)])
+
+
+def prompt_generators(seed: int, keys, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One generator per key (e.g. a prompt's position in the training data), seeded from (seed, key) alone."""
+    import numpy as np
+
+    return [torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, int(k)]).generate_state(1,
+            np.uint64)[0] >> 1)) for k in keys]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from gvu.models.protocol import Rollout, SamplingConfig
-from gvu.models.sampling import guided_logprobs
+from gvu.models.sampling import draw, guided_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
 
@@ -155,6 +155,8 @@ class SharedVocabUMM:
     """UnifiedModel over a causal LM with image codes in its vocabulary. `lm` may be swapped for a PEFT wrapper
     of itself (assign to `.lm` or `.module`)."""
 
+    supports_fsdp2 = True  # every pass goes through the root module's forward, which FSDP2's hooks need
+
     def __init__(self, lm: torch.nn.Module, tokenizer: TextTokenizer, layout: SharedVocabLayout):
         self.lm = lm
         self.tokenizer = tokenizer
@@ -197,7 +199,7 @@ class SharedVocabUMM:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
-               generator: torch.Generator) -> Rollout:
+               generator) -> Rollout:
         if group_size < 1 or not prompts:
             raise ValueError(f"need at least one prompt and group_size >= 1 (got {len(prompts)} prompts, "
                              f"group_size={group_size})")
@@ -214,8 +216,7 @@ class SharedVocabUMM:
                           logits_to_keep=1)
             for t in range(T):
                 logp_NC = self._step_logprobs(self._code_logits(out.logits[:, -1]), N, sampling)
-                probs_NC = logp_NC.exp().to(generator.device)  # draw where the generator lives
-                codes_N = torch.multinomial(probs_NC, 1, generator=generator)[:, 0].to(device)
+                codes_N = draw(logp_NC.exp(), generator, G).to(device)
                 codes_NT[:, t] = codes_N
                 logp_NT[:, t] = logp_NC.gather(1, codes_N[:, None])[:, 0]
                 if t + 1 == T:

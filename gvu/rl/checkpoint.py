@@ -1,9 +1,10 @@
 """Resumable training checkpoints, written atomically.
 
 A checkpoint folder holds the trainable weights (all of them, or only the LoRA adapters), the optimizer and
-scheduler states, every random state the loop draws from (the sampling and minibatch generators and torch's
-global RNG), the step and the data position, and the config. It is written into a temporary sibling folder
-and renamed, so an interrupted save leaves the previous checkpoint intact.
+scheduler states (keyed by parameter name and unsharded, so any number of processes can load them), the
+random states the loop carries (the minibatch generator and torch's global RNG; rollouts draw from per-prompt
+generators seeded by the data position), the step and the data position, and the config. It is written into
+a temporary sibling folder and renamed, so an interrupted save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ def trainable_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in lm.state_dict().items() if k in names}
 
 
-def save_checkpoint(output_dir: Path, step: int, lm: torch.nn.Module, optimizer, scheduler, rng: dict,
+def save_checkpoint(output_dir: Path, step: int, weights: dict[str, torch.Tensor], optim: dict, rng: dict,
                     state: dict, keep: int = 2) -> Path:
+    """`weights`: the trainable weights by name; `optim`: {"optimizer": ..., "scheduler": ...} states."""
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / f"checkpoint-{step}"
     tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".checkpoint-tmp-"))
     try:
-        torch.save(trainable_state(lm), tmp / "trainable.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        torch.save(weights, tmp / "trainable.pt")
+        torch.save(optim, tmp / "optim.pt")
         torch.save(rng, tmp / "rng.pt")
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=1) + "\n")
         if target.exists():

@@ -112,6 +112,12 @@ class TrainConfig:
                                                                      "gate_proj", "up_proj", "down_proj"])
     """Modules that get adapters."""
 
+    # ------------------------------------------------------------------ several processes
+    strategy: str = "ddp"
+    """Under `torchrun` / `accelerate launch` with several processes: 'ddp' (replicated weights) or 'fsdp2'
+    (weights, gradients and optimizer state sharded per transformer block). No effect in one process.
+    prompts_per_step and minibatch_size must be multiples of the number of processes."""
+
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
     eval_steps: int = 50
     """Evaluate every this many steps (and at the start and end); 0: never."""
@@ -142,6 +148,7 @@ class TrainConfig:
         need(self.minibatch_size >= 1 and rows % self.minibatch_size == 0,
              f"minibatch_size ({self.minibatch_size}) must divide prompts_per_step * num_generations ({rows}); "
              f"try {rows} or a divisor of it")
+        need(self.strategy in ("ddp", "fsdp2"), f"strategy must be 'ddp' or 'fsdp2', got {self.strategy!r}")
         need(self.max_steps >= 1, "max_steps must be >= 1")
         need(self.num_iterations >= 1, "num_iterations must be >= 1")
         need(self.reward in REWARDS, f"reward must be one of {REWARDS}, got {self.reward!r}")

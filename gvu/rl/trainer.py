@@ -9,6 +9,10 @@ rollout, the ratio is always 1).
 
 Every step also judges its own images with the exact evaluator (shapes world) and logs the ROC AUC of the
 intrinsic reward against correctness: a falling AUC while the reward rises is the reward-hacking alarm.
+
+Under `torchrun` / `accelerate launch` the same loop runs on every process (gvu.rl.distributed): each rank
+samples and scores its share of the prompts, the rollout is gathered, and each minibatch is split across ranks,
+so the parameters follow the one-process run.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ import torch
 
 from gvu.analysis.quality import auc
 from gvu.models.protocol import SamplingConfig
+from gvu.models.sampling import prompt_generators
 from gvu.reward import RewardConfig, intrinsic_reward, oracle_reward_function
 from gvu.rl import checkpoint as ckpt
+from gvu.rl import distributed as D
 from gvu.rl.config import TrainConfig, dump_config
 from gvu.rl.grpo import group_advantages, grpo_loss, k3_kl
 
@@ -73,8 +79,14 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.policy = load_model(cfg.model)
+        W = D.launched_world_size()
+        if cfg.prompts_per_step % W or cfg.minibatch_size % W:
+            raise ValueError(f"{W} processes: prompts_per_step ({cfg.prompts_per_step}) and minibatch_size "
+                             f"({cfg.minibatch_size}) must both be multiples of {W}, so every process gets whole "
+                             "groups and equal shards; change them or the number of processes")
+        self.dist = D.init_distributed(cfg.strategy)
+        torch.manual_seed(cfg.seed)  # the same on every rank: adapters start identical everywhere
+        self.policy = load_model(cfg.model, device=D.device_for(self.dist))
         self.rows = load_prompt_rows(cfg, self.policy.tokenizer)
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                        min_p=cfg.min_p, guidance=cfg.guidance_scale)
@@ -91,11 +103,24 @@ class Trainer:
             self.reference = copy.deepcopy(self.policy)
             for p in self.reference.lm.parameters():
                 p.requires_grad_(False)
+        if self.dist.fsdp:
+            if not getattr(self.policy, "supports_fsdp2", False):
+                raise ValueError(f"strategy fsdp2 needs a model whose passes all go through its root module "
+                                 f"(the built-in and causal-lm adapters); {type(self.policy).__name__} calls "
+                                 "submodules directly: use strategy: ddp")
+            D.shard_fsdp2(self.policy.lm)
+            if self.reference is not None:
+                D.shard_fsdp2(self.reference.lm)
         self.params = [p for p in self.policy.lm.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda())
-        self.sample_gen = torch.Generator().manual_seed(cfg.seed)
-        self.update_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.update_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same on every rank
+        self._ddp = None
+        if self.dist.enabled and cfg.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = self.policy.device
+            self._ddp = DistributedDataParallel(_MinibatchLoss(self), device_ids=None if dev.type == "cpu" else [dev])
         self.step = 0
         self.data_pos = 0
         self.oracle = oracle_reward_function(cfg.reward.removeprefix("oracle_")) if cfg.reward != "intrinsic" else None
@@ -130,7 +155,7 @@ class Trainer:
             yield self.reference
 
     def next_rows(self) -> list[dict]:
-        """The next prompts in a per-epoch shuffled order; the data position is all the state there is."""
+        """The next prompts (all ranks') in a per-epoch shuffled order; the data position is all the state."""
         out = []
         n = len(self.rows)
         for _ in range(self.cfg.prompts_per_step):
@@ -141,24 +166,30 @@ class Trainer:
         return out
 
     def _rng_state(self) -> dict:
-        return {"sample": self.sample_gen.get_state(), "update": self.update_gen.get_state(),
-                "torch": torch.get_rng_state()}
+        return {"update": self.update_gen.get_state(), "torch": torch.get_rng_state()}
 
     def save(self) -> Path:
-        return ckpt.save_checkpoint(self.out, self.step, self.policy.lm, self.opt, self.sched, self._rng_state(),
-                                    {"data_pos": self.data_pos, "config": dataclasses.asdict(self.cfg)},
-                                    keep=self.cfg.save_total_limit)
+        """A checkpoint with full (unsharded) states, written by rank 0 (a collective: every rank calls it)."""
+        weights = D.full_model_state(self.policy.lm, trainable_only=True)
+        optim = {"optimizer": D.full_optimizer_state(self.policy.lm, self.opt), "scheduler": self.sched.state_dict()}
+        target = self.out / f"checkpoint-{self.step}"
+        if self.dist.is_main:
+            target = ckpt.save_checkpoint(self.out, self.step, weights, optim, self._rng_state(),
+                                          {"data_pos": self.data_pos, "world_size": self.dist.world,
+                                           "config": dataclasses.asdict(self.cfg)}, keep=self.cfg.save_total_limit)
+        self.dist.barrier()
+        return target
 
     def _resume(self, path):
         c = ckpt.resolve_checkpoint(path)
         weights, optim, rng, state = ckpt.load_checkpoint(c)
-        missing = set(ckpt.trainable_state(self.policy.lm)) ^ set(weights)
+        names = {n for n, p in self.policy.lm.named_parameters() if p.requires_grad}
+        missing = names ^ set(weights)
         if missing:
             raise ValueError(f"{c} does not match this model/config (parameters differ: {sorted(missing)[:3]}...)")
-        self.policy.lm.load_state_dict(weights, strict=False)
-        self.opt.load_state_dict(optim["optimizer"])
+        D.load_model_state(self.policy.lm, weights)
+        D.load_optimizer_state(self.policy.lm, self.opt, optim["optimizer"])
         self.sched.load_state_dict(optim["scheduler"])
-        self.sample_gen.set_state(rng["sample"])
         self.update_gen.set_state(rng["update"])
         torch.set_rng_state(rng["torch"])
         self.step, self.data_pos = state["step"], state["data_pos"]
@@ -179,76 +210,125 @@ class Trainer:
     def train_step(self) -> dict:
         from gvu.world.judge import judge_image
 
-        cfg, G = self.cfg, self.cfg.num_generations
+        cfg, G, g = self.cfg, self.cfg.num_generations, self.dist
         times: dict[str, float] = {}
         t_step = t = time.perf_counter()
+        first = self.data_pos
         rows = self.next_rows()
-        rollout = self.policy.sample([r["prompt"] for r in rows], G, self.sampling, self.sample_gen)
+        mine = g.shard(len(rows))  # this rank's prompts, each with its whole group
+        local_rows = rows[mine]
+        gens = prompt_generators(cfg.seed, range(first + mine.start, first + mine.stop))
+        rollout = self.policy.sample([r["prompt"] for r in local_rows], G, self.sampling, gens)
         tokens_NT = rollout.image_tokens_NT
-        row_prompts = rollout.row_prompts()
-        row_meta = [rows[i] for i in rollout.prompt_index_N.tolist()]
+        local_prompts = rollout.row_prompts()
+        local_meta = [local_rows[i] for i in rollout.prompt_index_N.tolist()]
         times["time/sample"], t = time.perf_counter() - t, time.perf_counter()
         pixels = self.policy.decode(tokens_NT)
         times["time/decode"], t = time.perf_counter() - t, time.perf_counter()
-        reward_N, intrinsic_N = self.score(tokens_NT, pixels, row_prompts, row_meta)
+        reward_N, intrinsic_N = self.score(tokens_NT, pixels, local_prompts, local_meta)
         times["time/reward"], t = time.perf_counter() - t, time.perf_counter()
-        correct = [judge_image(px, row)[0].correct for px, row in zip(pixels, row_meta)]
+        correct = [judge_image(px, row)[0].correct for px, row in zip(pixels, local_meta)]
         times["time/judge"], t = time.perf_counter() - t, time.perf_counter()
 
-        adv_N, stats = group_advantages(reward_N, G, cfg.scale_rewards)
-        old_N = rollout.logp_NT
+        old_N, stats = rollout.logp_NT, {}
         if cfg.old_logp_source == "replay":
             with torch.no_grad():
-                replay = self.policy.image_logprobs(row_prompts, tokens_NT, self.sampling)
-            stats["rollout_replay_max_abs_diff"] = (replay - old_N).abs().max().item()
+                replay = self.policy.image_logprobs(local_prompts, tokens_NT, self.sampling)
+            stats["rollout_replay_max_abs_diff"] = g.all_max((replay - old_N).abs().max().item())
             old_N = replay
         ref_NT = None
         if cfg.beta > 0:
             with torch.no_grad(), self.reference_model() as ref:
-                ref_NT = ref.image_logprobs(row_prompts, tokens_NT, self.sampling)
+                ref_NT = ref.image_logprobs(local_prompts, tokens_NT, self.sampling)
         und_ref = None
         if cfg.beta_understanding > 0:  # the judge's own leash: its prompt log-probs on these images
             with torch.no_grad(), self.reference_model() as ref:
-                und_ref = ref.prompt_logprobs(tokens_NT, row_prompts, cfg.instruction)
+                und_ref = ref.prompt_logprobs(tokens_NT, local_prompts, cfg.instruction)
+        if g.enabled:  # the whole rollout on every rank, in rank order (= the order of `rows`)
+            parts = g.gather({"tokens": tokens_NT, "old": old_N, "sampled": rollout.logp_NT, "reward": reward_N,
+                              "intrinsic": intrinsic_N, "correct": correct, "ref": ref_NT, "und": und_ref})
+            dev = tokens_NT.device
+            tokens_NT = torch.cat([p["tokens"] for p in parts]).to(dev)
+            old_N = torch.cat([p["old"] for p in parts]).to(dev)
+            sampled_NT = torch.cat([p["sampled"] for p in parts])
+            reward_N = torch.cat([p["reward"] for p in parts])
+            intrinsic_N = torch.cat([p["intrinsic"] for p in parts])
+            correct = [c for p in parts for c in p["correct"]]
+            ref_NT = None if ref_NT is None else torch.cat([p["ref"] for p in parts]).to(dev)
+            if und_ref is not None:
+                und_ref = tuple(_pad_cat([p["und"][i] for p in parts]).to(dev) for i in range(2))
+        else:
+            sampled_NT = rollout.logp_NT
+        row_prompts = [r["prompt"] for r in rows for _ in range(G)]
+        times["time/gather"], t = time.perf_counter() - t, time.perf_counter()
+
+        adv_N, adv_stats = group_advantages(reward_N, G, cfg.scale_rewards)
+        stats.update(adv_stats)
         N, T = tokens_NT.shape
+        M = cfg.minibatch_size
         agg: dict[str, list[float]] = {}
         for _ in range(cfg.num_iterations):
             perm = torch.randperm(N, generator=self.update_gen)
-            for s in range(0, N, cfg.minibatch_size):
-                idx = perm[s:s + cfg.minibatch_size]
-                logp = self.policy.image_logprobs([row_prompts[i] for i in idx.tolist()], tokens_NT[idx],
-                                                  self.sampling)
-                loss, st = grpo_loss(logp, old_N[idx], adv_N[idx], None if ref_NT is None else ref_NT[idx],
-                                     beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                                     loss_type=cfg.loss_type, tokens_in_batch=N * T)
-                if und_ref is not None:
-                    und_logp, und_mask = self.policy.prompt_logprobs(tokens_NT[idx], [row_prompts[i] for i in idx.tolist()],
-                                                                     cfg.instruction)
-                    ref_lp = und_ref[0][idx][:, :und_logp.shape[1]]  # right-padded: the minibatch is narrower
-                    kl_und = (k3_kl(und_logp, ref_lp) * und_mask).sum() / und_mask.sum().clamp(min=1)
-                    loss = loss + cfg.beta_understanding * kl_und
-                    st["kl_understanding"] = kl_und.item()
+            for s in range(0, N, M):
+                batch = perm[s:s + M]
+                und_count = None if und_ref is None else und_ref[1][batch].sum().clamp(min=1)
+                idx = batch[g.shard(M)]  # this rank's equal shard of the minibatch
+                args = (idx, tokens_NT, [row_prompts[i] for i in idx.tolist()], old_N, adv_N, ref_NT, und_ref,
+                        und_count, N * T // g.world)
+                loss, st = self._ddp(*args) if self._ddp is not None else self.minibatch_loss(*args)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
-                    st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                    gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    st["grad_norm"] = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
                 self.opt.step()
                 self.sched.step()
                 for k, v in st.items():
                     agg.setdefault(k, []).append(v)
+        means = g.mean_dict({k: float(np.mean(v)) for k, v in agg.items()})
+        region_max = g.all_max(max(agg["clip_ratio/region_mean"]))
         times["time/update"] = time.perf_counter() - t
         self.step += 1
-        metrics = {"step": self.step, **stats, **{k: float(np.mean(v)) for k, v in agg.items()},
-                   "clip_ratio/region_max": max(agg["clip_ratio/region_mean"]),
-                   "entropy": -rollout.logp_NT.mean().item(),  # Monte Carlo estimate from the drawn codes
+        metrics = {"step": self.step, **stats, **means, "clip_ratio/region_max": region_max,
+                   "entropy": -sampled_NT.mean().item(),  # Monte Carlo estimate from the drawn codes
                    "intrinsic_reward": intrinsic_N.mean().item(), "accuracy": float(np.mean(correct)),
                    "reward_auc": auc(intrinsic_N.tolist(), correct), "learning_rate": self.sched.get_last_lr()[0],
                    **times, "step_time": time.perf_counter() - t_step}
         return metrics
 
+    def minibatch_loss(self, idx, tokens_NT, prompts, old_N, adv_N, ref_NT, und_ref, und_count,
+                       tokens_in_batch) -> tuple[torch.Tensor, dict]:
+        """The loss of one rank's shard `idx` of a minibatch, normalised so that the average over ranks (what
+        DDP and FSDP2 do to gradients) is the whole minibatch's loss: shards are equal, so per-sequence and
+        per-token means carry over; 'dapo' counts a shard as 1/world of the rollout's tokens; the understanding
+        leash divides by the whole minibatch's prompt-token count (`und_count`) times world."""
+        cfg = self.cfg
+        logp = self.policy.image_logprobs(prompts, tokens_NT[idx], self.sampling)
+        loss, st = grpo_loss(logp, old_N[idx], adv_N[idx], None if ref_NT is None else ref_NT[idx],
+                             beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                             loss_type=cfg.loss_type, tokens_in_batch=tokens_in_batch)
+        if und_ref is not None:
+            und_logp, und_mask = self.policy.prompt_logprobs(tokens_NT[idx], prompts, cfg.instruction)
+            ref_lp = und_ref[0][idx][:, :und_logp.shape[1]]  # right-padded: the shard may be narrower
+            kl_und = (k3_kl(und_logp, ref_lp) * und_mask).sum() / und_count * self.dist.world
+            loss = loss + cfg.beta_understanding * kl_und
+            st["kl_understanding"] = kl_und.item()
+        return loss, st
+
     # ------------------------------------------------------------------------------------------ evaluation
 
     def evaluate(self) -> dict:
+        """The eval_* metrics on fixed prompts and seeds. Under DDP rank 0 evaluates while the others wait; under
+        FSDP2 every rank runs the same evaluation (the sharded passes are collectives), rank 0 writes."""
+        if self.dist.enabled and not (self.dist.fsdp or self.dist.is_main):
+            self.dist.barrier()
+            return {}
+        out = self._evaluate()
+        if self.dist.enabled and not self.dist.fsdp:
+            self.dist.barrier()
+        return out
+
+    def _evaluate(self) -> dict:
         from gvu.bench.evaluate import benchmark_rows, generate_and_judge, spread
         from gvu.bench.understanding import build_understanding_set, run_understanding
 
@@ -278,7 +358,7 @@ class Trainer:
             out[f"eval_{name}_strict"] = summary["strict_overall"]
             for tag, v in summary["tags"].items():
                 out[f"eval_{name}/{tag}"] = v
-        if grid_imgs:
+        if grid_imgs and self.dist.is_main:
             from gvu.analysis.plots import image_grid
 
             (self.out / "grids").mkdir(parents=True, exist_ok=True)
@@ -291,15 +371,19 @@ class Trainer:
     def train(self, progress: bool = True) -> Path:
         from tqdm import tqdm
 
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(cfg))
-        if self._resumed:
-            _drop_log_after(self.out / "log.jsonl", self.step)
-        log = open(self.out / "log.jsonl", "a")
-        tb = _tensorboard(self.out)
+        cfg, main = self.cfg, self.dist.is_main
+        if main:  # one writer: logs, reports and checkpoints come from rank 0
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(dump_config(cfg))
+            if self._resumed:
+                _drop_log_after(self.out / "log.jsonl", self.step)
+        self.dist.barrier()
+        log = open(self.out / "log.jsonl", "a") if main else None
+        tb = _tensorboard(self.out) if main else None
 
         def write(m: dict):
+            if log is None:
+                return
             log.write(json.dumps(m) + "\n")
             log.flush()
             if tb is not None:
@@ -307,7 +391,8 @@ class Trainer:
                     if isinstance(v, (int, float)) and k != "step":
                         tb.add_scalar(k, v, m["step"])
 
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="gvu train", unit="step", disable=not progress)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="gvu train", unit="step",
+                   disable=not (progress and main))
         # A KeyboardInterrupt inside train_step leaves a half-done step (data position and generators advanced,
         # some minibatches applied, self.step not yet counted): a checkpoint of that would not resume exactly.
         # So the first Ctrl-C only asks the loop to stop after the current step; only a consistent state is saved.
@@ -317,7 +402,7 @@ class Trainer:
                 if cfg.eval_steps and self.step == 0:
                     write({"step": 0, **self.evaluate()})
                 while self.step < cfg.max_steps:
-                    if stop.requested:
+                    if self.dist.any(stop.requested):  # every rank stops after the same step
                         raise KeyboardInterrupt
                     consistent = False
                     m = self.train_step()
@@ -333,8 +418,9 @@ class Trainer:
         except KeyboardInterrupt:
             if consistent:
                 path = self.save()
-                print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}; resume with "
-                      f"`gvu train --resume {self.out}`", file=sys.stderr)
+                if main:
+                        print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}; resume with "
+                          f"`gvu train --resume {self.out}`", file=sys.stderr)
             else:
                 last = ckpt.list_checkpoints(self.out)
                 print("\ninterrupted in the middle of a step; no checkpoint written (the state is half-updated); "
@@ -342,26 +428,66 @@ class Trainer:
             raise
         finally:
             bar.close()
-            log.close()
+            if log is not None:
+                log.close()
             if tb is not None:
                 tb.close()
         self.save()
         return self.save_final()
 
     def save_final(self) -> Path:
+        """`final/` in the format the model was loaded from, written by rank 0 (every rank calls this)."""
+        final_dir = self.out / "final"
+        policy = self.policy
+        if self.dist.fsdp:  # gather the shards into an ordinary (unsharded) copy on rank 0
+            full = D.full_model_state(self.policy.lm, trainable_only=False)
+            if self.dist.is_main:
+                from gvu.models.load import load_model
+
+                policy = load_model(self.cfg.model, device=D.device_for(self.dist))
+                if self.cfg.use_lora:
+                    from peft import get_peft_model
+
+                    policy.lm = get_peft_model(policy.lm, self.policy.lm.peft_config["default"])
+                policy.lm.load_state_dict(full)
+        if self.dist.is_main:
+            final_dir = self._write_final(policy)
+        self.dist.barrier()
+        return final_dir
+
+    def _write_final(self, policy) -> Path:
         from gvu.models.builtin import BuiltinUMM, save_builtin
 
-        if not isinstance(self.policy, BuiltinUMM):
+        if not isinstance(policy, BuiltinUMM):
             # transformers adapters (janus, emu3, causal-lm) save the LoRA adapter (or the full weights) with
             # save_pretrained plus a gvu.json naming the base model, which load_model reads back
-            return self.policy.save_pretrained(self.out / "final", extra={
+            return policy.save_pretrained(self.out / "final", extra={
                 "trained_from": self.cfg.model, "train": dataclasses.asdict(self.cfg)})
-        lm = self.policy.lm
+        lm = policy.lm
         if self.cfg.use_lora:
             lm = copy.deepcopy(lm).merge_and_unload()
-        final = BuiltinUMM(lm, self.policy.tokenizer, self.policy.size)
+        final = BuiltinUMM(lm, policy.tokenizer, policy.size)
         return save_builtin(final, self.out / "final",
                             extra={"trained_from": self.cfg.model, "train": dataclasses.asdict(self.cfg)})
+
+
+class _MinibatchLoss(torch.nn.Module):
+    """What DDP wraps: the policy's weights, and a forward that is one rank's minibatch loss (every pass of it,
+    the understanding leash included, in one forward, so DDP sees one forward per backward)."""
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__()
+        self.lm = trainer.policy.lm
+        self._loss = trainer.minibatch_loss
+
+    def forward(self, *args):
+        return self._loss(*args)
+
+
+def _pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate [n_i, L_i] tensors along dim 0, right-padding each with zeros to the largest L."""
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
 
 @contextlib.contextmanager
