@@ -101,6 +101,12 @@ def cmd_train(a: argparse.Namespace) -> None:
         print(f"wrote the trained policy to {final}")
 
 
+def cmd_report(a: argparse.Namespace) -> None:
+    from gvu.analysis.report import write_report
+
+    print(f"report: {write_report(a.run, oracle=a.oracle)} (and report.html, report.json beside it)")
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
     from gvu.demo import DemoConfig, run_demo
 
@@ -205,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--threads", type=int, default=0)
     dm.set_defaults(func=cmd_demo)
+
+    rp = sub.add_parser("report", help="rebuild a demo run's report from its saved outputs (optionally against an "
+                        "oracle run of the same base)")
+    rp.add_argument("run", help="a `gvu demo` output folder")
+    rp.add_argument("--oracle", help="a `gvu demo --reward oracle_binary` folder of the same base: adds the "
+                    "fraction of the oracle's gain")
+    rp.set_defaults(func=cmd_report)
 
     from gvu.analysis import score, sensitivity
 

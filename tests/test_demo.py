@@ -16,6 +16,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gvu.bench.evaluate as evaluate_module
@@ -116,15 +117,20 @@ def check_report(run: Path):
     assert u["caption_truthfulness"] == {"before": ub["caption_truthfulness"], "after": ua["caption_truthfulness"]}
 
     steps = [m for m in read_jsonl(run / "train" / "log.jsonl") if "reward" in m]
-    assert steps and report["reward"] == {"first": steps[0]["reward"], "last": steps[-1]["reward"],
-                                          "steps": len(steps)}
+    w = max(1, len(steps) // 10)
+    assert steps and report["reward"] == {
+        "name": "intrinsic", "steps": len(steps), "window": w,
+        "first": pytest.approx(np.mean([m["reward"] for m in steps[:w]])),
+        "last": pytest.approx(np.mean([m["reward"] for m in steps[-w:]])),
+        "intrinsic_first": pytest.approx(np.mean([m["intrinsic_reward"] for m in steps[:w]])),
+        "intrinsic_last": pytest.approx(np.mean([m["intrinsic_reward"] for m in steps[-w:]]))}
     assert report["demo"] == json.loads((run / "demo.json").read_text())
     assert report["sensitivity"] == json.loads((run / "sensitivity" / "sensitivity.json").read_text())
 
     md = (run / "report.md").read_text()
     g = c["geneval"]["overall"]
     assert f"| **overall** | **{g['before']:.3f}** | **{g['after']:.3f}** (" in md
-    assert f"{report['reward']['first']:.4f} at step 1 -> {report['reward']['last']:.4f}" in md
+    assert f"{report['reward']['first']:.4f} -> {report['reward']['last']:.4f}." in md
     pictures = [line for line in md.splitlines() if line.startswith("![")]
     for line in pictures:  # the markdown's pictures exist beside it
         assert (run / line[line.index("](") + 2:-1]).is_file(), line
@@ -162,3 +168,26 @@ def test_a_second_run_reuses_the_cached_base(cached_base, cli_run, workdir):
                                    seed=tcfg.eval_seed, limit=tcfg.eval_limit, out=workdir / "check", progress=False)
     assert read_jsonl(workdir / "check" / "geneval" / "results.jsonl") == \
         read_jsonl(run / "eval_before" / "geneval" / "results.jsonl")
+
+
+def test_report_against_an_oracle_run_gives_the_fraction_of_its_gain(cli_run, tmp_path):
+    from gvu.analysis.report import oracle_fraction
+
+    run, _, _ = cli_run
+    ours = {"geneval": {"overall": {"before": 0.5, "after": 0.6}}, "genevalpp": {"overall": {"before": 0.1, "after": 0.1}}}
+    oracle = {"geneval": {"overall": {"before": 0.5, "after": 0.7}}, "genevalpp": {"overall": {"before": 0.1, "after": 0.1}}}
+    got = oracle_fraction(ours, oracle, "o")
+    assert got["geneval"]["fraction"] == pytest.approx(0.5) and got["geneval"]["oracle_gain"] == pytest.approx(0.2)
+    assert got["genevalpp"]["fraction"] is None  # the oracle gained nothing: no fraction
+    with pytest.raises(ValueError, match="same base"):
+        oracle_fraction(ours, {"geneval": {"overall": {"before": 0.4, "after": 0.7}}}, "o")
+    # the CLI rebuilds the report from files; a run compared with itself reaches exactly its own gain
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", "report", str(run), "--oracle", str(run)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((run / "report.json").read_text())
+    for bench, v in report["oracle"].items():
+        if bench != "run":
+            c = report["comparison"][bench]["overall"]
+            assert v["gain"] == pytest.approx(c["after"] - c["before"]) == pytest.approx(v["oracle_gain"])
+    assert "## Against the oracle" in (run / "report.md").read_text()

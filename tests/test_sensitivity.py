@@ -82,6 +82,12 @@ def test_each_ablation_is_compared_on_the_same_images(model):
     assert summ["none"]["mean"] == pytest.approx(np.mean([r["rewards"]["none"] for r in recs]))
     assert summ["color+count+region"]["all_fields"]["images"] == 0  # no GenEval++ tag has all three
     assert summ["color+count"]["all_fields"]["images"] > 0
+    both = [r for r in recs if "color" in r["rewards"] and "count" in r["rewards"]]
+    paired = summ["color+count"]["vs_parts"]
+    assert paired["images"] == len(both) and paired["mean"] == summ["color+count"]["all_fields"]["mean"]
+    assert paired["parts"]["count"] == pytest.approx(np.mean([r["rewards"]["count"] for r in both]))
+    below = [r["rewards"]["color+count"] < min(r["rewards"]["color"], r["rewards"]["count"]) for r in both]
+    assert paired["frac_below_every_part"] == pytest.approx(np.mean(below))
     with pytest.raises(ValueError, match="contrastive"):
         from gvu.reward import RewardConfig
 

@@ -79,21 +79,56 @@ def _grid(run: Path, bench: str, n: int = 12) -> Path | None:
     return path
 
 
-def build_report(run: str | os.PathLike) -> dict:
+def build_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None) -> dict:
+    """Every number of the report from the run's files; with `oracle` (a run of the same base trained on the
+    exact judge's reward), also the fraction of the oracle's gain that this run reaches."""
     run = Path(run)
     before, after = _load(run / "eval_before" / "summary.json"), _load(run / "eval_after" / "summary.json")
     if before is None or after is None:
         raise FileNotFoundError(f"{run} has no eval_before/summary.json and eval_after/summary.json")
     log = _log(run / "train" / "log.jsonl")
-    steps = [m for m in log if "reward" in m]
+    demo = _load(run / "demo.json")
     report = {
-        "demo": _load(run / "demo.json"),
+        "demo": demo,
         "comparison": compare(before, after),
-        "reward": {"first": steps[0]["reward"] if steps else None, "last": steps[-1]["reward"] if steps else None,
-                   "steps": len(steps)},
+        "reward": reward_trend([m for m in log if "reward" in m],
+                               ((demo or {}).get("demo") or {}).get("reward", "intrinsic")),
         "sensitivity": _load(run / "sensitivity" / "sensitivity.json"),
     }
+    if oracle is not None:
+        report["oracle"] = oracle_fraction(report["comparison"], build_report(oracle)["comparison"], oracle)
     return report
+
+
+def oracle_fraction(ours: dict, oracle: dict, where) -> dict:
+    """Per benchmark: our gain, the oracle's gain (same base, same evaluation prompts and seeds), and their ratio."""
+    out: dict = {"run": str(where)}
+    for bench in ("geneval", "genevalpp"):
+        if bench not in ours or bench not in oracle:
+            continue
+        o, q = ours[bench]["overall"], oracle[bench]["overall"]
+        if abs(o["before"] - q["before"]) > 1e-9:
+            raise ValueError(f"{where}: its '{bench}' before-score {q['before']:.4f} differs from this run's "
+                             f"{o['before']:.4f}; compare runs of the same base and evaluation settings")
+        gain, oracle_gain = o["after"] - o["before"], q["after"] - q["before"]
+        out[bench] = {"gain": gain, "oracle_gain": oracle_gain, "oracle_after": q["after"],
+                      "fraction": gain / oracle_gain if oracle_gain > 0 else None}
+    return out
+
+
+def reward_trend(steps: list[dict], name: str = "intrinsic") -> dict:
+    """The training reward (and the intrinsic reward, logged even when an oracle trains) averaged over the first
+    and the last tenth of the steps: each step draws new prompts, so single steps are too noisy to compare."""
+    n = len(steps)
+    w = max(1, n // 10)
+
+    def mean(key, part):
+        vals = [m[key] for m in part if m.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"name": name, "steps": n, "window": w,
+            "first": mean("reward", steps[:w]), "last": mean("reward", steps[-w:]),
+            "intrinsic_first": mean("intrinsic_reward", steps[:w]), "intrinsic_last": mean("intrinsic_reward", steps[-w:])}
 
 
 def _pct(x) -> str:
@@ -126,19 +161,35 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
                   f"{u['caption_truthfulness']['after']:.3f} |", ""]
     r = report["reward"]
     if r["steps"]:
-        lines += [f"Intrinsic reward: {r['first']:.4f} at step 1 -> {r['last']:.4f} at step {r['steps']}.", ""]
+        lines += [f"Training reward ({r['name']}), mean of steps 1-{r['window']} -> steps "
+                  f"{r['steps'] - r['window'] + 1}-{r['steps']}: {r['first']:.4f} -> {r['last']:.4f}."]
+        if r["name"] != "intrinsic" and r["intrinsic_first"] is not None:
+            lines += [f"Intrinsic reward (logged, not trained on), same steps: {r['intrinsic_first']:.4f} -> "
+                      f"{r['intrinsic_last']:.4f}."]
+        lines += [""]
+    if report.get("oracle"):
+        q = report["oracle"]
+        lines += ["## Against the oracle", "", f"The oracle run ({q['run']}) trains the same base with the exact "
+                  "judge as reward, under the same budget.", "",
+                  "| benchmark | gain (this run) | gain (oracle) | fraction of the oracle's gain |", "|---|---|---|---|"]
+        for bench, title in (("geneval", "GenEval-shapes"), ("genevalpp", "GenEval++-shapes")):
+            if bench in q:
+                v = q[bench]
+                frac = "n/a" if v["fraction"] is None else f"{100 * v['fraction']:.0f}%"
+                lines += [f"| {title} | {v['gain']:+.3f} | {v['oracle_gain']:+.3f} | {frac} |"]
+        lines += [""]
     for name, path in pictures.items():
         lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
     return "\n".join(lines)
 
 
-def write_report(run: str | os.PathLike, **demo_info) -> Path:
+def write_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None, **demo_info) -> Path:
     from gvu.analysis.plots import metrics_plot
 
     run = Path(run)
     if demo_info:
         atomic_write_text(run / "demo.json", json.dumps(demo_info, indent=1) + "\n")
-    report = build_report(run)
+    report = build_report(run, oracle)
     pictures: dict[str, Path] = {}
     log = _log(run / "train" / "log.jsonl")
     if log:

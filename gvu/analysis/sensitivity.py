@@ -140,16 +140,35 @@ def _stats(records: list[dict], name: str) -> dict:
             "prompts": len({(r["source"], r["row"]) for r in sel}), "images": len(sel)}
 
 
+def _vs_parts(records: list[dict], name: str) -> dict:
+    """A combination against each of its single fields on the very same images (paired): the mean reward of
+    each, and the fraction of images where removing them together scores below removing any one alone."""
+    import numpy as np
+
+    parts = name.split("+")
+    if not records:
+        return {"images": 0, "mean": None, "parts": {}, "frac_below_every_part": None}
+    combo = np.array([r["rewards"][name] for r in records])
+    singles = {f: np.array([r["rewards"][f] for r in records]) for f in parts}
+    below = np.all(np.stack([combo < v for v in singles.values()]), axis=0)
+    return {"images": len(records), "mean": float(combo.mean()),
+            "parts": {f: float(v.mean()) for f, v in singles.items()},
+            "frac_below_every_part": float(below.mean())}
+
+
 def summarise(records: list[dict]) -> dict:
     """Per ablation: pooled over both sources, per source and per tag (prompts counted per source), and for a
     combination also on the prompts that hold every one of its fields (`all_fields`: where each field alone
-    changes the text), which isolates the combined effect from the mix of prompts."""
+    changes the text), which isolates the combined effect from the mix of prompts, and paired against its single
+    fields on those same images (`vs_parts`)."""
     tags = sorted({r["tag"] for r in records})
     out = {}
     for name in ABLATIONS:
         s = _stats(records, name)
         if "+" in name:
-            s["all_fields"] = _stats([r for r in records if all(f in r["rewards"] for f in name.split("+"))], name)
+            both = [r for r in records if all(f in r["rewards"] for f in name.split("+"))]
+            s["all_fields"] = _stats(both, name)
+            s["vs_parts"] = _vs_parts(both, name)
         s["by_source"] = {src: _stats([r for r in records if r["source"] == src], name) for src in SOURCES
                           if any(r["source"] == src for r in records)}
         s["by_tag"] = {t: st for t in tags if (st := _stats([r for r in records if r["tag"] == t], name))["images"]}

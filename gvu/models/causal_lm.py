@@ -224,14 +224,19 @@ class GridSharedVocabUMM(SharedVocabUMM):
         N, guided, device = P * G, sampling.uses_guidance, self.device
         prompt_ids = [ids for ids in self._encode_prompts(list(prompts)) for _ in range(G)]
         ids_BS, mask_BS = pad_batch(self._generation_prefixes(prompt_ids, guided), lay.pad_id, "left", device)
-        B = ids_BS.shape[0]
+        B, S = ids_BS.shape
         pos_BK = positions(mask_BS)
         row_end_BR = torch.tensor(lay.row_end, dtype=torch.long, device=device).expand(B, -1)
+        L = S + T + (T // lay.row_width) * len(lay.row_end)  # every position the loop can feed
+        mask_BL = torch.cat([mask_BS, mask_BS.new_ones((B, L - S))], dim=1)
+        cache = self._static_cache(L)
         codes_NT = torch.empty((N, T), dtype=torch.long, device=device)
         logp_NT = torch.empty((N, T), dtype=torch.float32, device=device)
         with eval_mode(self.lm):
             out = self.lm(input_ids=ids_BS, attention_mask=mask_BS, position_ids=pos_BK, use_cache=True,
-                          logits_to_keep=1)
+                          logits_to_keep=1, cache_position=torch.arange(S, device=device),
+                          **({} if cache is None else {self._cache_arg: cache}))
+            seen = S
             for t in range(T):
                 logp_NC = self._step_logprobs(self._code_logits(out.logits[:, -1]), N, sampling)
                 codes_N = draw(logp_NC.exp(), generator, G).to(device)
@@ -243,10 +248,12 @@ class GridSharedVocabUMM(SharedVocabUMM):
                 if lay.row_end and (t + 1) % lay.row_width == 0:  # forced: the only token the mask allows
                     step_BK = torch.cat([step_BK, row_end_BR], dim=1)
                 K = step_BK.shape[1]
-                mask_BS = torch.cat([mask_BS, mask_BS.new_ones((B, K))], dim=1)
                 pos_BK = pos_BK[:, -1:] + torch.arange(1, K + 1, device=device)
-                out = self.lm(input_ids=step_BK, attention_mask=mask_BS, position_ids=pos_BK, use_cache=True,
-                              logits_to_keep=1, **{self._cache_arg: _cache_of(out)})
+                out = self.lm(input_ids=step_BK, attention_mask=mask_BL[:, :seen + K], position_ids=pos_BK,
+                              use_cache=True, logits_to_keep=1,
+                              cache_position=torch.arange(seen, seen + K, device=device),
+                              **{self._cache_arg: _cache_of(out)})
+                seen += K
         return Rollout(image_tokens_NT=codes_NT, logp_NT=logp_NT,
                        prompt_index_N=torch.arange(P, device=device).repeat_interleave(G), prompts=list(prompts))
 
