@@ -111,7 +111,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from gvu.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else f"runs/demo-{a.base}"),
-                     reward=a.reward, scorer=a.scorer, seed=a.seed, threads=a.threads)
+                     reward=a.reward, scorer=a.scorer, seed=a.seed, threads=a.threads, cache=a.cache)
     report = run_demo(cfg)
     print(f"report: {report} (and report.html beside it)")
 
@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--scorer", choices=["policy", "reference"], default="policy")
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--threads", type=int, default=0)
+    dm.add_argument("--cache", default="runs/cache", help="where pretrained bases are kept and reused (default "
+                    "runs/cache; a new folder times the demo with its pretraining)")
     dm.set_defaults(func=cmd_demo)
 
     rp = sub.add_parser("report", help="rebuild a demo run's report from its saved outputs (optionally against an "

@@ -58,6 +58,7 @@ def final_weights(out) -> dict[str, torch.Tensor]:
 def assert_same(a: dict, b: dict, tol: float = 1e-5):
     assert a.keys() == b.keys()
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    print(f"max |parameter difference| {worst:.3g} over {len(a)} tensors")  # shown by pytest -s
     assert worst <= tol, worst
 
 
