@@ -244,6 +244,7 @@ class Trainer:
         if cfg.beta_understanding > 0:  # the judge's own leash: its prompt log-probs on these images
             with torch.no_grad(), self.reference_model() as ref:
                 und_ref = ref.prompt_logprobs(tokens_NT, local_prompts, cfg.instruction)
+        times["time/reference"], t = time.perf_counter() - t, time.perf_counter()  # and the replay, if any
         if g.enabled:  # the whole rollout on every rank, in rank order (= the order of `rows`)
             parts = g.gather({"tokens": tokens_NT, "old": old_N, "sampled": rollout.logp_NT, "reward": reward_N,
                               "intrinsic": intrinsic_N, "correct": correct, "ref": ref_NT, "und": und_ref})
@@ -260,7 +261,8 @@ class Trainer:
         else:
             sampled_NT = rollout.logp_NT
         row_prompts = [r["prompt"] for r in rows for _ in range(G)]
-        times["time/gather"], t = time.perf_counter() - t, time.perf_counter()
+        if g.enabled:
+            times["time/gather"], t = time.perf_counter() - t, time.perf_counter()
 
         adv_N, adv_stats = group_advantages(reward_N, G, cfg.scale_rewards)
         stats.update(adv_stats)
