@@ -211,7 +211,7 @@ class SharedVocabUMM:
         pos_BS = positions(mask_BS)
         B, S = ids_BS.shape
         # The whole mask and a preallocated KV cache up front: each step slices them instead of concatenating
-        # (the concatenations of a growing cache were 10% of a step on the default model).
+        # (a growing cache copies itself at every step).
         mask_BL = torch.cat([mask_BS, mask_BS.new_ones((B, T))], dim=1)
         cache = self._static_cache(S + T)
         codes_NT = torch.empty((N, T), dtype=torch.long, device=device)
