@@ -9,19 +9,12 @@ import torch
 
 from gvu.models.causal_lm import GridSharedVocabUMM, tiny_byte_tokenizer
 from gvu.models.load import SPEC_FORMS, load_model
-from gvu.models.protocol import SamplingConfig, UnifiedModel
+from gvu.models.protocol import UnifiedModel
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.reward import RewardConfig, intrinsic_reward
-from gvu.rl.grpo import group_advantages, grpo_loss
+from _adapters import PROMPTS, SAMPLINGS, grpo_steps
 
-PROMPTS = ["a photo of a cat", "two red squares to the left of a large blue circle", "a dog"]
-SAMPLINGS = {
-    "plain": SamplingConfig(),
-    "published": SamplingConfig(min_p=0.03),
-    "cfg3": SamplingConfig(guidance=3.0),
-    "filters-cfg": SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, guidance=5.0),
-}
 DECODER = '''
 import numpy as np
 
@@ -128,24 +121,8 @@ def test_reward_one_pass_equals_a_token_loop_and_pixels_round_trip(model):
 
 
 def test_two_grpo_steps_with_lora_change_only_adapters(model):
-    from peft import LoraConfig, get_peft_model
-
     model = load_model(f"causal-lm:{model.source}?device=cpu")  # a fresh copy: the fixture is shared
-    model.lm = get_peft_model(model.lm, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
-    before = {k: v.detach().clone() for k, v in model.lm.state_dict().items()}
-    opt = torch.optim.AdamW([p for p in model.lm.parameters() if p.requires_grad], lr=1e-2)
-    sampling, gen = SamplingConfig(), torch.Generator().manual_seed(0)  # unfiltered: see tests/test_models_janus.py
-    for _ in range(2):
-        r = model.sample(PROMPTS[:2], 2, sampling, gen)
-        adv_N, _ = group_advantages(intrinsic_reward(model, r.image_tokens_NT, r.row_prompts()).reward_N, 2)
-        with torch.no_grad(), model.lm.disable_adapter():
-            ref_NT = model.image_logprobs(r.row_prompts(), r.image_tokens_NT, sampling)
-        loss, _ = grpo_loss(model.image_logprobs(r.row_prompts(), r.image_tokens_NT, sampling), r.logp_NT, adv_N,
-                            ref_NT, beta=0.03)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    changed = [k for k, v in model.lm.state_dict().items() if not torch.equal(before[k], v)]
+    changed = grpo_steps(model, targets=["q_proj", "v_proj"])
     assert changed and all("lora_" in k for k in changed)
 
 

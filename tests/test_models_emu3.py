@@ -13,16 +13,8 @@ from gvu.models.load import load_model
 from gvu.models.protocol import SamplingConfig, UnifiedModel
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.reward import RewardConfig, intrinsic_reward
-from gvu.rl.grpo import group_advantages, grpo_loss
+from _adapters import PROMPTS, SAMPLINGS, grpo_steps
 
-PROMPTS = ["a photo of a cat", "two red squares to the left of a large blue circle", "a dog"]
-SAMPLINGS = {
-    "plain": SamplingConfig(),
-    "published": SamplingConfig(min_p=0.03),
-    "cfg3": SamplingConfig(guidance=3.0),
-    "filters-cfg": SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, guidance=5.0),
-}
-LM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @pytest.fixture(scope="module")
@@ -137,31 +129,14 @@ def test_reward_via_tokens_is_emu3s_own_pixel_path(model):
 
 
 def test_two_grpo_steps_with_lora_change_only_adapters_then_save_and_reload(tmp_path):
-    from peft import LoraConfig, get_peft_model
-
     lm, tok = tiny_emu3_parts(seed=0)
     lm.save_pretrained(tmp_path / "tiny-emu3")
     tok.save_pretrained(tmp_path / "tiny-emu3")
     model = load_model(f"emu3:{tmp_path / 'tiny-emu3'}?grid=4x4&device=cpu&dtype=float32")
     assert isinstance(model, Emu3UMM) and model.grid == (4, 4)
-    model.lm = get_peft_model(model.lm, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=LM_TARGETS))
-    before = {k: v.detach().clone() for k, v in model.lm.state_dict().items()}
-    opt = torch.optim.AdamW([p for p in model.lm.parameters() if p.requires_grad], lr=1e-2)
-    sampling, gen = SamplingConfig(), torch.Generator().manual_seed(0)  # unfiltered: see tests/test_models_janus.py
-    for _ in range(2):
-        r = model.sample(PROMPTS[:2], 2, sampling, gen)
-        adv_N, _ = group_advantages(intrinsic_reward(model, r.image_tokens_NT, r.row_prompts()).reward_N, 2)
-        with torch.no_grad(), model.lm.disable_adapter():
-            ref_NT = model.image_logprobs(r.row_prompts(), r.image_tokens_NT, sampling)
-        loss, st = grpo_loss(model.image_logprobs(r.row_prompts(), r.image_tokens_NT, sampling), r.logp_NT, adv_N,
-                             ref_NT, beta=0.03)
-        assert st["ratio_max_abs_dev"] <= 1e-4 and math.isfinite(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = model.lm.state_dict()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    changed = grpo_steps(model)
     assert changed and all("lora_" in k for k in changed) and not any("vqmodel" in k for k in changed)
+    r = model.sample(PROMPTS[:2], 2, SamplingConfig(), torch.Generator().manual_seed(0))
     final = model.save_pretrained(tmp_path / "run" / "final")
     info = json.loads((final / "gvu.json").read_text())
     assert info["kind"] == "emu3" and info["weights"] == "lora" and info["options"]["grid"] == "4x4"

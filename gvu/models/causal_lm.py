@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from gvu.models.protocol import Rollout, SamplingConfig
+from gvu.models.protocol import Rollout, SamplingConfig, check_sample_args, checked_codes
 from gvu.models.sampling import draw
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM, _cache_of, eval_mode, pad_batch, positions
 
@@ -216,9 +216,7 @@ class GridSharedVocabUMM(SharedVocabUMM):
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
                generator) -> Rollout:
-        if group_size < 1 or not prompts:
-            raise ValueError(f"need at least one prompt and group_size >= 1 (got {len(prompts)} prompts, "
-                             f"group_size={group_size})")
+        check_sample_args(prompts, group_size)
         lay = self.layout
         P, G, T = len(prompts), group_size, lay.num_image_tokens
         N, guided, device = P * G, sampling.uses_guidance, self.device
@@ -263,15 +261,8 @@ class GridSharedVocabUMM(SharedVocabUMM):
         at the code positions only (row ends are forced, see the module docstring)."""
         lay = self.layout
         N, T = image_tokens_NT.shape
-        if len(prompts_N) != N:
-            raise ValueError(f"{len(prompts_N)} prompts for {N} images; pass one prompt per row "
-                             "(Rollout.row_prompts())")
-        if T != lay.num_image_tokens:
-            raise ValueError(f"expected {lay.num_image_tokens} image tokens per image, got {T}")
         device, guided = self.device, sampling.uses_guidance
-        codes_NT = image_tokens_NT.to(device=device, dtype=torch.long)
-        if codes_NT.numel() and (codes_NT.min() < 0 or codes_NT.max() >= lay.num_codes):
-            raise ValueError(f"image codes must lie in 0..{lay.num_codes - 1} (codes, not vocabulary ids)")
+        codes_NT = checked_codes(prompts_N, image_tokens_NT, lay.num_image_tokens, lay.num_codes, self.device)
         prefix_BS, pmask_BS = pad_batch(self._generation_prefixes(self._encode_prompts(list(prompts_N)), guided),
                                         lay.pad_id, "left", device)
         block_NI = codes_NT + lay.image_token_offset

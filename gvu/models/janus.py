@@ -32,7 +32,7 @@ import torch
 
 from gvu.models.causal_lm import (PlainTokenizer, base_model, dtype_name, finish_loading, flag, resolve_dtype,
                                   save_transformers_model, tiny_byte_tokenizer)
-from gvu.models.protocol import Rollout, SamplingConfig
+from gvu.models.protocol import Rollout, SamplingConfig, check_sample_args, checked_codes
 from gvu.models.sampling import draw, guided_logprobs
 from gvu.models.shared_vocab import _cache_kwarg, _cache_of, eval_mode, pad_batch, positions, span_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
@@ -175,9 +175,7 @@ class JanusUMM:
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
                generator) -> Rollout:
-        if group_size < 1 or not prompts:
-            raise ValueError(f"need at least one prompt and group_size >= 1 (got {len(prompts)} prompts, "
-                             f"group_size={group_size})")
+        check_sample_args(prompts, group_size)
         P, G, T = len(prompts), group_size, self.num_image_tokens
         N, guided, device, janus = P * G, sampling.uses_guidance, self.device, self.janus
         ids_BS, mask_BS = self._generation_batch([p for p in prompts for _ in range(G)], guided)
@@ -209,15 +207,8 @@ class JanusUMM:
         """One teacher-forced forward: prompt text embeddings, then codes[:-1] through the generation embedding
         path, logits from the generation head at the last T positions; with grad; same guidance rows."""
         N, T = image_tokens_NT.shape
-        if len(prompts_N) != N:
-            raise ValueError(f"{len(prompts_N)} prompts for {N} images; pass one prompt per row "
-                             "(Rollout.row_prompts())")
-        if T != self.num_image_tokens:
-            raise ValueError(f"expected {self.num_image_tokens} image tokens per image, got {T}")
         janus, guided = self.janus, sampling.uses_guidance
-        codes_NT = image_tokens_NT.to(device=self.device, dtype=torch.long)
-        if codes_NT.numel() and (codes_NT.min() < 0 or codes_NT.max() >= self.num_codes):
-            raise ValueError(f"image codes must lie in 0..{self.num_codes - 1}")
+        codes_NT = checked_codes(prompts_N, image_tokens_NT, self.num_image_tokens, self.num_codes, self.device)
         ids_BS, pmask_BS = self._generation_batch(list(prompts_N), guided)
         text_BSD = janus.get_input_embeddings()(ids_BS)
         img_BTD = janus.prepare_embeddings_for_image_generation(codes_NT[:, :-1].repeat(2 if guided else 1, 1))

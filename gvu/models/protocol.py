@@ -115,3 +115,25 @@ class UnifiedModel(Protocol):
         """uint8 pixels -> image codes [N, T]. Models that cannot re-encode raise NotImplementedError (the
         reward then reads tokens, not pixels)."""
         ...
+
+
+def check_sample_args(prompts, group_size: int) -> None:
+    """The argument checks every sampler makes before any compute."""
+    if group_size < 1 or not prompts:
+        raise ValueError(f"need at least one prompt and group_size >= 1 (got {len(prompts)} prompts, "
+                         f"group_size={group_size})")
+
+
+def checked_codes(prompts_N, image_tokens_NT: torch.Tensor, num_image_tokens: int, num_codes: int,
+                  device) -> torch.Tensor:
+    """The image codes of a teacher-forced pass as a long tensor on `device`, after the checks every model makes:
+    one prompt per row, `num_image_tokens` codes per image, codes (not vocabulary ids) in range."""
+    N, T = image_tokens_NT.shape
+    if len(prompts_N) != N:
+        raise ValueError(f"{len(prompts_N)} prompts for {N} images; pass one prompt per row (Rollout.row_prompts())")
+    if T != num_image_tokens:
+        raise ValueError(f"expected {num_image_tokens} image tokens per image, got {T}")
+    codes_NT = image_tokens_NT.to(device=device, dtype=torch.long)
+    if codes_NT.numel() and (codes_NT.min() < 0 or codes_NT.max() >= num_codes):
+        raise ValueError(f"image codes must lie in 0..{num_codes - 1} (codes, not vocabulary ids)")
+    return codes_NT

@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from gvu.models.protocol import Rollout, SamplingConfig
+from gvu.models.protocol import Rollout, SamplingConfig, check_sample_args, checked_codes
 from gvu.models.sampling import draw, guided_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
@@ -200,9 +200,7 @@ class SharedVocabUMM:
     @torch.no_grad()
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
                generator) -> Rollout:
-        if group_size < 1 or not prompts:
-            raise ValueError(f"need at least one prompt and group_size >= 1 (got {len(prompts)} prompts, "
-                             f"group_size={group_size})")
+        check_sample_args(prompts, group_size)
         P, G, T = len(prompts), group_size, self.layout.num_image_tokens
         N, guided, device = P * G, sampling.uses_guidance, self.device
         prompt_ids = [ids for ids in self._encode_prompts(list(prompts)) for _ in range(G)]
@@ -259,15 +257,8 @@ class SharedVocabUMM:
         """One teacher-forced forward over [prefix, image codes[:-1]] (+ unconditional rows), with grad. Does
         not touch train/eval mode: any dropout active in the model would break agreement with the sampler."""
         N, T = image_tokens_NT.shape
-        if len(prompts_N) != N:
-            raise ValueError(f"{len(prompts_N)} prompts for {N} images; pass one prompt per row "
-                             "(Rollout.row_prompts())")
-        if T != self.layout.num_image_tokens:
-            raise ValueError(f"expected {self.layout.num_image_tokens} image tokens per image, got {T}")
         device, guided = self.device, sampling.uses_guidance
-        codes_NT = image_tokens_NT.to(device=device, dtype=torch.long)
-        if codes_NT.numel() and (codes_NT.min() < 0 or codes_NT.max() >= self.layout.num_codes):
-            raise ValueError(f"image codes must lie in 0..{self.layout.num_codes - 1} (codes, not vocabulary ids)")
+        codes_NT = checked_codes(prompts_N, image_tokens_NT, self.layout.num_image_tokens, self.layout.num_codes, self.device)
         prefix_BS, pmask_BS = pad_batch(self._generation_prefixes(self._encode_prompts(list(prompts_N)), guided),
                                         self.layout.pad_id, "left", device)
         img_BT = (codes_NT[:, :-1] + self.layout.image_token_offset).repeat(2 if guided else 1, 1)

@@ -22,11 +22,6 @@ STATE = "trainer_state.json"
 _NAME = re.compile(r"checkpoint-(\d+)$")
 
 
-def trainable_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
-    names = {n for n, p in lm.named_parameters() if p.requires_grad}
-    return {k: v.detach().clone() for k, v in lm.state_dict().items() if k in names}
-
-
 def save_checkpoint(output_dir: Path, step: int, weights: dict[str, torch.Tensor], optim: dict, rng: dict,
                     state: dict, keep: int = 2) -> Path:
     """`weights`: the trainable weights by name; `optim`: {"optimizer": ..., "scheduler": ...} states."""

@@ -57,20 +57,6 @@ class Dist:
         torch.distributed.all_gather_object(out, _to_cpu(obj))
         return out
 
-    def gather_cat(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        """Concatenate every rank's tensor along dim 0 (rank order)."""
-        if t is None or not self.enabled:
-            return t
-        device = t.device
-        return torch.cat(self.gather(t)).to(device)
-
-    def all_sum(self, x: float) -> float:
-        if not self.enabled:
-            return x
-        t = torch.tensor([float(x)], dtype=torch.float64, device=self._device())
-        torch.distributed.all_reduce(t)
-        return float(t.item())
-
     def all_max(self, x: float) -> float:
         if not self.enabled:
             return x
