@@ -107,6 +107,8 @@ def test_exponent_floats_are_floats(tmp_path):
     ("epsilon_high=wide", "bad config: epsilon_high must be float | None"),
     ("lora_target_modules=q_proj", "bad config: lora_target_modules must be list[str], got 'q_proj' (str)"),
     ("model=[a", "override 'model=[a': the value is not valid YAML"),
+    ("prompt_weights=[1]", "bad config: prompt_weights must be dict[str, float], got [1] (list)"),
+    ("prompt_weights={colors: many}", "bad config: prompt_weights must be dict[str, float]"),
 ])
 def test_wrong_types_are_named(item, message):
     with pytest.raises(ValueError) as err:
@@ -146,6 +148,10 @@ def test_ints_are_accepted_for_floats():
     ({"eval_steps": -1}, "eval_steps must be >= 0"),
     ({"save_steps": -5}, "save_steps must be >= 0"),
     ({"warmup_steps": -1}, "warmup_steps must be >= 0"),
+    ({"prompt_weights": {"colour": 1.0}}, "prompt_weights: unknown kind(s) ['colour']; known: single_object,"),
+    ({"prompt_weights": {"colors": 0.0}}, "prompt_weights must be >= 0 with at least one > 0"),
+    ({"prompt_weights": {"colors": -1.0, "position": 1.0}}, "prompt_weights must be >= 0 with at least one > 0"),
+    ({"prompt_weights": {"colors": 1.0}, "prompts": "p.jsonl"}, "prompt_weights mixes the built-in training set"),
 ])
 def test_validation_messages(override, message):
     with pytest.raises(ValueError) as err:
@@ -178,3 +184,24 @@ def test_needs_reference(kw, needs):
 def test_rows_per_step():
     assert TrainConfig(prompts_per_step=3, num_generations=4, minibatch_size=6).rows_per_step == 12
 
+
+
+def test_prompt_weights_set_the_built_in_training_mix():
+    from collections import Counter
+
+    from gvu.bench.prompts import prompt_key, test_keys
+    from gvu.models.tokenizer import WordTokenizer
+    from gvu.rl.trainer import load_prompt_rows
+
+    weights = {"color_counting": 3.0, "position": 1.0}
+    cfg = load_config(None, {"num_prompts": 400, "prompt_weights": weights})
+    rows = load_prompt_rows(cfg, WordTokenizer())
+    tags = Counter(r["tag"] for r in rows)
+    assert set(tags) == {"counting", "position"} and tags["counting"] > 2 * tags["position"]
+    counted = [r["include"] for r in rows if r["tag"] == "counting"]
+    assert all(len(inc) == 1 and 2 <= inc[0]["count"] <= 7 and inc[0]["color"] for inc in counted)
+    assert {inc[0]["count"] for inc in counted} == set(range(2, 8))
+    assert not {prompt_key(r) for r in rows} & test_keys("shapes")
+    # empty weights: the thirteen test kinds, none of the training-only one
+    default = load_prompt_rows(load_config(None, {"num_prompts": 400}), WordTokenizer())
+    assert not [r for r in default if r["tag"] == "counting"]  # every plain counting prompt is a test prompt

@@ -28,7 +28,12 @@ GENEVAL_KINDS = ("single_object", "two_object", "counting", "colors", "position"
 GENEVALPP_KINDS = ("color_attr_pp", "counting_pp", "spatial_count_attr", "color_spatial_attr",
                    "color_count_attr", "multi_object_count_attr", "size_spatial_attr")
 KINDS = GENEVAL_KINDS + GENEVALPP_KINDS
-KIND_TAG = {k: k.removesuffix("_pp") for k in KINDS}
+# Kinds only the training set draws. GenEval's counting prompts (2-4 of one shape) and GenEval++'s (4-7) are all
+# test prompts in the shapes world, so without these a training set holds no prompt that counts one shape;
+# "a photo of four red circles" (2-7 of one coloured shape) is in neither test set. Its tag is the one the grammar
+# reads back from the text: counting (exactly that many, GenEval's exclude rule).
+TRAIN_KINDS = KINDS + ("color_counting",)
+KIND_TAG = {k: k.removesuffix("_pp") for k in KINDS} | {"color_counting": "counting"}
 _OPPOSITE = (("left", "right"), ("above", "below"))
 
 
@@ -74,6 +79,8 @@ def draw(kind: str, rng: np.random.Generator, classes: list[str], lex: Lexicon) 
     elif kind in ("counting", "counting_pp"):
         lo, hi = (2, 4) if kind == "counting" else (4, 7)
         inc = [{"class": pick(1)[0], "count": int(rng.integers(lo, hi, endpoint=True))}]
+    elif kind == "color_counting":
+        inc = [{"class": pick(1)[0], "count": int(rng.integers(2, 7, endpoint=True)), "color": colors(1)[0]}]
     elif kind == "colors":
         inc = [{"class": pick(1)[0], "count": 1, "color": colors(1)[0]}]
     elif kind == "position":
@@ -97,7 +104,7 @@ def draw(kind: str, rng: np.random.Generator, classes: list[str], lex: Lexicon) 
         inc = [{"class": c, "count": 1, "size": s, "region": r}
                for c, s, r in zip(pick(2), ("larger", "smaller"), regions())]
     else:
-        raise ValueError(f"unknown prompt kind {kind!r}; known: {', '.join(KINDS)}")
+        raise ValueError(f"unknown prompt kind {kind!r}; known: {', '.join(TRAIN_KINDS)}")
     return _row(kind, inc, lex)
 
 
@@ -146,16 +153,20 @@ def test_keys(world: str) -> set[str]:
 
 def build_train(world: str = "shapes", seed: int = 0, n: int = 50_000, weights: dict[str, float] | None = None,
                 exclude_keys: set[str] | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
-    """A weighted mix of all thirteen kinds, with no prompt that matches a test prompt (ignoring object order).
+    """A weighted mix of prompt kinds (`weights`: kind -> relative weight; default: the thirteen test kinds
+    equally), with no prompt that matches a test prompt (ignoring object order).
 
     Kinds whose every prompt is a test prompt (in the shapes world: single objects, two objects, counting)
     run dry and are dropped from the mix; prompts may repeat, since the world is finite.
     """
     classes, lex = world_classes(world), world_lexicon(world)
     weights = dict(weights or {k: 1.0 for k in KINDS})
-    unknown = set(weights) - set(KINDS)
+    unknown = set(weights) - set(TRAIN_KINDS)
     if unknown:
-        raise ValueError(f"unknown prompt kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+        raise ValueError(f"unknown prompt kinds {sorted(unknown)}; known: {', '.join(TRAIN_KINDS)}")
+    bad = {k: w for k, w in weights.items() if not (isinstance(w, (int, float)) and w >= 0)}
+    if bad or not any(w > 0 for w in weights.values()):
+        raise ValueError(f"prompt weights must be numbers >= 0, at least one > 0; got {weights}")
     exclude_keys = test_keys(world) if exclude_keys is None else exclude_keys
     rng = np.random.default_rng(seed)
     misses = {k: 0 for k in weights}

@@ -30,6 +30,9 @@ class TrainConfig:
     """A GenEval-format metadata file, or 'train' (built-in shapes-world training set, no test overlap)."""
     num_prompts: int = 50_000
     """Size of the built-in training set when `prompts` is 'train'."""
+    prompt_weights: dict[str, float] = field(default_factory=dict)
+    """Mix of the built-in training set: prompt kind -> relative weight (kinds not named get 0); empty: the
+    thirteen GenEval/GenEval++ kinds equally. Kinds: those of `gvu prompts` plus 'color_counting'."""
     max_steps: int = 150
     """Training steps (one rollout each)."""
     seed: int = 0
@@ -150,6 +153,14 @@ class TrainConfig:
              f"try {rows} or a divisor of it")
         need(self.strategy in ("ddp", "fsdp2"), f"strategy must be 'ddp' or 'fsdp2', got {self.strategy!r}")
         need(self.max_steps >= 1, "max_steps must be >= 1")
+        from gvu.bench.prompts import TRAIN_KINDS
+        odd = sorted(set(self.prompt_weights) - set(TRAIN_KINDS))
+        need(not odd, f"prompt_weights: unknown kind(s) {odd}; known: {', '.join(TRAIN_KINDS)}")
+        need(not self.prompt_weights or (all(w >= 0 for w in self.prompt_weights.values())
+                                         and any(w > 0 for w in self.prompt_weights.values())),
+             f"prompt_weights must be >= 0 with at least one > 0, got {self.prompt_weights}")
+        need(not self.prompt_weights or self.prompts == "train",
+             "prompt_weights mixes the built-in training set; leave it empty when `prompts` is a file")
         need(self.num_iterations >= 1, "num_iterations must be >= 1")
         need(self.reward in REWARDS, f"reward must be one of {REWARDS}, got {self.reward!r}")
         need(self.scale_rewards in SCALE_REWARDS, f"scale_rewards must be one of {SCALE_REWARDS}")
@@ -212,6 +223,9 @@ def _type_ok(v, t) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
     if t in (str, bool):
         return isinstance(v, t)
+    if typing.get_origin(t) is dict:
+        kt, vt = typing.get_args(t)
+        return isinstance(v, dict) and all(_type_ok(a, kt) and _type_ok(b, vt) for a, b in v.items())
     if typing.get_origin(t) is list:
         return isinstance(v, list) and all(_type_ok(x, typing.get_args(t)[0]) for x in v)
     if typing.get_args(t):  # X | None

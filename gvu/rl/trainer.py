@@ -47,7 +47,8 @@ def load_prompt_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
     if cfg.prompts == "train":
         from gvu.bench.prompts import build_train
 
-        rows, where = build_train("shapes", seed=cfg.seed, n=cfg.num_prompts), "built-in training set"
+        rows, where = build_train("shapes", seed=cfg.seed, n=cfg.num_prompts,
+                                  weights=cfg.prompt_weights or None), "built-in training set"
     else:
         from gvu.bench.metadata import read_metadata
 
