@@ -111,7 +111,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from gvu.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else f"runs/demo-{a.base}"),
-                     reward=a.reward, scorer=a.scorer, seed=a.seed, threads=a.threads, cache=a.cache)
+                     reward=a.reward, scorer=a.scorer, seed=a.seed, threads=a.threads, cache=a.cache,
+                     eval_per_prompt=a.per_prompt)
     report = run_demo(cfg)
     print(f"report: {report} (and report.html beside it)")
 
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--scorer", choices=["policy", "reference"], default="policy")
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--threads", type=int, default=0)
+    dm.add_argument("--per-prompt", dest="per_prompt", type=int, default=8,
+                    help="images per prompt in the before/after evaluation (default 8; --quick uses 2)")
     dm.add_argument("--cache", default="runs/cache", help="where pretrained bases are kept and reused (default "
                     "runs/cache; a new folder times the demo with its pretraining)")
     dm.set_defaults(func=cmd_demo)

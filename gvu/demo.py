@@ -36,6 +36,14 @@ class DemoConfig:
     """Seeds pretraining and training."""
     threads: int = 0
     """torch threads (0: torch's default)."""
+    eval_per_prompt: int = 8
+    """Images per prompt in the before/after evaluation (--quick: 2 on a subset). At 2 per prompt the standard
+    error of GenEval-shapes overall is about 0.02, the size of the gains measured here; at 8 about 0.01. The
+    curves during training keep the trainer's own `eval_per_prompt`."""
+
+    def __post_init__(self):
+        if self.eval_per_prompt < 1:
+            raise ValueError(f"eval_per_prompt must be >= 1, got {self.eval_per_prompt}")
 
 
 def pretrain_config(cfg: DemoConfig) -> PretrainConfig:
@@ -86,8 +94,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     timings["pretrain"] = time.perf_counter() - t
 
     tcfg = TrainConfig(**train_overrides(cfg, base, out))
-    per_prompt, limit = tcfg.eval_per_prompt, tcfg.eval_limit or None
-    eval_kw = dict(per_prompt=max(per_prompt, 2), seed=tcfg.eval_seed, limit=limit, progress=progress)
+    per_prompt = 2 if cfg.quick else cfg.eval_per_prompt
+    eval_kw = dict(per_prompt=per_prompt, seed=tcfg.eval_seed, limit=tcfg.eval_limit or None, progress=progress)
 
     t = time.perf_counter()
     evaluate_model(str(base), "all", out=out / "eval_before", **eval_kw)

@@ -79,13 +79,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def from_results(path: Path) -> tuple[float, dict]:
-    """GenEval's summary from results rows: accuracy per tag, overall = unweighted mean of the tags."""
+def from_results(path: Path) -> tuple[float, dict, float]:
+    """GenEval's summary from results rows: accuracy per tag, overall = unweighted mean of the tags, and the
+    overall's standard error (the variance of a mean of independent 0/1 verdicts, per tag, then over tags)."""
     by_tag = defaultdict(list)
     for r in read_jsonl(path):
         by_tag[r["tag"]].append(bool(r["correct"]))
     tags = {t: sum(v) / len(v) for t, v in by_tag.items()}
-    return sum(tags.values()) / len(tags), tags
+    var = sum(np.var(np.array(v, dtype=float)) / len(v) for v in by_tag.values()) / len(tags) ** 2
+    return sum(tags.values()) / len(tags), tags, float(np.sqrt(var))
 
 
 def check_report(run: Path):
@@ -101,13 +103,16 @@ def check_report(run: Path):
     for bench in ("geneval", "genevalpp"):
         o = c[bench]["overall"]
         for stage, summary in (("before", before), ("after", after)):
-            overall, tags = from_results(run / f"eval_{stage}" / bench / "results.jsonl")
+            overall, tags, se = from_results(run / f"eval_{stage}" / bench / "results.jsonl")
             assert o[stage] == summary[bench]["overall"] == pytest.approx(overall, **approx)
+            assert o[f"se_{stage}"] == pytest.approx(se, rel=1e-9, abs=1e-12)
             assert set(c[bench]["tags"]) == set(tags)
             for t, v in c[bench]["tags"].items():
                 assert v[stage] == summary[bench]["tags"][t] == pytest.approx(tags[t], **approx)
         b, a = o["before"], o["after"]
         assert o["relative"] == (None if b == 0 else pytest.approx((a - b) / b, **approx))
+        assert o["gain"] == pytest.approx(a - b, **approx)
+        assert o["gain_ci95_half_width"] == pytest.approx(1.96 * np.hypot(o["se_before"], o["se_after"]), rel=1e-9)
     u = c["understanding"]
     ub, ua = before["understanding"], after["understanding"]
     assert (u["overall"]["before"], u["overall"]["after"]) == (ub["overall"], ua["overall"])
@@ -129,7 +134,9 @@ def check_report(run: Path):
 
     md = (run / "report.md").read_text()
     g = c["geneval"]["overall"]
-    assert f"| **overall** | **{g['before']:.3f}** | **{g['after']:.3f}** (" in md
+    assert (f"| **overall** | **{g['before']:.3f}** ± {g['se_before']:.3f} | **{g['after']:.3f}** ± "
+            f"{g['se_after']:.3f} (") in md
+    assert f"Gain {g['gain']:+.3f}, 95% interval ± {g['gain_ci95_half_width']:.3f}" in md
     assert f"{report['reward']['first']:.4f} -> {report['reward']['last']:.4f}." in md
     pictures = [line for line in md.splitlines() if line.startswith("![")]
     for line in pictures:  # the markdown's pictures exist beside it
@@ -164,7 +171,7 @@ def test_a_second_run_reuses_the_cached_base(cached_base, cli_run, workdir):
     # "before" is the cached base: evaluating it here with the demo's evaluation settings gives the same rows
     cfg = DemoConfig(quick=True, out=str(run), threads=1)
     tcfg = TrainConfig(**train_overrides(cfg, base, run))
-    evaluate_module.evaluate_model(str(base), "geneval", per_prompt=max(tcfg.eval_per_prompt, 2),
+    evaluate_module.evaluate_model(str(base), "geneval", per_prompt=2,
                                    seed=tcfg.eval_seed, limit=tcfg.eval_limit, out=workdir / "check", progress=False)
     assert read_jsonl(workdir / "check" / "geneval" / "results.jsonl") == \
         read_jsonl(run / "eval_before" / "geneval" / "results.jsonl")

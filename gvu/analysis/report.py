@@ -23,15 +23,31 @@ def _rel(before: float, after: float) -> float | None:
     return None if before == 0 else (after - before) / before
 
 
+def overall_se(summary: dict) -> float | None:
+    """Standard error of an overall score (the unweighted mean of per-tag accuracies) from its images alone:
+    sqrt(sum_t p_t (1 - p_t) / n_t) / T, each image a Bernoulli draw. None without per-tag image counts."""
+    tags, images = summary.get("tags") or {}, summary.get("images") or {}
+    if not tags or any(images.get(t, 0) < 1 for t in tags):
+        return None
+    return float(sum(p * (1 - p) / images[t] for t, p in tags.items()) ** 0.5 / len(tags))
+
+
 def compare(before: dict, after: dict) -> dict:
-    """Before/after per benchmark: overall, per tag, relative change."""
+    """Before/after per benchmark: overall (with standard errors and a 95% interval of the gain), per tag,
+    relative change."""
     out = {}
     for bench in ("geneval", "genevalpp", "file"):
         if bench in before and bench in after:
             b, a = before[bench], after[bench]
+            se_b, se_a = overall_se(b), overall_se(a)
+            half = None if se_b is None or se_a is None else 1.96 * (se_b ** 2 + se_a ** 2) ** 0.5
             out[bench] = {
-                "overall": {"before": b["overall"], "after": a["overall"], "relative": _rel(b["overall"], a["overall"])},
+                "overall": {"before": b["overall"], "after": a["overall"], "relative": _rel(b["overall"], a["overall"]),
+                            "se_before": se_b, "se_after": se_a, "gain": a["overall"] - b["overall"],
+                            "gain_ci95_half_width": half},
                 "tags": {t: {"before": b["tags"][t], "after": a["tags"].get(t)} for t in b["tags"]},
+                "images": {t: {"before": b.get("images", {}).get(t), "after": a.get("images", {}).get(t)}
+                           for t in b["tags"]},
             }
     if "understanding" in before and "understanding" in after:
         b, a = before["understanding"], after["understanding"]
@@ -151,7 +167,16 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
         o = c[bench]["overall"]
         lines += [f"## {title}", "", "| tag | before | after |", "|---|---|---|"]
         lines += [f"| {t} | {v['before']:.3f} | {v['after']:.3f} |" for t, v in c[bench]["tags"].items()]
-        lines += [f"| **overall** | **{o['before']:.3f}** | **{o['after']:.3f}** ({_pct(o['relative'])}) |", ""]
+        if o.get("gain_ci95_half_width") is None:
+            lines += [f"| **overall** | **{o['before']:.3f}** | **{o['after']:.3f}** ({_pct(o['relative'])}) |", ""]
+        else:
+            n = c[bench].get("images", {})
+            imgs = sum(v["before"] or 0 for v in n.values())
+            lines += [f"| **overall** | **{o['before']:.3f}** ± {o['se_before']:.3f} | **{o['after']:.3f}** ± "
+                      f"{o['se_after']:.3f} ({_pct(o['relative'])}) |", "",
+                      f"Gain {o['gain']:+.3f}, 95% interval ± {o['gain_ci95_half_width']:.3f} (± is the standard "
+                      f"error of the sampled images, {imgs} per evaluation; the before and after images are drawn "
+                      "independently).", ""]
     if "understanding" in c:
         u = c["understanding"]
         lines += ["## Understanding (image-text matching)", "", "| perturbation | before | after |", "|---|---|---|"]
