@@ -198,3 +198,14 @@ def test_report_against_an_oracle_run_gives_the_fraction_of_its_gain(cli_run, tm
             c = report["comparison"][bench]["overall"]
             assert v["gain"] == pytest.approx(c["after"] - c["before"]) == pytest.approx(v["oracle_gain"])
     assert "## Against the oracle" in (run / "report.md").read_text()
+
+
+def test_overall_standard_error_and_demo_evaluation_size():
+    from gvu.analysis.report import overall_se
+
+    # two tags: p=0.5 on 4 images, p=1.0 on 2 images -> sqrt(0.25/4 + 0) / 2
+    assert overall_se({"tags": {"a": 0.5, "b": 1.0}, "images": {"a": 4, "b": 2}}) == pytest.approx(0.125)
+    assert overall_se({"tags": {"a": 0.5}}) is None  # no image counts: no error bar rather than a wrong one
+    assert DemoConfig().eval_per_prompt == 8
+    with pytest.raises(ValueError, match="eval_per_prompt must be >= 1"):
+        DemoConfig(eval_per_prompt=0)
