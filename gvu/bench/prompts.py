@@ -151,6 +151,16 @@ def test_keys(world: str) -> set[str]:
     return {prompt_key(r) for r in build_geneval(world) + build_genevalpp(world)}
 
 
+def check_weights(weights: dict, name: str = "prompt weights") -> None:
+    """A training mix is valid when it names known kinds only, with numbers >= 0 and at least one > 0."""
+    unknown = sorted(set(weights) - set(TRAIN_KINDS))
+    if unknown:
+        raise ValueError(f"{name}: unknown kind(s) {unknown}; known: {', '.join(TRAIN_KINDS)}")
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights.values())
+    if not numbers or not all(w >= 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise ValueError(f"{name} must be >= 0 with at least one > 0, got {weights}")
+
+
 def build_train(world: str = "shapes", seed: int = 0, n: int = 50_000, weights: dict[str, float] | None = None,
                 exclude_keys: set[str] | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
     """A weighted mix of prompt kinds (`weights`: kind -> relative weight; default: the thirteen test kinds
@@ -161,12 +171,7 @@ def build_train(world: str = "shapes", seed: int = 0, n: int = 50_000, weights: 
     """
     classes, lex = world_classes(world), world_lexicon(world)
     weights = dict(weights or {k: 1.0 for k in KINDS})
-    unknown = set(weights) - set(TRAIN_KINDS)
-    if unknown:
-        raise ValueError(f"unknown prompt kinds {sorted(unknown)}; known: {', '.join(TRAIN_KINDS)}")
-    bad = {k: w for k, w in weights.items() if not (isinstance(w, (int, float)) and w >= 0)}
-    if bad or not any(w > 0 for w in weights.values()):
-        raise ValueError(f"prompt weights must be numbers >= 0, at least one > 0; got {weights}")
+    check_weights(weights)
     exclude_keys = test_keys(world) if exclude_keys is None else exclude_keys
     rng = np.random.default_rng(seed)
     misses = {k: 0 for k in weights}

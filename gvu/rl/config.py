@@ -153,12 +153,9 @@ class TrainConfig:
              f"try {rows} or a divisor of it")
         need(self.strategy in ("ddp", "fsdp2"), f"strategy must be 'ddp' or 'fsdp2', got {self.strategy!r}")
         need(self.max_steps >= 1, "max_steps must be >= 1")
-        from gvu.bench.prompts import TRAIN_KINDS
-        odd = sorted(set(self.prompt_weights) - set(TRAIN_KINDS))
-        need(not odd, f"prompt_weights: unknown kind(s) {odd}; known: {', '.join(TRAIN_KINDS)}")
-        need(not self.prompt_weights or (all(w >= 0 for w in self.prompt_weights.values())
-                                         and any(w > 0 for w in self.prompt_weights.values())),
-             f"prompt_weights must be >= 0 with at least one > 0, got {self.prompt_weights}")
+        if self.prompt_weights:
+            from gvu.bench.prompts import check_weights
+            check_weights(self.prompt_weights, "prompt_weights")
         need(not self.prompt_weights or self.prompts == "train",
              "prompt_weights mixes the built-in training set; leave it empty when `prompts` is a file")
         need(self.num_iterations >= 1, "num_iterations must be >= 1")
