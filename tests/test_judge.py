@@ -329,6 +329,25 @@ def test_geneval_colour_checks_only_the_first_count_objects():
     assert evaluate(stars("red"), row2, "geneval").kinds == {"count"}
 
 
+def test_bare_plural_asks_for_at_least_two():
+    # "a photo of red stars": the grammar parses it with count None (models caption this way); the judge reads
+    # it as two or more, in both modes, instead of failing on the missing number.
+    from gvu.world.grammar import SHAPES_LEXICON, parse_prompt
+
+    row = parse_prompt("a photo of red stars", SHAPES_LEXICON)
+    assert row["include"][0]["count"] is None
+
+    def stars(*cols):
+        return _dets(*(det("star", (0, 20 * i, 12, 20 * i + 12), c) for i, c in enumerate(cols)))
+
+    for mode in ("geneval", "strict"):
+        assert evaluate(stars("red"), row, mode).kinds == {"count"}
+        assert evaluate(stars("red", "red"), row, mode).correct
+        assert evaluate(stars("red", "red", "red"), row, mode).correct
+        assert evaluate(stars("blue", "blue"), row, mode).kinds == {"color"}
+    assert evaluate(stars(), row, "strict").kinds == {"count"}
+
+
 def test_first_count_rule_through_pixels():
     # Reading order (top, then left) stands in for GenEval's confidence order.
     row = {"tag": "colors", "include": [{"class": "heart", "count": 1, "color": "green"}]}

@@ -3,7 +3,8 @@
 `geneval` mode follows GenEval's evaluate(): an include asks for AT LEAST `count` objects of its class and
 checks colour and position on the first `count` of them; exact counts come only through `exclude`. `strict`
 mode asks for exactly `count` of every included class (summed over includes of the same class) and checks
-colour, position, region and size on all of them.
+colour, position, region and size on all of them. A bare plural ("a photo of circles", count None, which the
+grammar parses and models may caption) asks for at least two, in both modes.
 
 Every failure is recorded with a `kind` (count, color, position, region, size, exclude) next to GenEval's
 human-readable reason, so tests and reports can tell why an image failed.
@@ -19,6 +20,7 @@ from gvu.world.detect import Detection, Detections, detect
 from gvu.world.spec import COLORS, IMAGE_SIZE
 
 POSITION_THRESHOLD = 0.1  # GenEval's value
+BARE_PLURAL_MIN = 2  # what "circles" with no number asks for
 MODES = ("geneval", "strict")
 
 
@@ -77,15 +79,22 @@ def evaluate(dets: Detections, row: dict, mode: str = "geneval") -> Verdict:
         v.failures.append((kind, reason))
 
     expected_total: dict[str, int] = {}
+    open_ended: set[str] = set()  # classes named by a bare plural: a minimum, not an exact count
     for req in row["include"]:
-        expected_total[req["class"]] = expected_total.get(req["class"], 0) + req["count"]
+        if req["count"] is None:
+            open_ended.add(req["class"])
+        expected_total[req["class"]] = expected_total.get(req["class"], 0) + (BARE_PLURAL_MIN if req["count"] is None else req["count"])
 
     groups: list[list[Detection] | None] = []
     for req in row["include"]:
-        cls, count = req["class"], req["count"]
+        cls = req["class"]
+        count = BARE_PLURAL_MIN if req["count"] is None else req["count"]
         have = objects.get(cls, [])
         matched = True
-        if strict and len(have) != expected_total[cls]:
+        if strict and cls in open_ended and len(have) < expected_total[cls]:
+            matched = False
+            fail("count", f"expected {cls}>={expected_total[cls]}, found {len(have)}")
+        elif strict and cls not in open_ended and len(have) != expected_total[cls]:
             matched = False
             fail("count", f"expected {cls}=={expected_total[cls]}, found {len(have)}")
         elif len(have) < count:
