@@ -78,25 +78,21 @@ def evaluate(dets: Detections, row: dict, mode: str = "geneval") -> Verdict:
         v.correct = False
         v.failures.append((kind, reason))
 
+    counts = [BARE_PLURAL_MIN if req["count"] is None else req["count"] for req in row["include"]]
+    open_ended = {req["class"] for req in row["include"] if req["count"] is None}  # a minimum, not an exact count
     expected_total: dict[str, int] = {}
-    open_ended: set[str] = set()  # classes named by a bare plural: a minimum, not an exact count
-    for req in row["include"]:
-        if req["count"] is None:
-            open_ended.add(req["class"])
-        expected_total[req["class"]] = expected_total.get(req["class"], 0) + (BARE_PLURAL_MIN if req["count"] is None else req["count"])
+    for req, count in zip(row["include"], counts):
+        expected_total[req["class"]] = expected_total.get(req["class"], 0) + count
 
     groups: list[list[Detection] | None] = []
-    for req in row["include"]:
+    for req, count in zip(row["include"], counts):
         cls = req["class"]
-        count = BARE_PLURAL_MIN if req["count"] is None else req["count"]
         have = objects.get(cls, [])
         matched = True
-        if strict and cls in open_ended and len(have) < expected_total[cls]:
+        total, at_least = expected_total[cls], cls in open_ended
+        if strict and (len(have) < total if at_least else len(have) != total):
             matched = False
-            fail("count", f"expected {cls}>={expected_total[cls]}, found {len(have)}")
-        elif strict and cls not in open_ended and len(have) != expected_total[cls]:
-            matched = False
-            fail("count", f"expected {cls}=={expected_total[cls]}, found {len(have)}")
+            fail("count", f"expected {cls}{'>=' if at_least else '=='}{total}, found {len(have)}")
         elif len(have) < count:
             matched = False
             fail("count", f"expected {cls}>={count}, found {len(have)}")
