@@ -59,7 +59,7 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
     kw = {k: getattr(a, k) for k in ("steps", "batch_size", "learning_rate", "gen_fraction", "num_scenes",
                                       "threads") if getattr(a, k) is not None}
-    cfg = PretrainConfig(preset=a.preset, size=a.size, seed=a.seed, **kw)
+    cfg = PretrainConfig(preset=a.preset, size=a.size, seed=a.seed, grid=not a.flat, **kw)
     model = pretrain(cfg, a.out)
     print(f"wrote a {cfg.preset} base ({model.num_parameters():,} parameters, size {cfg.size}) to {a.out}")
 
@@ -110,9 +110,9 @@ def cmd_report(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from gvu.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else f"runs/demo-{a.base}"),
-                     reward=a.reward, scorer=a.scorer, seed=a.seed, threads=a.threads, cache=a.cache,
-                     eval_per_prompt=a.per_prompt)
+    default_out = "runs/demo-quick" if a.quick else f"runs/demo-{a.base}" + ("-flat" if a.flat else "")
+    cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or default_out, reward=a.reward, scorer=a.scorer,
+                     flat=a.flat, seed=a.seed, threads=a.threads, cache=a.cache, eval_per_prompt=a.per_prompt)
     report = run_demo(cfg)
     print(f"report: {report} (and report.html beside it)")
 
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--gen-fraction", dest="gen_fraction", type=float)
     pt.add_argument("--num-scenes", dest="num_scenes", type=int)
     pt.add_argument("--threads", type=int)
+    pt.add_argument("--flat", action="store_true", help="the ablation: understanding reads the flat raster (no "
+                    "2-D row+column reader)")
     pt.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("eval", help="generate for a benchmark, judge, and summarise")
@@ -206,9 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--base", choices=["regular", "weak"], default="regular")
     dm.add_argument("--quick", action="store_true", help="tiny model and subsets: a few minutes")
     dm.add_argument("--out", help="output folder (default runs/demo-BASE or runs/demo-quick)")
-    dm.add_argument("--reward", choices=["intrinsic", "oracle_binary"], default="intrinsic",
-                    help="oracle_binary: the exact judge as reward, the yardstick")
+    dm.add_argument("--reward", choices=["intrinsic", "oracle_strict", "oracle_binary"], default="intrinsic",
+                    help="oracle_strict / oracle_binary: the exact judge as reward (exact counts / GenEval's rules), "
+                    "the yardstick")
     dm.add_argument("--scorer", choices=["policy", "reference"], default="policy")
+    dm.add_argument("--flat", action="store_true", help="the ablation base: understanding reads the flat raster "
+                    "(no 2-D row+column reader)")
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--threads", type=int, default=0)
     dm.add_argument("--per-prompt", dest="per_prompt", type=int, default=8,
@@ -220,12 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="rebuild a demo run's report from its saved outputs (optionally against an "
                         "oracle run of the same base)")
     rp.add_argument("run", help="a `gvu demo` output folder")
-    rp.add_argument("--oracle", help="a `gvu demo --reward oracle_binary` folder of the same base: adds the "
+    rp.add_argument("--oracle", help="a `gvu demo --reward oracle_strict` folder of the same base: adds the "
                     "fraction of the oracle's gain")
     rp.set_defaults(func=cmd_report)
 
-    from gvu.analysis import score, sensitivity
+    from gvu.analysis import lead, score, sensitivity
 
+    lead.register(sub)
     score.register(sub)
     sensitivity.register(sub)
     from gvu.bench import perf

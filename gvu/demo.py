@@ -29,9 +29,12 @@ class DemoConfig:
     cache: str = "runs/cache"
     """Where pretrained bases are kept and reused."""
     reward: str = "intrinsic"
-    """'intrinsic' (GvU) or 'oracle_binary' (the exact judge as reward, the yardstick)."""
+    """'intrinsic' (GvU), or the exact judge as reward, the yardstick: 'oracle_strict' (exact counts) or
+    'oracle_binary' (GenEval's rules, which pass over-drawn counts)."""
     scorer: str = "policy"
     """Who scores the intrinsic reward: 'policy' or 'reference'."""
+    flat: bool = False
+    """The ablation base: understanding reads images as the flat raster generation writes (no 2-D reader)."""
     seed: int = 0
     """Seeds pretraining and training."""
     threads: int = 0
@@ -49,8 +52,8 @@ class DemoConfig:
 def pretrain_config(cfg: DemoConfig) -> PretrainConfig:
     if cfg.quick:
         return PretrainConfig(preset=cfg.base, size="tiny", seed=cfg.seed, steps=300, batch_size=32,
-                              num_scenes=2000, learning_rate=3e-3, threads=cfg.threads)
-    return PretrainConfig(preset=cfg.base, seed=cfg.seed, threads=cfg.threads)
+                              num_scenes=2000, learning_rate=3e-3, threads=cfg.threads, grid=not cfg.flat)
+    return PretrainConfig(preset=cfg.base, seed=cfg.seed, threads=cfg.threads, grid=not cfg.flat)
 
 
 def train_overrides(cfg: DemoConfig, base_dir: Path, out: Path) -> dict:
@@ -102,6 +105,15 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     timings["eval_before"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    from gvu.analysis.lead import SCORES
+    from gvu.analysis.score import score_folder, write_scores
+    from gvu.models.load import load_model
+
+    # The judge's lead per tag: the base's reward on its own GenEval samples against their exact verdicts.
+    write_scores(out / SCORES, score_folder(load_model(str(base)), out / SCORES.parent, progress=progress))
+    timings["score_before"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     final = Trainer(tcfg).train(progress=progress)
     timings["train"] = time.perf_counter() - t
 
@@ -111,7 +123,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
 
     t = time.perf_counter()
     from gvu.analysis.sensitivity import run_sensitivity
-    from gvu.models.load import load_model
 
     # On the base, as the paper's Fig. 8: which descriptors the untrained judge is sensitive to.
     run_sensitivity(load_model(str(base)), out / "sensitivity", per_prompt=1 if cfg.quick else 2,

@@ -13,12 +13,14 @@ import torch
 import gvu.models.pretrain as pt
 from gvu.models.builtin import build_builtin, load_builtin
 from gvu.models.pretrain import LOG_FILE, STATE_FILE, PretrainConfig, ScenePool, build_pool, make_batch, pretrain
+from gvu.world import spec
 from gvu.world.grammar import SHAPES_LEXICON, parse_prompt
 from gvu.world.judge import evaluate
 from gvu.world.scene import scene_detections
 
 # warmup 5 (not the default 100) so 30 steps actually move the weights
-TINY = PretrainConfig(size="tiny", steps=30, num_scenes=200, batch_size=16, warmup_steps=5, seed=3)
+TINY = PretrainConfig(size="tiny", steps=30, num_scenes=200, batch_size=16, warmup_steps=5, seed=3, relation_fraction=0.0,
+                      gen_fraction=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,9 @@ def assert_same_weights(a: dict, b: dict):
 
 def fixed_batch_loss(model, pool) -> float:
     """The training loss on a fixed batch drawn with its own generator (independent of training's batches)."""
-    ids, mask, labels, is_gen = make_batch(model, pool, TINY, np.random.default_rng(123))
+    b = make_batch(model, pool, TINY, np.random.default_rng(123))
     with torch.no_grad():
-        return pt.lm_loss(model.lm, ids, mask, labels)[0].item()
+        return pt.lm_loss(model.lm, b.ids, b.mask, b.labels, b.is_gen, b.neg_rows, b.true_rows)[0].item()
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -153,8 +155,9 @@ def test_generation_labels_are_exactly_the_image_codes(one_scene_pool):
     model = build_builtin("tiny")
     layout = model.layout
     cfg = dataclasses.replace(TINY, gen_fraction=1.0, uncond_prob=0.5, batch_size=24)
-    ids, mask, labels, is_gen = make_batch(model, one_scene_pool, cfg, np.random.default_rng(0))
-    assert is_gen.all()
+    b = make_batch(model, one_scene_pool, cfg, np.random.default_rng(0))
+    ids, mask, labels, is_gen = b.ids, b.mask, b.labels, b.is_gen
+    assert is_gen.all() and len(ids) == 24 and len(b.neg_rows) == 0  # negatives come with understanding only
     image_ids = layout.image_ids(one_scene_pool.tokens[0])
     prompt_ids = model.tokenizer.encode(one_scene_pool.rows[0]["prompt"])
     lengths = set()
@@ -174,12 +177,20 @@ def test_generation_labels_are_exactly_the_image_codes(one_scene_pool):
 def test_understanding_labels_are_a_true_description_and_eos(one_scene_pool):
     model = build_builtin("tiny")
     tok, layout = model.tokenizer, model.layout
-    cfg = dataclasses.replace(TINY, gen_fraction=0.0, batch_size=24)
-    ids, mask, labels, is_gen = make_batch(model, one_scene_pool, cfg, np.random.default_rng(0))
+    cfg = dataclasses.replace(TINY, gen_fraction=0.0, batch_size=24, negative_prob=0.5)
+    b = make_batch(model, one_scene_pool, cfg, np.random.default_rng(0))
+    ids, mask, labels, is_gen = b.ids, b.mask, b.labels, b.is_gen
     assert not is_gen.any()
     dets = scene_detections(one_scene_pool.objs[0])
     descriptions = set()
-    for i in range(len(ids)):
+    # the hard negatives: extra rows after the batch, each the same image with a description the judge finds false
+    assert 4 <= len(b.neg_rows) <= 20 and b.neg_rows.tolist() == list(range(24, len(ids)))
+    for n, t in zip(b.neg_rows.tolist(), b.true_rows.tolist()):
+        assert t < 24 and ids[n, 2:2 + spec.NUM_TOKENS].tolist() == ids[t, 2:2 + spec.NUM_TOKENS].tolist()
+        on = (labels[n] != -100).nonzero()[:, 0].tolist()
+        text = tok.decode([int(x) for x in labels[n, on]][:-1])
+        assert not evaluate(dets, parse_prompt(text, SHAPES_LEXICON), "strict").correct, text
+    for i in range(24):
         on = (labels[i] != -100).nonzero()[:, 0].tolist()
         target = [int(x) for x in labels[i, on]]
         assert on == list(range(on[0], on[0] + len(target)))
@@ -207,5 +218,5 @@ def test_presets_set_gen_fraction():
     frac = {}
     for name, c in (("weak", weak), ("regular", regular)):
         c = dataclasses.replace(c, batch_size=400)
-        frac[name] = make_batch(model, pool, c, np.random.default_rng(1))[3].float().mean().item()
+        frac[name] = make_batch(model, pool, c, np.random.default_rng(1)).is_gen[:400].float().mean().item()
     assert abs(frac["weak"] - weak.gen_fraction) < 0.06 and abs(frac["regular"] - regular.gen_fraction) < 0.06

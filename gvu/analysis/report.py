@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from gvu.analysis.lead import SCORES, lead_plot, run_lead
 from gvu.bench.metadata import atomic_write_text
 
 
@@ -111,6 +112,8 @@ def build_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None
                                ((demo or {}).get("demo") or {}).get("reward", "intrinsic")),
         "sensitivity": _load(run / "sensitivity" / "sensitivity.json"),
     }
+    if (run / SCORES).is_file() and "geneval" in report["comparison"]:
+        report["lead"] = run_lead(run)
     if oracle is not None:
         report["oracle"] = oracle_fraction(report["comparison"], build_report(oracle)["comparison"], oracle)
     return report
@@ -184,6 +187,17 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
         lines += [f"| **overall** | **{u['overall']['before']:.3f}** | **{u['overall']['after']:.3f}** |",
                   f"| caption truthfulness | {u['caption_truthfulness']['before']:.3f} | "
                   f"{u['caption_truthfulness']['after']:.3f} |", ""]
+    if report.get("lead"):
+        lead = report["lead"]
+        corr = lead["auc_gain_correlation"]
+        lines += ["## The judge's lead and the gain, per tag", "",
+                  "How well the base's own reward ranks its own GenEval-shapes samples (ROC AUC against the exact "
+                  "judge; 0.5 = blind) beside the tag's gain. Correlation over tags: "
+                  + ("n/a" if corr is None else f"{corr:+.2f}") + ".", "",
+                  "| tag | reward AUC (base) | before | after | gain |", "|---|---|---|---|---|"]
+        lines += [f"| {t} | {'n/a' if v['auc'] is None else format(v['auc'], '.3f')} | {v['before']:.3f} | "
+                  f"{v['after']:.3f} | {v['gain']:+.3f} |" for t, v in lead["tags"].items()]
+        lines += [""]
     r = report["reward"]
     if r["steps"]:
         lines += [f"Training reward ({r['name']}), mean of steps 1-{r['window']} -> steps "
@@ -225,6 +239,9 @@ def write_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None
         g = _grid(run, bench)
         if g is not None:
             pictures[f"{bench}: before (top) and after (bottom), same prompts and seeds; green = correct"] = g
+    if report.get("lead"):
+        pictures["The judge's lead against the gain, per tag"] = lead_plot({run.name: report["lead"]},
+                                                                           run / "lead.png")
     sens_png = run / "sensitivity" / "sensitivity.png"
     if sens_png.is_file():
         pictures["Sensitivity of the reward to removed descriptors"] = sens_png

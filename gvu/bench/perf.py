@@ -497,7 +497,7 @@ def bench_limit(p: Plan, step: dict | None = None) -> dict:
     cfg = PretrainConfig(size=p.size, batch_size=p.pretrain_batch, num_scenes=p.pretrain_scenes)
     pool = build_pool(cfg.num_scenes, cfg.seed, KINDS, progress=False)
     rng = np.random.default_rng(0)
-    S = make_batch(model, pool, cfg, rng)[0].shape[1]
+    S = make_batch(model, pool, cfg, rng).ids.shape[1]
     shapes = model_matmul_shapes(model.lm.config, p.pretrain_batch, S)
     mm = {k: matmul_gflops(a, b, max(5, p.repeats)) for k, (a, b) in shapes.items()}
     peak_name = max((k for k in mm if "reference" not in k), key=lambda k: mm[k]["gflops_per_s"])
@@ -508,9 +508,9 @@ def bench_limit(p: Plan, step: dict | None = None) -> dict:
     times, tokens, batch_times = [], [], []
     for k in range(p.pretrain_steps + 1):  # the first is a warm-up
         t0 = time.perf_counter()
-        ids, mask, labels, is_gen = make_batch(model, pool, cfg, rng)
+        b = make_batch(model, pool, cfg, rng)
         t1 = time.perf_counter()
-        loss, _ = lm_loss(lm, ids, mask, labels, is_gen)
+        loss, _ = lm_loss(lm, b.ids, b.mask, b.labels, b.is_gen, b.neg_rows, b.true_rows, cfg.negative_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -518,7 +518,7 @@ def bench_limit(p: Plan, step: dict | None = None) -> dict:
         if k:
             times.append(time.perf_counter() - t0)
             batch_times.append(t1 - t0)
-            tokens.append(int(mask.sum()))
+            tokens.append(int(b.mask.sum()))
     tps = sum(tokens) / sum(times)
     pretrain = {"batch": p.pretrain_batch, "times_s": times, "median_s": statistics.median(times),
                 "make_batch_median_s": statistics.median(batch_times), "tokens_per_s": tps,

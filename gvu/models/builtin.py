@@ -36,6 +36,9 @@ PRESETS: dict[str, dict] = {
 }
 MAX_POSITIONS = 128
 GVU_FILE = "gvu.json"
+FORMAT = 2
+"""Checkpoint format. 2: the `<see>` opener for understanding images and the optional 2-D reader (grid)."""
+REBUILD = "gvu pretrain --preset regular|weak --out DIR"
 REQUIRED_FILES = (GVU_FILE, "config.json", "model.safetensors", "tokenizer.json")
 
 
@@ -44,7 +47,7 @@ def builtin_layout(tok: WordTokenizer) -> SharedVocabLayout:
         image_token_offset=tok.image_token_offset, num_codes=tok.num_codes, num_image_tokens=spec.NUM_TOKENS,
         pad_id=tok.pad_id, eos_id=tok.eos_id,
         gen_prefix=(tok.bos_id,), gen_suffix=(tok.boi_id,), gen_end=(tok.eoi_id,),
-        und_prefix=(tok.bos_id, tok.boi_id), und_after_image=(tok.eoi_id, tok.inst_id),
+        und_prefix=(tok.bos_id, tok.see_id), und_after_image=(tok.eoi_id, tok.inst_id),
         und_before_answer=(tok.ans_id,), und_suffix=(tok.eos_id,),
         caption_ids=(*tok.word_ids, tok.eos_id),
         decoder=render.decode, encoder=render.encode,
@@ -58,16 +61,27 @@ class BuiltinUMM(SharedVocabUMM):
         super().__init__(lm, tokenizer, builtin_layout(tokenizer))
         self.size = size
 
+    @property
+    def grid(self) -> bool:
+        """Whether understanding reads images through the 2-D row+column embedding (gvu.models.grid)."""
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return hasattr(base, "row_embed")
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.lm.parameters())
 
 
-def llama_config(size: str, tok: WordTokenizer):
+def llama_config(size: str, tok: WordTokenizer, grid: bool = True):
     from transformers import LlamaConfig  # lazy: keeps `import gvu.models.builtin` cheap
 
     if size not in PRESETS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(PRESETS)}")
     p = PRESETS[size]
+    if grid:
+        from gvu.models.grid import GRID_KEY
+
+        p = {**p, GRID_KEY: dict(rows=spec.GRID, cols=spec.GRID, image_token_offset=tok.image_token_offset,
+                                 num_codes=tok.num_codes, open_id=tok.see_id)}
     return LlamaConfig(
         vocab_size=tok.vocab_size, max_position_embeddings=MAX_POSITIONS,
         num_key_value_heads=p["num_attention_heads"], tie_word_embeddings=True,
@@ -103,19 +117,29 @@ def align_embeddings(lm: torch.nn.Module, tok: WordTokenizer) -> None:
             E[tok.word_offset + words[c]] = color_f[k]
 
 
-def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer | None = None,
-                  aligned: bool = True) -> BuiltinUMM:
-    """A randomly initialised built-in model (`aligned`: shared word/code factors, see align_embeddings).
-    The global torch RNG is left as it was."""
+def _model_class(grid: bool):
+    if grid:
+        from gvu.models.grid import GridLlamaForCausalLM
+        return GridLlamaForCausalLM
     from transformers import LlamaForCausalLM
+    return LlamaForCausalLM
 
+
+def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer | None = None,
+                  aligned: bool = True, grid: bool = True) -> BuiltinUMM:
+    """A randomly initialised built-in model (`aligned`: shared word/code factors, see align_embeddings; `grid`:
+    understanding reads images with a 2-D row+column embedding, see gvu.models.grid; False is the flat raster).
+    The global torch RNG is left as it was."""
     tok = tokenizer or WordTokenizer()
-    config = llama_config(size, tok)
+    config = llama_config(size, tok, grid)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        lm = LlamaForCausalLM(config)
+        lm = _model_class(grid)(config)
         if aligned:
             align_embeddings(lm, tok)
+        if grid:
+            from gvu.models.grid import ordinal_init
+            ordinal_init(lm, {w: tok.word_offset + i for i, w in enumerate(tok.words)} if aligned else None)
     return BuiltinUMM(lm.eval(), tok, size)
 
 
@@ -149,7 +173,7 @@ def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | 
     try:
         model.lm.save_pretrained(tmp)
         model.tokenizer.save(tmp)
-        info = {"kind": "builtin", "format": 1, "size": model.size, "preset": PRESETS.get(model.size),
+        info = {"kind": "builtin", "format": FORMAT, "grid": model.grid, "size": model.size, "preset": PRESETS.get(model.size),
                 "num_parameters": sum(p.numel() for p in model.lm.parameters()), **(extra or {})}
         (tmp / GVU_FILE).write_text(json.dumps(info, indent=1) + "\n")
         if not is_model_dir(tmp):
@@ -162,8 +186,6 @@ def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | 
 
 
 def load_builtin(directory: str | os.PathLike, device: str | torch.device | None = None) -> BuiltinUMM:
-    from transformers import LlamaForCausalLM
-
     path = Path(directory)
     if not is_model_dir(path):
         missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
@@ -172,8 +194,12 @@ def load_builtin(directory: str | os.PathLike, device: str | torch.device | None
     info = json.loads((path / GVU_FILE).read_text())
     if info.get("kind") != "builtin":
         raise ValueError(f"{path} holds a gvu model of kind {info.get('kind')!r}, not 'builtin'")
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{path} is a built-in model of checkpoint format {info.get('format')}; this version of gvu "
+                         f"reads format {FORMAT} (a `<see>` token opens the images the model reads, and the 2-D "
+                         f"reader). Rebuild the base with `{REBUILD}` (the demo rebuilds its cached bases itself)")
     tok = WordTokenizer.load(path)
-    lm = LlamaForCausalLM.from_pretrained(path, local_files_only=True)
+    lm = _model_class(bool(info.get("grid"))).from_pretrained(path, local_files_only=True)
     if lm.config.vocab_size != tok.vocab_size:
         raise ValueError(f"{path}: model vocabulary ({lm.config.vocab_size}) and tokenizer ({tok.vocab_size}) "
                          "disagree")

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from gvu.world import grammar, spec
 
-SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<inst>", "<ans>")
+# <boi> opens an image the model writes (generation), <see> an image it reads (understanding): the two branches
+# see one vocabulary of codes, and the opener tells the model (and its 2-D reader, gvu.models.grid) which it is.
+SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<inst>", "<ans>", "<see>")
 DEFAULT_INSTRUCTION = "Describe the image in detail."
 FILE_NAME = "tokenizer.json"
 
@@ -50,7 +52,7 @@ class WordTokenizer:
         self.image_token_offset = len(SPECIAL_TOKENS) + len(words)
         self.vocab_size = self.image_token_offset + self.num_codes
         (self.pad_id, self.bos_id, self.eos_id, self.boi_id, self.eoi_id, self.inst_id,
-         self.ans_id) = (self._id[t] for t in SPECIAL_TOKENS)
+         self.ans_id, self.see_id) = (self._id[t] for t in SPECIAL_TOKENS)
 
     @property
     def word_ids(self) -> range:
@@ -94,7 +96,7 @@ class WordTokenizer:
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"type": "gvu.WordTokenizer", "version": 1, "special_tokens": list(SPECIAL_TOKENS),
+        data = {"type": "gvu.WordTokenizer", "version": 2, "special_tokens": list(SPECIAL_TOKENS),
                 "words": self.words, "num_codes": self.num_codes}
         path.write_text(json.dumps(data, indent=1) + "\n")
         return path

@@ -90,12 +90,27 @@ def _candidates(kind: str, objs: list[Obj], rng: np.random.Generator) -> list[di
     raise ValueError(f"unknown prompt kind {kind!r}")
 
 
-def describe(objs: list[Obj], rng: np.random.Generator, kinds: tuple[str, ...] = KINDS) -> dict | None:
-    """A random true description (a metadata row with its prompt) of a scene, or None if none of the kinds fit."""
+def weighted_order(kinds: tuple[str, ...], rng: np.random.Generator,
+                   weights: dict[str, float] | None = None) -> list[str]:
+    """The kinds in a random order where a kind of weight w comes first with probability w / sum (a weighted
+    draw without replacement); no weights: uniformly shuffled, as `rng.shuffle` does."""
+    order = list(kinds)
+    if not weights:
+        rng.shuffle(order)
+        return order
+    w = np.array([float(weights.get(k, 0.0)) for k in order])
+    keys = np.where(w > 0, np.log(np.maximum(w, 1e-300)) - np.log(-np.log(rng.random(len(order)))), -np.inf)
+    return [order[i] for i in np.argsort(-keys, kind="stable") if np.isfinite(keys[i])]
+
+
+def describe(objs: list[Obj], rng: np.random.Generator, kinds: tuple[str, ...] = KINDS,
+             weights: dict[str, float] | None = None) -> dict | None:
+    """A random true description (a metadata row with its prompt) of a scene, or None if none of the kinds fit.
+    `weights` (kind -> relative weight, missing kinds never used) sets how often each kind is tried first: the
+    pretraining mix of what the understanding branch is taught to say."""
     if not objs:
         return None
-    order = list(kinds)
-    rng.shuffle(order)
+    order = weighted_order(kinds, rng, weights)
     dets = scene_detections(objs)
     for kind in order:
         include = _candidates(kind, objs, rng)

@@ -1,0 +1,101 @@
+"""A 2-D reader for the built-in model: a learned row and column embedding added to the image tokens that the
+understanding branch reads, as a vision encoder's 2-D position embeddings do in real UMMs (SigLIP in Janus and
+X-Omni), while generation keeps writing a flat 1-D raster.
+
+`GridLlamaForCausalLM` is a stock `LlamaForCausalLM` plus two small embedding tables; everything else (PEFT,
+save_pretrained/from_pretrained, KV caches, FSDP2) is transformers' own. The grid is added to an image token only
+when it sits inside an understanding image span: the `open_id` token (`<see>` in the built-in vocabulary) followed
+by exactly T image ids, the k-th of which is cell k (row k // cols, column k % cols). A generation sequence opens its
+image with another token (`<boi>`), so the sampler, the teacher-forced generation pass and the unconditional rows
+of guidance never see the grid, and a cached decode step (one token, no opener in view) never does either; the
+understanding prefix always arrives whole, so the rule needs no state.
+
+The tables start as ramps (`ordinal_init`): row r is (r - mid) / mid times one random direction, plus small noise,
+so "further left" is one linear direction from the first step, the way `align_embeddings` starts words and codes
+from shared factors. Measured in the README: relation matching and how fast it is learned, with and without.
+
+Letters: N rows, S sequence length, D hidden size.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+GRID_KEY = "gvu_grid"
+"""Config attribute holding {rows, cols, image_token_offset, num_codes, open_id} (saved in config.json)."""
+
+
+class GridLlamaForCausalLM(LlamaForCausalLM):
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        g = getattr(config, GRID_KEY, None)
+        if not g:
+            raise ValueError(f"GridLlamaForCausalLM needs config.{GRID_KEY} = {{rows, cols, image_token_offset, "
+                             "num_codes, open_id}}")
+        self.grid = dict(g)
+        self.row_embed = torch.nn.Embedding(self.grid["rows"], config.hidden_size)
+        self.col_embed = torch.nn.Embedding(self.grid["cols"], config.hidden_size)
+        self.post_init()
+
+    def grid_cells(self, ids_NS: torch.Tensor) -> torch.Tensor:
+        """Cell index of every token inside an understanding image span, -1 elsewhere: [N, S]."""
+        g = self.grid
+        T = g["rows"] * g["cols"]
+        S = ids_NS.shape[1]
+        j_S = torch.arange(S, device=ids_NS.device)
+        opener_NS = torch.where(ids_NS == g["open_id"], j_S, torch.full_like(ids_NS, -1))
+        last_open_NS = torch.cummax(opener_NS, dim=1).values
+        k_NS = j_S - last_open_NS - 1
+        off = g["image_token_offset"]
+        is_image_NS = (ids_NS >= off) & (ids_NS < off + g["num_codes"])
+        inside_NS = (last_open_NS >= 0) & (k_NS >= 0) & (k_NS < T) & is_image_NS
+        return torch.where(inside_NS, k_NS, torch.full_like(k_NS, -1))
+
+    def grid_embeds(self, ids_NS: torch.Tensor) -> torch.Tensor:
+        """Input embeddings [N, S, D]: the token embedding plus row + column embedding inside image spans."""
+        emb_NSD = self.get_input_embeddings()(ids_NS)
+        cell_NS = self.grid_cells(ids_NS)
+        inside_NS = cell_NS >= 0
+        if not bool(inside_NS.any()):
+            return emb_NSD
+        cell_NS = cell_NS.clamp(min=0)
+        add_NSD = self.row_embed(cell_NS // self.grid["cols"]) + self.col_embed(cell_NS % self.grid["cols"])
+        return emb_NSD + add_NSD.to(emb_NSD.dtype) * inside_NS[..., None].to(emb_NSD.dtype)
+
+    def forward(self, input_ids=None, inputs_embeds=None, **kwargs):
+        if input_ids is not None and inputs_embeds is None:
+            inputs_embeds = self.grid_embeds(input_ids)
+            input_ids = None
+        return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+    # Callers read the parent's signature (e.g. which name the KV-cache argument has in this transformers).
+    forward.__signature__ = inspect.signature(LlamaForCausalLM.forward)
+
+
+# Words that name a direction of the grid, and which ramp (and sign) they start from: rows grow downwards.
+SPATIAL_WORDS = {"left": ("col", -1.0), "right": ("col", 1.0), "above": ("row", -1.0), "top": ("row", -1.0),
+                 "below": ("row", 1.0), "bottom": ("row", 1.0)}
+
+
+@torch.no_grad()
+def ordinal_init(lm: GridLlamaForCausalLM, word_ids: dict[str, int] | None = None,
+                 generator: torch.Generator | None = None) -> None:
+    """Row and column tables as ramps along one random direction each (plus 10% noise); with `word_ids`
+    (word -> token id), the direction words start on those same directions (SPATIAL_WORDS), so that with tied
+    embeddings the logit of "left" is, from the first step, minus the column ramp of whatever the hidden state
+    has read: the same shared-factor start as builtin.align_embeddings gives shapes and colours."""
+    std = lm.config.initializer_range
+    directions = {}
+    for name, table in (("row", lm.row_embed), ("col", lm.col_embed)):
+        n, d = table.weight.shape
+        mid = (n - 1) / 2
+        directions[name] = torch.randn(d, generator=generator) * std * 2
+        ramp = (torch.arange(n, dtype=torch.float32) - mid) / mid
+        table.weight.copy_(ramp[:, None] * directions[name][None] + 0.1 * std * torch.randn(n, d, generator=generator))
+    E = lm.get_input_embeddings().weight
+    for word, (axis, sign) in SPATIAL_WORDS.items():
+        if word_ids and word in word_ids:
+            E[word_ids[word]] = sign * directions[axis] + 0.1 * std * torch.randn(E.shape[1], generator=generator)

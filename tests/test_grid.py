@@ -1,0 +1,95 @@
+"""The 2-D reader (gvu.models.grid): it touches exactly the images the understanding branch reads, survives
+save/load, and the flat-raster ablation stays a plain LlamaForCausalLM."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from gvu.models.builtin import FORMAT, build_builtin, load_builtin, save_builtin
+from gvu.models.grid import GridLlamaForCausalLM
+from gvu.models.protocol import SamplingConfig
+from gvu.models.tokenizer import DEFAULT_INSTRUCTION
+from gvu.world import spec
+
+PROMPTS = ["a photo of a circle to the left of a star", "a photo of two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def model(one_thread):
+    return build_builtin("tiny", seed=0)
+
+
+def codes(seed: int, n: int = 2) -> torch.Tensor:
+    return torch.as_tensor(np.random.default_rng(seed).integers(0, spec.NUM_CODES, (n, spec.NUM_TOKENS)))
+
+
+def test_cells_only_inside_understanding_images(model):
+    tok, lay = model.tokenizer, model.layout
+    c = codes(0, 1)[0].tolist()
+    und, _ = lay.understanding_sequence(c, tok.encode(DEFAULT_INSTRUCTION), tok.encode(PROMPTS[0]))
+    gen = lay.generation_sequence(tok.encode(PROMPTS[0]), c)
+    uncond = lay.generation_sequence([], c)
+    S = max(len(und), len(gen))
+    ids = torch.full((3, S), tok.pad_id)
+    for i, s in enumerate((und, gen, uncond)):
+        ids[i, :len(s)] = torch.tensor(s)
+    cells = model.lm.grid_cells(ids)
+    start = len(lay.und_prefix)
+    assert cells[0, start:start + spec.NUM_TOKENS].tolist() == list(range(spec.NUM_TOKENS))
+    assert (cells[0, :start] == -1).all() and (cells[0, start + spec.NUM_TOKENS:] == -1).all()
+    assert (cells[1:] == -1).all()  # generation, conditional or not, writes a flat raster
+
+
+def test_grid_changes_understanding_and_nothing_else(model):
+    other = build_builtin("tiny", seed=0)
+    with torch.no_grad():
+        other.lm.row_embed.weight.mul_(0).add_(1.0)  # a different reader, same everything else
+    imgs = codes(1)
+    a, mask = model.prompt_logprobs(imgs, PROMPTS)
+    b, _ = other.prompt_logprobs(imgs, PROMPTS)
+    assert (a - b)[mask].abs().max() > 1e-3
+    for sampling in (SamplingConfig(), SamplingConfig(guidance=3.0)):
+        ga = model.image_logprobs(PROMPTS, imgs, sampling)
+        gb = other.image_logprobs(PROMPTS, imgs, sampling)
+        assert torch.equal(ga, gb)
+    ra = model.sample(PROMPTS, 2, SamplingConfig(guidance=2.0), torch.Generator().manual_seed(0))
+    rb = other.sample(PROMPTS, 2, SamplingConfig(guidance=2.0), torch.Generator().manual_seed(0))
+    assert torch.equal(ra.image_tokens_NT, rb.image_tokens_NT) and torch.equal(ra.logp_NT, rb.logp_NT)
+
+
+def test_ordinal_start(model):
+    # row r's embedding is a ramp along one direction: neighbours are closer than the two ends
+    for table in (model.lm.row_embed.weight, model.lm.col_embed.weight):
+        d = torch.cdist(table, table)
+        assert d[0, 1] < d[0, -1] and d[-2, -1] < d[0, -1]
+
+
+def test_save_load_keeps_the_reader(model, tmp_path):
+    save_builtin(model, tmp_path / "m")
+    info = json.loads((tmp_path / "m" / "gvu.json").read_text())
+    assert info["format"] == FORMAT and info["grid"] is True
+    back = load_builtin(tmp_path / "m")
+    assert isinstance(back.lm, GridLlamaForCausalLM) and back.grid
+    imgs = codes(2)
+    assert torch.equal(back.prompt_logprobs(imgs, PROMPTS)[0], model.prompt_logprobs(imgs, PROMPTS)[0])
+
+
+def test_flat_ablation_is_a_plain_llama(tmp_path):
+    flat = build_builtin("tiny", seed=0, grid=False)
+    assert type(flat.lm) is LlamaForCausalLM and not flat.grid
+    save_builtin(flat, tmp_path / "f")
+    back = load_builtin(tmp_path / "f")
+    assert type(back.lm) is LlamaForCausalLM and json.loads((tmp_path / "f" / "gvu.json").read_text())["grid"] is False
+
+
+def test_old_checkpoint_names_the_rebuild_command(model, tmp_path):
+    save_builtin(model, tmp_path / "old")
+    path = tmp_path / "old" / "gvu.json"
+    info = json.loads(path.read_text())
+    info["format"] = 1
+    path.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"format 1.*gvu pretrain --preset"):
+        load_builtin(tmp_path / "old")
