@@ -93,3 +93,33 @@ def test_old_checkpoint_names_the_rebuild_command(model, tmp_path):
     path.write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r"format 1.*gvu pretrain --preset"):
         load_builtin(tmp_path / "old")
+
+
+def test_bidirectional_image_span(model):
+    bi = build_builtin("tiny", seed=0, bidirectional=True)  # the same weights, image tokens attend both ways
+    for a, b in zip(model.lm.parameters(), bi.lm.parameters()):
+        assert torch.equal(a, b)
+    imgs = codes(3)
+    a, mask = model.prompt_logprobs(imgs, PROMPTS)
+    b, _ = bi.prompt_logprobs(imgs, PROMPTS)
+    assert (a - b)[mask].abs().max() > 1e-4  # the text reads image states that saw the whole image
+    sampling = SamplingConfig(guidance=2.0)
+    assert torch.equal(model.image_logprobs(PROMPTS, imgs, sampling), bi.image_logprobs(PROMPTS, imgs, sampling))
+    # the mask: causal everywhere, both ways inside the span only
+    tok, lay = bi.tokenizer, bi.layout
+    seq, _ = lay.understanding_sequence(imgs[0].tolist(), tok.encode(DEFAULT_INSTRUCTION), tok.encode(PROMPTS[0]))
+    ids = torch.tensor([seq])
+    m4 = bi.lm.span_mask(ids, torch.ones_like(ids), torch.float32)[0, 0] == 0
+    s, e = len(lay.und_prefix), len(lay.und_prefix) + spec.NUM_TOKENS
+    causal = torch.ones(len(seq), len(seq), dtype=torch.bool).tril()
+    assert m4[s:e, s:e].all() and torch.equal(m4[e:], causal[e:]) and torch.equal(m4[:s], causal[:s])
+    # a caption decoded with the KV cache reads the same states as one full forward of its text
+    text = bi.caption(imgs[:1])[0]
+    cap_lp, cap_mask = bi.prompt_logprobs(imgs[:1], [text])
+    inst = tok.encode(DEFAULT_INSTRUCTION)
+    prefix = lay.understanding_prefix(imgs[0].tolist(), inst)
+    full = torch.tensor([prefix + tok.encode(text)])
+    with torch.no_grad():
+        logits = bi.lm(input_ids=full, attention_mask=torch.ones_like(full)).logits[0, len(prefix) - 1:-1]
+    allowed = torch.tensor(lay.caption_ids)
+    assert logits[:, allowed].argmax(-1).tolist() == [allowed.tolist().index(i) for i in tok.encode(text)]

@@ -79,6 +79,9 @@ class PretrainConfig:
     grid: bool = True
     """Understanding reads images through a 2-D row+column embedding (gvu.models.grid); False: the flat raster,
     the ablation in which the judge reads images exactly as the painter writes them."""
+    bidirectional: bool = False
+    """With the grid: the tokens of an understanding image attend to each other both ways, as a vision encoder's
+    patches do (the causal raster lets an object see only the objects before it)."""
     describe_weights: dict[str, float] | None = None
     """What the understanding branch is taught to say: relative weight of each description kind (see
     describe.describe); None takes the preset's mix (PRESET_DESCRIBE_WEIGHTS), {} all thirteen kinds equally."""
@@ -89,10 +92,11 @@ class PretrainConfig:
     the judge is taught which words the image rules out, not only which it allows."""
     negative_weight: float = 1.0
     """Weight of the ranking loss against the language-modelling loss."""
-    relation_fraction: float = 0.5
+    relation_fraction: float | None = None
     """A curriculum: the first `relation_fraction` x `steps` steps are understanding only, every description of
     a relation-bearing kind (RELATION_WEIGHTS). Relations are learned in a sudden transition that a diluted mix
-    delays past any budget here (README); taught first, they are kept through the mixed steps that follow."""
+    delays past any budget here (README); taught first, they are kept through the mixed steps that follow.
+    None takes the preset's value."""
 
     @property
     def relation_steps(self) -> int:
@@ -109,6 +113,8 @@ class PretrainConfig:
             check_weights(self.describe_weights, "describe_weights")
             if unknown := sorted(set(self.describe_weights) - set(KINDS)):
                 raise ValueError(f"describe_weights: {unknown} are not description kinds; known: {', '.join(KINDS)}")
+        if self.relation_fraction is None:
+            self.relation_fraction = PRESET_RELATION_FRACTION[self.preset]
         if not 0.0 <= self.relation_fraction <= 1.0:
             raise ValueError(f"relation_fraction must be in [0, 1], got {self.relation_fraction}")
         if self.negative_prob is None:
@@ -126,9 +132,11 @@ class PretrainConfig:
         self.kinds = tuple(self.kinds)
 
 
-# Same budget, different mix: the weak base sees 0.075 x 64,000 = 4,800 generation examples, the regular one
-# 32,000 (chosen by measurement to land the GenEval-shapes ranges of the paper's set-ups, see README).
-PRESET_GEN_FRACTION = {"regular": 0.3, "weak": 0.075}
+# Same budget (2,000 steps of 64), different curricula: the regular base spends its first 400 steps on relations
+# and then sees 0.5 x 1,600 x 64 = 51,200 generation examples; the weak base spends 1,000 steps on relations and
+# sees 0.3 x 1,000 x 64 = 19,200 (measured: GenEval-shapes 0.18 at 8 images per prompt; see README).
+PRESET_GEN_FRACTION = {"regular": 0.5, "weak": 0.3}
+PRESET_RELATION_FRACTION = {"regular": 0.2, "weak": 0.5}
 # What the relation phase teaches: the four kinds whose descriptions state where things are.
 RELATION_WEIGHTS = {"position": 2.0, "spatial_count_attr": 1.0, "color_spatial_attr": 1.0, "size_spatial_attr": 1.0}
 # Relations are learned late and need many examples (README): the relation-bearing kinds get most of the
@@ -310,7 +318,8 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state_path = work / STATE_FILE
-    model = build_builtin(cfg.size, seed=cfg.seed, aligned=cfg.aligned_init, grid=cfg.grid)
+    model = build_builtin(cfg.size, seed=cfg.seed, aligned=cfg.aligned_init, grid=cfg.grid,
+                          bidirectional=cfg.bidirectional)
     pool = build_pool(cfg.num_scenes, cfg.seed, cfg.kinds, progress)
     lm = model.lm
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
