@@ -55,11 +55,15 @@ def cmd_judge(a: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
+    import dataclasses
+
     from gvu.models.pretrain import PretrainConfig, pretrain
+    from gvu.rl.config import parse_overrides
 
     kw = {k: getattr(a, k) for k in ("steps", "batch_size", "learning_rate", "gen_fraction", "num_scenes",
                                       "threads") if getattr(a, k) is not None}
-    cfg = PretrainConfig(preset=a.preset, size=a.size, seed=a.seed, grid=not a.flat, **kw)
+    kw.update(parse_overrides(a.overrides, tuple(f.name for f in dataclasses.fields(PretrainConfig))))
+    cfg = PretrainConfig(**{"preset": a.preset, "size": a.size, "seed": a.seed, "grid": not a.flat, **kw})
     model = pretrain(cfg, a.out)
     print(f"wrote a {cfg.preset} base ({model.num_parameters():,} parameters, size {cfg.size}) to {a.out}")
 
@@ -173,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--threads", type=int)
     pt.add_argument("--flat", action="store_true", help="the ablation: understanding reads the flat raster (no "
                     "2-D row+column reader)")
+    pt.add_argument("overrides", nargs="*", help="key=value for any PretrainConfig field, e.g. relation_fraction=0 "
+                    "or describe_weights={position: 4, colors: 1}")
     pt.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("eval", help="generate for a benchmark, judge, and summarise")

@@ -116,9 +116,13 @@ def test_eval_with_a_bad_model_spec_exits_2_listing_accepted_forms(tmp_path):
 def test_pretrain_then_eval_a_metadata_file(tmp_path):
     model = tmp_path / "D"
     p = gvu("pretrain", "--size", "tiny", "--steps", 20, "--num-scenes", 100, "--out", model, "--threads", 1,
-            "--batch-size", 16)
+            "--batch-size", 16, "relation_fraction=0.25", "describe_weights={position: 2, colors: 1}")
     assert "tiny" in p.stdout and (model / "pretrain_log.jsonl").is_file()
-    assert json.loads((model / "gvu.json").read_text())["pretrain"]["steps"] == 20
+    recorded = json.loads((model / "gvu.json").read_text())["pretrain"]
+    assert recorded["steps"] == 20 and recorded["relation_fraction"] == 0.25 and recorded["grid"] is True
+    assert recorded["describe_weights"] == {"position": 2, "colors": 1}
+    bad = gvu("pretrain", "--out", tmp_path / "X", "relation_fractio=0.3", check=False)
+    assert bad.returncode == 2 and "relation_fractio" in bad.stderr and "relation_fraction" in bad.stderr
 
     rows = build_geneval("shapes")[::80]  # 4 prompts
     meta = tmp_path / "FILE.jsonl"

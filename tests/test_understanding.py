@@ -81,6 +81,10 @@ def test_each_negative_changes_exactly_what_its_type_says(uset):
                     assert len(diff) == 2
                 else:
                     assert len(diff) == 1
+            elif kind == "placement":  # every region flipped at once, nothing else
+                regions = [i for i, it in enumerate(true["include"]) if "region" in it]
+                assert len(regions) >= 2 and fields == {"region"} and sorted(i for i, _ in diff) == regions
+                assert all(parsed["include"][i]["region"] == FLIP[true["include"][i]["region"]] for i in regions)
             else:  # object: one class swapped for a shape that is not in the image at all
                 assert len(diff) == 1 and fields == {"class"}
                 (i, _), = diff

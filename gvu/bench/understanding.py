@@ -5,7 +5,9 @@ seed), so the benchmark measures understanding alone, not the model's own drawin
 
 - Image-text matching: each image's true prompt against hard negatives built through the grammar by
   changing one fact of its metadata (a colour, a count by one, a relation or region or size flipped, an
-  object swapped for one not in the image); a negative is kept only if the judge finds it false on the image.
+  object swapped for one not in the image), and, for prompts with two regions, both regions swapped at once
+  ("placement": the one negative that no prior over sentences can rule out); a negative is kept only if the
+  judge finds it false on the image.
   The model "chooses" by its own prompt log-likelihood (sum over the prompt's tokens). Accuracy is over
   (image, negative) pairs, overall and per perturbation type.
 - Caption truthfulness: a greedy caption, parsed by the grammar and judged on the image in strict mode
@@ -26,7 +28,7 @@ from gvu.world.grammar import GrammarError, SHAPES_LEXICON, parse_prompt, render
 from gvu.world.judge import evaluate
 from gvu.world.scene import Obj, realise, scene_detections, scene_tokens
 
-PERTURBATIONS = ("color", "count", "relation", "object")
+PERTURBATIONS = ("color", "count", "relation", "object", "placement")
 _FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
          "left": "right", "right": "left", "larger": "smaller", "smaller": "larger"}
 
@@ -92,6 +94,15 @@ def negatives(row: dict, objs: list[Obj], rng: np.random.Generator) -> dict[str,
                 neg = copy.deepcopy(row)
                 neg["include"][i]["class"] = str(others[rng.integers(len(others))])
                 keep("object", neg)
+    # "relation" flips one region, so "a circle on the left and a star on the left" can be ruled out by language
+    # alone (regions in prompts are mostly opposite); "placement" swaps every region at once, which only reading
+    # where things are can rule out.
+    if sum("region" in it for it in row["include"]) >= 2:
+        neg = copy.deepcopy(row)
+        for it in neg["include"]:
+            if "region" in it:
+                it["region"] = {"left": "right", "right": "left", "above": "below", "below": "above"}[it["region"]]
+        keep("placement", neg)
     return out
 
 

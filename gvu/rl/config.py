@@ -239,7 +239,8 @@ def _check_types(d: dict):
             raise ValueError(f"bad config: {k} must be {want}, got {v!r} ({type(v).__name__})")
 
 
-def parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str], known: tuple[str, ...] | None = None) -> dict:
+    """key=value strings -> a dict of YAML values; keys are checked against `known` (default: TrainConfig's)."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -249,7 +250,10 @@ def parse_overrides(items: list[str]) -> dict:
             out[k.strip()] = _yaml(v) if v.strip() else ""
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: the value is not valid YAML: {err}") from None
-    _check_keys(out, "command line")
+    if known is None:
+        _check_keys(out, "command line")
+    elif unknown := [k for k in out if k not in known]:
+        raise ValueError(f"command line: unknown key(s) {unknown}; known keys: {', '.join(known)}")
     return out
 
 
