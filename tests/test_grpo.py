@@ -269,3 +269,26 @@ def test_kl_gradient_pulls_towards_the_reference():
     ref = torch.tensor([[math.log(0.5), math.log(0.25)]], dtype=torch.float64)
     k3_kl(logp, ref).sum().backward()
     assert logp.grad.tolist()[0] == pytest.approx([1 - 2.0, 1 - 0.5])
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSS_AGGREGATIONS))
+def test_tokens_the_update_filter_excludes_leave_the_loss_without_nan(loss_type):
+    # A code the sampler drew that the update pass's own filter excludes: policy log-prob -inf (the reference
+    # filtered it too). The loss and every gradient stay finite, the token is counted, and the loss equals the
+    # loss with that token masked out.
+    g = torch.Generator().manual_seed(0)
+    old = -torch.rand(2, 4, generator=g, dtype=torch.float64)
+    raw = (old + 0.05 * torch.randn(2, 4, generator=g, dtype=torch.float64)).requires_grad_(True)
+    excluded = torch.zeros(2, 4, dtype=torch.bool)
+    excluded[0, 1] = True
+    logp = torch.where(excluded, torch.full_like(raw, -math.inf), raw)
+    ref = torch.where(excluded, torch.full_like(old, -math.inf), old - 0.1)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    kw = dict(beta=0.03, epsilon=0.2, loss_type=loss_type, tokens_in_batch=8)
+    loss, st = grpo_loss(logp, old, adv, ref, **kw)
+    loss.backward()
+    assert math.isfinite(loss.item()) and torch.isfinite(raw.grad).all() and raw.grad[0, 1] == 0
+    assert st["excluded_token_frac"] == pytest.approx(1 / 8) and math.isfinite(st["kl"])
+    clean = raw.detach().clone().requires_grad_(True)
+    want, _ = grpo_loss(clean, old, adv, ref.masked_fill(excluded, 0.0), mask_NT=(~excluded).double(), **kw)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-12)

@@ -320,3 +320,29 @@ def test_cli_resume_keeps_exponent_floats(base, tmp_path):
     train(config(base, out, max_steps=1, learning_rate=1e-5))  # json.dumps writes 1e-05
     assert main(["train", "--resume", str(out), "max_steps=2"]) == 0
     assert [m["step"] for m in read_log(out)] == [1, 2]
+
+
+def test_nonfinite_minibatches_are_skipped_counted_then_stop_the_run(base, tmp_path, monkeypatch):
+    real = Trainer.minibatch_loss
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        loss, st = real(self, *args)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 2 else loss), st  # the second minibatch of the run
+
+    monkeypatch.setattr(Trainer, "minibatch_loss", poisoned)
+    t = Trainer(config(base, tmp_path / "a", max_steps=1))
+    before = weights(t.policy.lm)
+    t.train(progress=False)
+    (m,) = train_lines(tmp_path / "a")
+    assert m["skipped_minibatches"] == 1 and all(math.isfinite(v) for v in m.values() if isinstance(v, float))
+    assert all(torch.isfinite(v).all() for v in weights(t.policy.lm).values())
+    assert max_diff(before, weights(t.policy.lm)) > 0  # the other minibatches did update
+
+    monkeypatch.setattr(Trainer, "minibatch_loss", lambda self, *a: (real(self, *a)[0] * float("inf"), {}))
+    t = Trainer(config(base, tmp_path / "b", max_steps=3))
+    before = weights(t.policy.lm)
+    with pytest.raises(RuntimeError, match="5 minibatches in a row had a non-finite loss"):
+        t.train(progress=False)
+    assert max_diff(before, weights(t.policy.lm)) == 0

@@ -97,13 +97,26 @@ def grpo_loss(logp_NT: torch.Tensor, old_logp_NT: torch.Tensor, adv_N: torch.Ten
         raise ValueError(f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}, got {loss_type!r}")
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     mask = torch.ones_like(logp_NT) if mask_NT is None else mask_NT.to(logp_NT.dtype)
+    # A token the update pass's own filter excludes (top-k/top-p/min-p after a weight change inside the rollout, or
+    # bf16 rounding moving a code across the min-p floor) has policy log-prob -inf: neither its ratio nor its KL is
+    # defined, and -inf - (-inf) would put NaN into every gradient. Such tokens leave the loss (mask 0, counted in
+    # `excluded_token_frac`) with finite placeholders, whose gradient torch.where cuts; the objective over the
+    # other tokens is unchanged. (TRL and the official code compute the update on unfiltered logits instead, which
+    # is a different distribution from the one sampled here.)
+    valid_NT = torch.isfinite(logp_NT.detach()) & torch.isfinite(old_logp_NT)
+    excluded = 1.0 - valid_NT.float().mean().item()
+    if excluded:
+        logp_NT = torch.where(valid_NT, logp_NT, torch.zeros_like(logp_NT))
+        old_logp_NT = torch.where(valid_NT, old_logp_NT, torch.zeros_like(old_logp_NT))
+        mask = mask * valid_NT.to(mask.dtype)
     per_token, stats = clipped_surrogate(logp_NT, old_logp_NT, adv_N, epsilon, epsilon_high)
+    stats["excluded_token_frac"] = excluded
     if beta != 0.0:
         if ref_logp_NT is None:
             raise ValueError("beta != 0 needs the reference log-probs")
-        # With top-k/top-p/min-p the reference's own filter can exclude a code the policy drew (ref = -inf), and
-        # low precision can do the same to both; such tokens carry no KL estimate, so they get none (not inf/NaN).
-        finite = torch.isfinite(ref_logp_NT) & torch.isfinite(logp_NT.detach())
+        # With top-k/top-p/min-p the reference's own filter can exclude a code the policy drew (ref = -inf); such
+        # tokens carry no KL estimate, so they get none (not inf/NaN).
+        finite = torch.isfinite(ref_logp_NT) & valid_NT
         ref_logp_NT = torch.where(finite, ref_logp_NT, logp_NT.detach())
         stats["kl_undefined_frac"] = 1.0 - finite.float().mean().item()
         kl = k3_kl(logp_NT, ref_logp_NT)

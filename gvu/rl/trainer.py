@@ -280,16 +280,26 @@ class Trainer:
                         und_count, N * T // g.world)
                 loss, st = self._ddp(*args) if self._ddp is not None else self.minibatch_loss(*args)
                 self.opt.zero_grad(set_to_none=True)
+                if not self._finite(loss.detach()):  # agreed across ranks, so no rank skips a collective alone
+                    self._skip_minibatch(stats)
+                    continue
                 loss.backward()
-                if cfg.max_grad_norm > 0:
-                    gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                    st["grad_norm"] = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+                gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0
+                                                    else float("inf"))
+                gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+                if not math.isfinite(gn):  # a finite loss can still have a non-finite gradient
+                    self.opt.zero_grad(set_to_none=True)
+                    self._skip_minibatch(stats)
+                    continue
+                self._nonfinite_in_a_row = 0
+                st["grad_norm"] = gn
                 self.opt.step()
                 self.sched.step()
                 for k, v in st.items():
                     agg.setdefault(k, []).append(v)
+        stats.setdefault("skipped_minibatches", 0)
         means = g.mean_dict({k: float(np.mean(v)) for k, v in agg.items()})
-        region_max = g.all_max(max(agg["clip_ratio/region_mean"]))
+        region_max = g.all_max(max(agg["clip_ratio/region_mean"])) if agg else 0.0
         times["time/update"] = time.perf_counter() - t
         self.step += 1
         metrics = {"step": self.step, **stats, **means, "clip_ratio/region_max": region_max,
@@ -298,6 +308,24 @@ class Trainer:
                    "reward_auc": auc(intrinsic_N.tolist(), correct), "learning_rate": self.sched.get_last_lr()[0],
                    **times, "step_time": time.perf_counter() - t_step}
         return metrics
+
+    MAX_NONFINITE_IN_A_ROW = 5
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        bad = 0.0 if bool(torch.isfinite(loss)) else 1.0
+        return (self.dist.all_max(bad) if self.dist.enabled else bad) == 0.0
+
+    def _skip_minibatch(self, stats: dict) -> None:
+        """A non-finite loss or gradient never reaches the weights: the minibatch is skipped and counted; several
+        in a row stop the run (the weights are as they were before the first of them)."""
+        stats["skipped_minibatches"] = stats.get("skipped_minibatches", 0) + 1
+        self._nonfinite_in_a_row = getattr(self, "_nonfinite_in_a_row", 0) + 1
+        if self._nonfinite_in_a_row >= self.MAX_NONFINITE_IN_A_ROW:
+            raise RuntimeError(
+                f"{self._nonfinite_in_a_row} minibatches in a row had a non-finite loss or gradient (step "
+                f"{self.step + 1}); the weights were not updated by any of them. Lower learning_rate, use float32 "
+                "(dtype) or drop the sampling filters (top_k/top_p/min_p), then resume from the last checkpoint "
+                f"in {self.cfg.output_dir}")
 
     def minibatch_loss(self, idx, tokens_NT, prompts, old_N, adv_N, ref_NT, und_ref, und_count,
                        tokens_in_batch) -> tuple[torch.Tensor, dict]:
