@@ -85,8 +85,11 @@ def test_two_processes_match_one(base, single, tmp_path, strategy):
 
     for a, b in zip(one, two):
         a, b = json.loads(a), json.loads(b)
-        for k in ("reward", "accuracy", "kl", "loss", "clip_ratio/region_mean", "kl_understanding", "grad_norm"):
+        for k in ("reward", "accuracy", "kl", "clip_ratio/region_mean", "kl_understanding", "grad_norm"):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+        # the loss near ratio 1 is a sum of terms +-A that cancel to ~1e-3 (advantages have mean zero), so float32
+        # rounding, which depends on each shard's padding width, is large relative to it: compare it to 1e-5
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
 
 
 def test_checkpoint_of_two_processes_resumes_in_one(base, single, tmp_path):

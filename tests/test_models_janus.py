@@ -3,6 +3,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,30 @@ def test_gradient_checkpointing_same_logprobs_and_grads_reach_lora(tmp_path):
     assert len(calls) == 2  # the layer's MLP ran again in the backward pass: checkpointing is really on
     grads = [p.grad for n, p in gc.lm.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_bf16_min_p_training_stays_finite_and_counts_excluded_tokens(tmp_path):
+    # The published sampling filter with a KL and two passes per rollout, in bf16: codes the sampler drew fall
+    # outside the update pass's own min-p filter once the policy moves. They must leave the loss (counted), never
+    # turn it into NaN (-inf - -inf) and poison the weights.
+    from gvu.rl.config import load_config
+    from gvu.rl.trainer import Trainer
+
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny-janus")
+    out = tmp_path / "run"
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", {
+        "model": f"janus:{ckpt}?dtype=bfloat16&device=cpu", "output_dir": str(out), "min_p": 0.03, "beta": 0.03,
+        "num_iterations": 2, "max_steps": 20, "learning_rate": 0.003, "use_lora": True, "beta_understanding": 0.0,
+        "eval_steps": 0, "save_steps": 0, "num_prompts": 64})
+    trainer = Trainer(cfg)
+    trainer.train(progress=False)
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 21))
+    for m in lines:
+        for k, v in m.items():
+            if k == "reward_auc" and v is None:
+                continue
+            assert isinstance(v, (int, float)) and math.isfinite(v), (m["step"], k, v)
+        assert m["skipped_minibatches"] == 0
+    assert any(m["excluded_token_frac"] > 0 for m in lines)  # the case this guards did occur
+    assert all(torch.isfinite(p).all() for p in trainer.policy.lm.parameters())
