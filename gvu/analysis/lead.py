@@ -69,7 +69,7 @@ def lead_plot(leads: dict[str, dict], path: str | os.PathLike) -> Path:
     ax.axvline(0.5, color="0.6", lw=0.8, ls=":")
     ax.set_xlabel("judge's lead: reward AUC on the base's own samples (0.5 = blind)")
     ax.set_ylabel("GvU gain on the tag (accuracy after - before)")
-    ax.set_title("GenEval-shapes: the gain per tag follows the judge's lead")
+    ax.set_title("GenEval-shapes: GvU gain per tag against the judge's lead")
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
