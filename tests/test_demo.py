@@ -209,3 +209,26 @@ def test_overall_standard_error_and_demo_evaluation_size():
     assert DemoConfig().eval_per_prompt == 8
     with pytest.raises(ValueError, match="eval_per_prompt must be >= 1"):
         DemoConfig(eval_per_prompt=0)
+
+
+def test_lead_joins_runs_from_their_files(cli_run, tmp_path):
+    # per tag: the reward AUC from the base's own scored samples, and after - before from the two summaries
+    from gvu.analysis.quality import auc_by_tag
+
+    run, _, _ = cli_run
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", "lead", str(run), str(run), "--label", "a", "--label", "b",
+                        "--out", str(tmp_path / "lead")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "lead.png").is_file()
+    leads = json.loads((tmp_path / "lead.json").read_text())
+    assert set(leads) == {"a", "b"} and leads["a"] == leads["b"]
+    before = json.loads((run / "eval_before" / "summary.json").read_text())["geneval"]["tags"]
+    after = json.loads((run / "eval_after" / "summary.json").read_text())["geneval"]["tags"]
+    scores = read_jsonl(run / "eval_before" / "geneval" / "scores.jsonl")
+    auc = auc_by_tag([s["reward"] for s in scores], [s["correct"] for s in scores], [s["tag"] for s in scores])
+    assert set(leads["a"]["tags"]) == set(before)
+    for tag, t in leads["a"]["tags"].items():
+        assert t["gain"] == pytest.approx(after[tag] - before[tag]) and t["auc"] == auc["tags"].get(tag)
+    bad = subprocess.run([sys.executable, "-m", "gvu.cli", "lead", str(run), "--label", "a", "--label", "b"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--label" in bad.stderr

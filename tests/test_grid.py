@@ -109,7 +109,7 @@ def test_bidirectional_image_span(model):
     tok, lay = bi.tokenizer, bi.layout
     seq, _ = lay.understanding_sequence(imgs[0].tolist(), tok.encode(DEFAULT_INSTRUCTION), tok.encode(PROMPTS[0]))
     ids = torch.tensor([seq])
-    m4 = bi.lm.span_mask(ids, torch.ones_like(ids), torch.float32)[0, 0] == 0
+    m4 = bi.lm.span_mask(bi.lm.grid_cells(ids), torch.ones_like(ids), torch.float32)[0, 0] == 0
     s, e = len(lay.und_prefix), len(lay.und_prefix) + spec.NUM_TOKENS
     causal = torch.ones(len(seq), len(seq), dtype=torch.bool).tril()
     assert m4[s:e, s:e].all() and torch.equal(m4[e:], causal[e:]) and torch.equal(m4[:s], causal[:s])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gvu.analysis.plots import _figure, _save
+from gvu.analysis.plots import labelled_scatter
 from gvu.analysis.score import summarise_scores
 from gvu.bench.metadata import atomic_write_text
 
@@ -52,26 +52,14 @@ def run_lead(run: str | os.PathLike) -> dict:
 
 def lead_plot(leads: dict[str, dict], path: str | os.PathLike) -> Path:
     """One point per (run, tag): x = reward AUC on the base's own samples, y = the tag's gain."""
-    fig = _figure(6.5, 4.5)
-    ax = fig.add_subplot()
-    markers = "osD^v<>"
-    for k, (label, lead) in enumerate(leads.items()):
-        pts = [(t["auc"], t["gain"], tag) for tag, t in lead["tags"].items() if t["auc"] is not None]
-        if not pts:
-            continue
-        x, y, names = zip(*pts)
+    series = {}
+    for label, lead in leads.items():
         corr = lead["auc_gain_correlation"]
-        ax.scatter(x, y, marker=markers[k % len(markers)], s=45,
-                   label=label + ("" if corr is None else f" (r = {corr:+.2f})"))
-        for xi, yi, n in zip(x, y, names):
-            ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.axvline(0.5, color="0.6", lw=0.8, ls=":")
-    ax.set_xlabel("judge's lead: reward AUC on the base's own samples (0.5 = blind)")
-    ax.set_ylabel("GvU gain on the tag (accuracy after - before)")
-    ax.set_title("GenEval-shapes: GvU gain per tag against the judge's lead")
-    ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+        series[label + ("" if corr is None else f" (r = {corr:+.2f})")] = [
+            (t["auc"], t["gain"], tag) for tag, t in lead["tags"].items() if t["auc"] is not None]
+    return labelled_scatter(series, path, title="GenEval-shapes: GvU gain per tag against the judge's lead",
+                            xlabel="judge's lead: reward AUC on the base's own samples (0.5 = blind)",
+                            ylabel="GvU gain on the tag (accuracy after - before)", hline=0.0, vline=0.5)
 
 
 def format_lead(leads: dict[str, dict]) -> str:

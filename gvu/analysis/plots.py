@@ -74,6 +74,29 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], path: str | os.Pat
     return _save(fig, path)
 
 
+def labelled_scatter(series: Mapping[str, Sequence[tuple[float, float, str]]], path: str | os.PathLike, *,
+                     title: str = "", xlabel: str = "", ylabel: str = "", hline: float | None = None,
+                     vline: float | None = None) -> Path:
+    """One marker style per series, each point (x, y, name) annotated with its name; optional reference lines."""
+    fig = _figure(6.5, 4.5)
+    ax = fig.add_subplot()
+    markers = "osD^v<>"
+    for k, (label, pts) in enumerate(series.items()):
+        if not pts:
+            continue
+        x, y, names = zip(*pts)
+        ax.scatter(x, y, marker=markers[k % len(markers)], s=45, label=label)
+        for xi, yi, n in zip(x, y, names):
+            ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if hline is not None:
+        ax.axhline(hline, color="0.6", lw=0.8)
+    if vline is not None:
+        ax.axvline(vline, color="0.6", lw=0.8, ls=":")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
 def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
               title: str = "", xlabel: str = "step", ylabel: str = "") -> Path:
     """Several named (x, y) lines on one axes."""

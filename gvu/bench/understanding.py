@@ -80,8 +80,7 @@ def negatives(row: dict, objs: list[Obj], rng: np.random.Generator) -> dict[str,
                     if key == "position":
                         neg["include"][i]["position"] = [_FLIP[it["position"][0]], it["position"][1]]
                     elif key == "region":
-                        neg["include"][i]["region"] = {"left": "right", "right": "left", "above": "below",
-                                                       "below": "above"}[it["region"]]
+                        neg["include"][i]["region"] = _FLIP[it["region"]]
                     else:  # both sizes flip together, or the prompt would say two larger objects
                         for item in neg["include"]:
                             if "size" in item:
@@ -101,7 +100,7 @@ def negatives(row: dict, objs: list[Obj], rng: np.random.Generator) -> dict[str,
         neg = copy.deepcopy(row)
         for it in neg["include"]:
             if "region" in it:
-                it["region"] = {"left": "right", "right": "left", "above": "below", "below": "above"}[it["region"]]
+                it["region"] = _FLIP[it["region"]]
         keep("placement", neg)
     return out
 

@@ -177,8 +177,8 @@ def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | 
     try:
         model.lm.save_pretrained(tmp)
         model.tokenizer.save(tmp)
-        info = {"kind": "builtin", "format": FORMAT, "grid": model.grid, "size": model.size, "preset": PRESETS.get(model.size),
-                "num_parameters": sum(p.numel() for p in model.lm.parameters()), **(extra or {})}
+        info = {"kind": "builtin", "format": FORMAT, "grid": model.grid, "size": model.size,
+                "preset": PRESETS.get(model.size), "num_parameters": sum(p.numel() for p in model.lm.parameters()), **(extra or {})}
         (tmp / GVU_FILE).write_text(json.dumps(info, indent=1) + "\n")
         if not is_model_dir(tmp):
             raise RuntimeError(f"saving wrote {sorted(os.listdir(tmp))}, expected {list(REQUIRED_FILES)}")

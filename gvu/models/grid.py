@@ -54,10 +54,10 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         inside_NS = (last_open_NS >= 0) & (k_NS >= 0) & (k_NS < T) & is_image_NS
         return torch.where(inside_NS, k_NS, torch.full_like(k_NS, -1))
 
-    def grid_embeds(self, ids_NS: torch.Tensor) -> torch.Tensor:
-        """Input embeddings [N, S, D]: the token embedding plus row + column embedding inside image spans."""
+    def grid_embeds(self, ids_NS: torch.Tensor, cell_NS: torch.Tensor) -> torch.Tensor:
+        """Input embeddings [N, S, D]: the token embedding plus row + column embedding inside image spans
+        (`cell_NS` from grid_cells)."""
         emb_NSD = self.get_input_embeddings()(ids_NS)
-        cell_NS = self.grid_cells(ids_NS)
         inside_NS = cell_NS >= 0
         if not bool(inside_NS.any()):
             return emb_NSD
@@ -65,30 +65,30 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         add_NSD = self.row_embed(cell_NS // self.grid["cols"]) + self.col_embed(cell_NS % self.grid["cols"])
         return emb_NSD + add_NSD.to(emb_NSD.dtype) * inside_NS[..., None].to(emb_NSD.dtype)
 
-    def span_mask(self, ids_NS: torch.Tensor, mask_NS: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    def span_mask(self, cell_NS: torch.Tensor, mask_NS: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """With `bidirectional`, a 4-D additive mask [N, 1, S, S]: causal over real tokens, plus every token of an
         understanding image span seeing every other token of the same span (as a vision encoder's patches see
         each other); None where the batch holds no such span. Only full forwards carry image spans: a cached
         decode step has one token, gets the plain causal mask, and reads the span's keys as they were computed."""
-        cell_NS = self.grid_cells(ids_NS)
         if not bool((cell_NS >= 0).any()):
             return None
-        S = ids_NS.shape[1]
-        j_S = torch.arange(S, device=ids_NS.device)
+        S = cell_NS.shape[1]
+        j_S = torch.arange(S, device=cell_NS.device)
         span_NS = torch.where(cell_NS >= 0, j_S - cell_NS, torch.full_like(cell_NS, -1))  # the span's first index
         same_NSS = (span_NS[:, :, None] == span_NS[:, None, :]) & (span_NS[:, :, None] >= 0)
         causal_SS = j_S[:, None] >= j_S[None, :]
         allowed = (causal_SS[None] | same_NSS) & mask_NS.bool()[:, None, :]
-        allowed |= torch.eye(S, dtype=torch.bool, device=ids_NS.device)[None]  # a pad row attends to itself
-        return torch.zeros(allowed.shape, dtype=dtype, device=ids_NS.device).masked_fill(
+        allowed |= torch.eye(S, dtype=torch.bool, device=cell_NS.device)[None]  # a pad row attends to itself
+        return torch.zeros(allowed.shape, dtype=dtype, device=cell_NS.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)[:, None]
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, **kwargs):
         if input_ids is not None and inputs_embeds is None:
-            inputs_embeds = self.grid_embeds(input_ids)
+            cell_NS = self.grid_cells(input_ids)
+            inputs_embeds = self.grid_embeds(input_ids, cell_NS)
             if self.grid.get("bidirectional") and attention_mask is not None and attention_mask.dim() == 2 \
                     and attention_mask.shape[1] == input_ids.shape[1]:
-                span = self.span_mask(input_ids, attention_mask, inputs_embeds.dtype)
+                span = self.span_mask(cell_NS, attention_mask, inputs_embeds.dtype)
                 attention_mask = attention_mask if span is None else span
             input_ids = None
         return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,

@@ -123,6 +123,7 @@ class Trainer:
             dev = self.policy.device
             self._ddp = DistributedDataParallel(_MinibatchLoss(self), device_ids=None if dev.type == "cpu" else [dev])
         self.step = 0
+        self._nonfinite_in_a_row = 0
         self.data_pos = 0
         self.oracle = oracle_reward_function(cfg.reward.removeprefix("oracle_")) if cfg.reward != "intrinsic" else None
         self._eval_sets: dict = {}
@@ -319,7 +320,7 @@ class Trainer:
         """A non-finite loss or gradient never reaches the weights: the minibatch is skipped and counted; several
         in a row stop the run (the weights are as they were before the first of them)."""
         stats["skipped_minibatches"] = stats.get("skipped_minibatches", 0) + 1
-        self._nonfinite_in_a_row = getattr(self, "_nonfinite_in_a_row", 0) + 1
+        self._nonfinite_in_a_row += 1
         if self._nonfinite_in_a_row >= self.MAX_NONFINITE_IN_A_ROW:
             raise RuntimeError(
                 f"{self._nonfinite_in_a_row} minibatches in a row had a non-finite loss or gradient (step "
