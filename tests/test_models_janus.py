@@ -1,6 +1,8 @@
 """Janus / Janus-Pro through the UnifiedModel interface, on a tiny random JanusForConditionalGeneration built here
 (no weights are downloaded). Seconds each on one thread."""
 
+import shlex
+import sys
 import json
 import math
 from pathlib import Path
@@ -190,3 +192,36 @@ def test_bf16_min_p_training_stays_finite_and_counts_excluded_tokens(tmp_path):
         assert m["skipped_minibatches"] == 0
     assert any(m["excluded_token_frac"] > 0 for m in lines)  # the case this guards did occur
     assert all(torch.isfinite(p).all() for p in trainer.policy.lm.parameters())
+
+
+def test_trainer_on_a_real_model_monitors_rewards_and_writes_geneval_layout(tmp_path):
+    # A real model paints natural images: no shapes-world judge in the step (no accuracy / reward_auc), reward
+    # statistics instead; at eval_steps the fixed prompts' images in GenEval's layout, a grid, and eval_command
+    # run on that folder. LoRA adapters only inside the language model (SigLIP's q/k/v share the names).
+    from gvu.rl.config import load_config
+    from gvu.rl.trainer import Trainer
+
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny-janus")
+    out = tmp_path / "run"
+    cmd = shlex.quote(sys.executable) + " -c \"import sys, pathlib; p = pathlib.Path(sys.argv[1]); print(len(list(p.glob('*/samples/*.png'))))\" {dir}"
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", {
+        "model": f"janus:{ckpt}?device=cpu", "output_dir": str(out), "max_steps": 2, "use_lora": True,
+        "beta_understanding": 0.0, "eval_steps": 2, "eval_limit": 3, "eval_per_prompt": 2, "save_steps": 0,
+        "num_prompts": 64, "eval_command": cmd})
+    trainer = Trainer(cfg)
+    lora = [n for n, _ in trainer.policy.lm.named_modules() if n.endswith("lora_A")]
+    assert lora and all(".language_model." in n for n in lora)
+    trainer.train(progress=False)
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [m for m in lines if m["step"] > 0]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        assert "accuracy" not in m and "reward_auc" not in m and "time/judge" not in m
+        assert m["intrinsic_reward_min"] <= m["intrinsic_reward"] <= m["intrinsic_reward_max"]
+        assert all(m[f"time/{p}"] > 0 and m[f"mem/{p}"] > 0 for p in ("sample", "decode", "reward", "update"))
+    assert steps[-1]["eval_images"] == 6 and steps[-1]["eval_command_rc"] == 0
+    folder = out / "evals" / "step_00002"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["00000", "00001", "00002"]
+    assert all(len(list((folder / d / "samples").glob("*.png"))) == 2 for d in ("00000", "00001", "00002"))
+    assert (folder / "eval_command.log").read_text().splitlines()[-1] == "6"
+    assert (out / "grids" / "step_00002.png").is_file()

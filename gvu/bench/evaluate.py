@@ -152,7 +152,8 @@ def generate_layout(model, rows: list[dict], outdir: str | os.PathLike, per_prom
         chunk = rows[start:start + prompts_per_batch]
         gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
         rollout = model.sample([r["prompt"] for r in chunk], per_prompt, sampling, gen)
-        pixels = model.decode(rollout.image_tokens_NT)
+        seeds = [seed * 1_000_003 + (start + j) * per_prompt + k for j in range(len(chunk)) for k in range(per_prompt)]
+        pixels = model.decode(rollout.image_tokens_NT, prompts=rollout.row_prompts(), seeds=seeds)
         for j, row in enumerate(chunk):
             write_prompt_dir(outdir, start + j, row, pixels[j * per_prompt:(j + 1) * per_prompt])
             n += per_prompt

@@ -57,6 +57,9 @@ def builtin_layout(tok: WordTokenizer) -> SharedVocabLayout:
 class BuiltinUMM(SharedVocabUMM):
     """SharedVocabUMM with the built-in layout, plus the preset it was built from."""
 
+    kind = "builtin"
+    world = "shapes"
+
     def __init__(self, lm: torch.nn.Module, tokenizer: WordTokenizer, size: str):
         super().__init__(lm, tokenizer, builtin_layout(tokenizer))
         self.size = size

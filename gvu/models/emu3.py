@@ -13,10 +13,14 @@ The reward reads the generated tokens directly (the understanding sequence embed
 exactly what Emu3Model does with `pixel_values`: VQ-encode, map to visual token ids, add EOLs), or, with
 `reward_image_path: pixels`, VQ-decodes and re-encodes first.
 
-Left out, and said so: the Emu3-Chat prompt format below follows the official Emu3 repository's chat format
-("You are a helpful assistant. USER: {image}{text} ASSISTANT:") and was not checked against a released chat
-template; Emu3-Gen checkpoints are generation fine-tunes whose understanding may be weak (use a checkpoint that
-does both, or pass another format). Images are square grids unless `grid` says otherwise.
+The understanding prompt is the official Emu3 processor's chat format, "{bos}You are a helpful assistant. USER:
+{image}{instruction}. ASSISTANT:" (note the full stop the template adds after the instruction), and the reward
+scores " {prompt}" after it; tests/test_chat_formats.py checks it token for token against that processor's
+construction. Generation is "{bos}{prompt}" + the image prefix, as there.
+
+Which checkpoint: GvU needs ONE checkpoint that both draws and judges. BAAI's Emu3-Gen is a generation fine-tune
+whose understanding is weak and Emu3-Chat an understanding fine-tune that draws poorly; Emu3-Stage1 (the
+pretrained model) does both and is the one to start from. Images are square grids unless `grid` says otherwise.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def emu3_format(system: str = "You are a helpful assistant.", negative_prompt: s
     return SequenceFormat(
         generation="{bos}{prompt}", image_prefix=BOI + "{rows}*{cols}" + WRAPPER, row_end=EOL,
         image_suffix=EOF + EOI, understanding="{bos}" + (system + " " if system else "") + "USER: {image}{instruction}"
-        " ASSISTANT:", answer=" {prompt}", answer_end="{eos}", unconditional_prompt=negative_prompt)
+        ". ASSISTANT:", answer=" {prompt}", answer_end="{eos}", unconditional_prompt=negative_prompt)
 
 
 def parse_grid(grid) -> tuple[int, int]:
@@ -57,6 +61,7 @@ def parse_grid(grid) -> tuple[int, int]:
 class Emu3UMM(GridSharedVocabUMM):
     """`lm`: an Emu3ForConditionalGeneration (or a PEFT wrapper of it); `hf_tokenizer`: its tokenizer."""
 
+    lora_scope = "model.text_model"
     supports_fsdp2 = False  # decode/encode call the VQ submodule directly, outside the root's FSDP2 hooks
 
     def __init__(self, lm, hf_tokenizer, grid=DEFAULT_GRID, fmt: SequenceFormat | None = None,

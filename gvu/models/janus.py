@@ -13,10 +13,12 @@ replaced by the pad token, same length, attention on. Both rows ride in one batc
 `generate`: it falls back to guidance 5 when none is given and returns processed scores, and we need the exact
 log-probs of what was drawn (gvu.models.sampling.filter_logits, shared with the teacher-forced pass).
 
-Prompts follow Janus's "deepseek" conversation format (what the official code builds and what the released chat
-template renders): "<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>" for generation and
-"<|User|>: <image>\\n{instruction}\\n\\n<|Assistant|>:" + " {prompt}" for the reward. A chat template on the
-tokenizer or processor is used when there is one.
+Prompts follow Janus's "deepseek" conversation format (what the official code builds and what transformers'
+JanusProcessor renders with its chat template): "<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>" for
+generation (no system prompt) and "{system prompt}\\n\\n<|User|>: <image>\\n{instruction}\\n\\n<|Assistant|>:"
++ " {prompt}" for the reward, the image expanded to <begin_of_image>, 576 placeholders, <end_of_image>. A chat
+template on the tokenizer or processor is used when there is one; tests/test_janus_format.py checks both token for
+token against the processor.
 
 Letters: N rows, B batch rows (2N with guidance), S prefix length, T image codes, C codes, L answer tokens.
 """
@@ -38,6 +40,8 @@ from gvu.models.shared_vocab import _cache_kwarg, _cache_of, eval_mode, pad_batc
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
 BOI, EOI, IMAGE = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"
+SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
+                 "the user provides, and assist the user with a variety of tasks using natural language.")
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,10 @@ class JanusFormat:
 
     turn: str = "<|User|>: {content}\n\n<|Assistant|>:"
     """One user turn and the assistant's cue."""
-    system_prompt: str = ""
-    """Prepended with a blank line when not empty (the official understanding processor has a default one)."""
+    system_prompt: str = SYSTEM_PROMPT
+    """Prepended, with a blank line, to the UNDERSTANDING prompt only, as Janus's processors do (the official
+    VLChatProcessor's default system prompt; transformers' JanusProcessor prepends the same text in text mode).
+    Generation prompts have none (the official generation code passes an empty one)."""
     answer: str = " {prompt}"
     """The text the reward scores after the assistant's cue."""
     use_chat_template: bool = True
@@ -69,6 +75,9 @@ class _WithImages:
 class JanusUMM:
     """`lm`: a JanusForConditionalGeneration (or a PEFT wrapper of it); `hf_tokenizer` its tokenizer;
     `image_processor` its image processor (JanusImageProcessor or JanusImageProcessorPil)."""
+
+    lora_scope = "model.language_model"
+    reads_pixels = True  # understanding goes through SigLIP on decoded pixels
 
     def __init__(self, lm, hf_tokenizer, image_processor, fmt: JanusFormat = JanusFormat(),
                  chat_template: str | None = None):
@@ -118,16 +127,17 @@ class JanusUMM:
 
     # ------------------------------------------------------------------------------------------- text layout
 
-    def _render(self, parts: list[dict]) -> str:
-        """One user turn with the assistant cue; an image part renders as the image token (expanded later)."""
+    def _render(self, parts: list[dict], system: bool = False) -> str:
+        """One user turn with the assistant cue; an image part renders as the image token (expanded later). With
+        `system`, the system prompt and a blank line go first (as the processors prepend it, outside the chat
+        template)."""
+        head = self.fmt.system_prompt + "\n\n" if system and self.fmt.system_prompt else ""
         if self.chat_template:
-            msgs = ([{"role": "system", "content": self.fmt.system_prompt}] if self.fmt.system_prompt else []) + \
-                   [{"role": "user", "content": parts}]
-            return self.tokenizer.hf.apply_chat_template(msgs, chat_template=self.chat_template, tokenize=False,
-                                                         add_generation_prompt=True)
+            return head + self.tokenizer.hf.apply_chat_template(
+                [{"role": "user", "content": parts}], chat_template=self.chat_template, tokenize=False,
+                add_generation_prompt=True)
         content = "\n".join(self.image_token if p["type"] == "image" else p["text"] for p in parts)
-        system = self.fmt.system_prompt + "\n\n" if self.fmt.system_prompt else ""
-        return system + self.fmt.turn.format(content=content)
+        return head + self.fmt.turn.format(content=content)
 
     def _with_bos(self, text: str) -> list[int]:
         ids = list(self.tokenizer.hf.encode(text, add_special_tokens=True))
@@ -151,7 +161,7 @@ class JanusUMM:
     def understanding_prefix(self, instruction: str) -> list[int]:
         key = ("und", instruction)
         if key not in self._memo:
-            text = self._render([{"type": "image"}, {"type": "text", "text": instruction}])
+            text = self._render([{"type": "image"}, {"type": "text", "text": instruction}], system=True)
             if text.count(self.image_token) != 1:
                 raise ValueError(f"the chat template rendered {text.count(self.image_token)} image tokens, expected 1")
             a, b = text.split(self.image_token)
@@ -256,7 +266,7 @@ class JanusUMM:
     # ------------------------------------------------------------------------------------------------ pixels
 
     @torch.no_grad()
-    def decode(self, image_tokens_NT) -> np.ndarray:
+    def decode(self, image_tokens_NT, prompts: list[str] | None = None, seeds: list[int] | None = None) -> np.ndarray:
         """VQ decode, then the image processor's postprocess (which wants channels first) -> uint8 [N, H, W, 3]."""
         vq = self.janus.model.vqmodel
         codes = torch.as_tensor(np.asarray(image_tokens_NT.detach().cpu() if isinstance(image_tokens_NT, torch.Tensor)

@@ -107,8 +107,11 @@ class UnifiedModel(Protocol):
         [N, T] or uint8 pixels [N, H, W, 3]."""
         ...
 
-    def decode(self, image_tokens_NT: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Image codes -> uint8 pixels [N, H, W, 3]."""
+    def decode(self, image_tokens_NT: torch.Tensor | np.ndarray, prompts: list[str] | None = None,
+               seeds: list[int] | None = None) -> np.ndarray:
+        """Image codes -> uint8 pixels [N, H, W, 3]. Decoders that are generative models themselves (X-Omni's
+        diffusion decoder) are conditioned on each row's prompt and draw with each row's seed; the others ignore
+        both."""
         ...
 
     def encode(self, pixels_NHW3: np.ndarray) -> torch.Tensor:

@@ -120,6 +120,15 @@ def _cache_kwarg(lm: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def _takes(fn, *names: str) -> bool:
+    """Whether `fn` accepts all these keyword arguments."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(n in params for n in names) or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -155,6 +164,7 @@ class SharedVocabUMM:
     """UnifiedModel over a causal LM with image codes in its vocabulary. `lm` may be swapped for a PEFT wrapper
     of itself (assign to `.lm` or `.module`)."""
 
+    lora_scope = "model"  # module path of the language model (LoRA targets stay inside it)
     supports_fsdp2 = True  # every pass goes through the root module's forward, which FSDP2's hooks need
 
     def __init__(self, lm: torch.nn.Module, tokenizer: TextTokenizer, layout: SharedVocabLayout):
@@ -332,10 +342,14 @@ class SharedVocabUMM:
 
     # ------------------------------------------------------------------------------------------------ pixels
 
-    def decode(self, image_tokens_NT) -> np.ndarray:
+    def decode(self, image_tokens_NT, prompts: list[str] | None = None, seeds: list[int] | None = None) -> np.ndarray:
+        """The layout's decoder; one that takes `prompts` and `seeds` keywords gets them."""
         if isinstance(image_tokens_NT, torch.Tensor):
             image_tokens_NT = image_tokens_NT.detach().cpu().numpy()
-        return self.layout.decoder(np.asarray(image_tokens_NT))
+        codes = np.asarray(image_tokens_NT)
+        if _takes(self.layout.decoder, "prompts", "seeds"):
+            return self.layout.decoder(codes, prompts=prompts, seeds=seeds)
+        return self.layout.decoder(codes)
 
     def encode(self, pixels_NHW3) -> torch.Tensor:
         if self.layout.encoder is None:

@@ -132,6 +132,17 @@ class TrainConfig:
     """Use only the first N prompts of each benchmark (0: all); for quick runs."""
     eval_seed: int = 1234
     """Fixed evaluation seed: every evaluation draws with the same generators."""
+    monitor: str = "auto"
+    """What the trainer watches (gvu.rl.monitor): 'shapes' (the exact shapes-world judge every step, accuracy
+    and reward AUC; shapes-world benchmarks at eval_steps), 'reward' (reward statistics every step; at eval_steps
+    the images of eval_prompts in GenEval's layout, a grid, and eval_command), 'auto': shapes for the built-in
+    model, reward for every other."""
+    eval_prompts: str = ""
+    """'reward' monitor: a GenEval metadata file of fixed evaluation prompts (default: GenEval's own), eval_limit
+    of them (default 16) spread over the tags."""
+    eval_command: str = ""
+    """'reward' monitor: a shell command run on each evaluation folder ({dir} is replaced by its path), e.g.
+    GenEval's evaluate_images.py; its output is kept in eval_command.log there, its exit code logged."""
     logging_steps: int = 1
     """Write a log line every this many steps."""
     save_steps: int = 50
@@ -178,6 +189,10 @@ class TrainConfig:
         from gvu.reward import RewardConfig  # validates variant, scorer and image path with its own messages
         RewardConfig(instruction=self.instruction, variant=self.reward_variant, scorer=self.reward_scorer,
                      image_path=self.reward_image_path)
+        need(self.monitor in ("auto", "shapes", "reward"),
+             f"monitor must be auto, shapes or reward, got {self.monitor!r}")
+        need(not self.eval_command or "{dir}" in self.eval_command,
+             f"eval_command must contain {{dir}} (the evaluation folder), got {self.eval_command!r}")
         unknown = set(self.eval_benchmarks) - {"geneval", "genevalpp", "understanding"}
         need(not unknown, f"unknown eval_benchmarks {sorted(unknown)}; use geneval, genevalpp, understanding")
 

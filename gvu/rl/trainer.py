@@ -7,8 +7,9 @@ optimizer step. Because the old log-probs are fixed at sampling time, the ratio 
 minibatch step and clipping really acts when num_iterations > 1 (in the published code, one update per
 rollout, the ratio is always 1).
 
-Every step also judges its own images with the exact evaluator (shapes world) and logs the ROC AUC of the
-intrinsic reward against correctness: a falling AUC while the reward rises is the reward-hacking alarm.
+Every step also hands its images to a monitor (gvu.rl.monitor): on the shapes world the exact evaluator judges
+them and the ROC AUC of the intrinsic reward against correctness is logged (a falling AUC while the reward rises
+is the reward-hacking alarm); on natural images reward statistics, and fixed-prompt images every eval_steps.
 
 Under `torchrun` / `accelerate launch` the same loop runs on every process (gvu.rl.distributed): each rank
 samples and scores its share of the prompts, the rollout is gathered, and each minibatch is split across ranks,
@@ -22,6 +23,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import signal
 import sys
 import threading
@@ -32,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.analysis.quality import auc
 from gvu.models.protocol import SamplingConfig
 from gvu.models.sampling import prompt_generators
 from gvu.reward import RewardConfig, intrinsic_reward, oracle_reward_function
@@ -40,6 +41,7 @@ from gvu.rl import checkpoint as ckpt
 from gvu.rl import distributed as D
 from gvu.rl.config import TrainConfig, dump_config
 from gvu.rl.grpo import group_advantages, grpo_loss, k3_kl
+from gvu.rl.monitor import PhaseClock, pick_monitor
 
 
 def load_prompt_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
@@ -99,7 +101,7 @@ class Trainer:
 
             self.policy.lm = get_peft_model(self.policy.lm, LoraConfig(
                 r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=list(cfg.lora_target_modules), bias="none"))
+                target_modules=lora_targets(self.policy, cfg.lora_target_modules), bias="none"))
         elif cfg.needs_reference():
             self.reference = copy.deepcopy(self.policy)
             for p in self.reference.lm.parameters():
@@ -126,6 +128,7 @@ class Trainer:
         self._nonfinite_in_a_row = 0
         self.data_pos = 0
         self.oracle = oracle_reward_function(cfg.reward.removeprefix("oracle_")) if cfg.reward != "intrinsic" else None
+        self.monitor = pick_monitor(cfg.monitor, self.policy)
         self._eval_sets: dict = {}
         self._resumed = False
         if resume is not None:
@@ -200,74 +203,92 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ one step
 
     def score(self, tokens_NT, pixels, row_prompts, row_meta) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reward used for training, intrinsic reward for logging)."""
+        """(reward used for training, intrinsic reward for logging). A model that reads pixels (or the 'pixels'
+        reward path) gets the images decoded once for this step, not decoded again."""
         scorer_ctx = self.reference_model() if self.cfg.reward_scorer == "reference" else contextlib.nullcontext(self.policy)
+        images = pixels if (self.cfg.reward_image_path == "pixels" or getattr(self.policy, "reads_pixels", False)) \
+            else tokens_NT
         with scorer_ctx as scorer:
-            intrinsic = intrinsic_reward(scorer, tokens_NT, row_prompts, self.reward_cfg, rows=row_meta,
+            intrinsic = intrinsic_reward(scorer, images, row_prompts, self.reward_cfg, rows=row_meta,
                                          rng=np.random.default_rng([self.cfg.seed, self.step])).reward_N
         if self.oracle is None:
             return intrinsic, intrinsic
         return torch.tensor(self.oracle(row_prompts, pixels, rows=row_meta), dtype=torch.float32), intrinsic
 
     def train_step(self) -> dict:
-        from gvu.world.judge import judge_image
-
         cfg, G, g = self.cfg, self.cfg.num_generations, self.dist
-        times: dict[str, float] = {}
-        t_step = t = time.perf_counter()
+        clock = PhaseClock(self.policy.device)
+        t_step = time.perf_counter()
         first = self.data_pos
         rows = self.next_rows()
         mine = g.shard(len(rows))  # this rank's prompts, each with its whole group
         local_rows = rows[mine]
-        gens = prompt_generators(cfg.seed, range(first + mine.start, first + mine.stop))
-        rollout = self.policy.sample([r["prompt"] for r in local_rows], G, self.sampling, gens)
+        with clock("sample"):
+            gens = prompt_generators(cfg.seed, range(first + mine.start, first + mine.stop))
+            rollout = self.policy.sample([r["prompt"] for r in local_rows], G, self.sampling, gens)
         tokens_NT = rollout.image_tokens_NT
         local_prompts = rollout.row_prompts()
         local_meta = [local_rows[i] for i in rollout.prompt_index_N.tolist()]
-        times["time/sample"], t = time.perf_counter() - t, time.perf_counter()
-        pixels = self.policy.decode(tokens_NT)
-        times["time/decode"], t = time.perf_counter() - t, time.perf_counter()
-        reward_N, intrinsic_N = self.score(tokens_NT, pixels, local_prompts, local_meta)
-        times["time/reward"], t = time.perf_counter() - t, time.perf_counter()
-        correct = [judge_image(px, row)[0].correct for px, row in zip(pixels, local_meta)]
-        times["time/judge"], t = time.perf_counter() - t, time.perf_counter()
+        with clock("decode"):  # decoders that draw (diffusion) get fixed seeds: a resumed run decodes the same
+            seeds = [cfg.seed * 1_000_003 + (first + mine.start) * G + k for k in range(len(local_prompts))]
+            pixels = self.policy.decode(tokens_NT, prompts=local_prompts, seeds=seeds)
+        with clock("reward"):
+            reward_N, intrinsic_N = self.score(tokens_NT, pixels, local_prompts, local_meta)
+        with clock("monitor"):
+            watched = self.monitor.per_image(pixels, local_meta)
+        times = clock.values
 
+        with clock("reference"):  # and the replay, if any
+            old_N, ref_NT, und_ref, stats = self._reference_pass(rollout, local_prompts)
+        sampled_NT = rollout.logp_NT
+        if g.enabled:  # the whole rollout on every rank, in rank order (= the order of `rows`)
+            with clock("gather"):
+                parts = g.gather({"tokens": tokens_NT, "old": old_N, "sampled": sampled_NT, "reward": reward_N,
+                                  "intrinsic": intrinsic_N, "watched": watched, "ref": ref_NT, "und": und_ref})
+                dev = tokens_NT.device
+                tokens_NT = torch.cat([p["tokens"] for p in parts]).to(dev)
+                old_N = torch.cat([p["old"] for p in parts]).to(dev)
+                sampled_NT = torch.cat([p["sampled"] for p in parts])
+                reward_N = torch.cat([p["reward"] for p in parts])
+                intrinsic_N = torch.cat([p["intrinsic"] for p in parts])
+                watched = [c for p in parts for c in p["watched"]]
+                ref_NT = None if ref_NT is None else torch.cat([p["ref"] for p in parts]).to(dev)
+                if und_ref is not None:
+                    und_ref = tuple(_pad_cat([p["und"][i] for p in parts]).to(dev) for i in range(2))
+        row_prompts = [r["prompt"] for r in rows for _ in range(G)]
+        adv_N, adv_stats = group_advantages(reward_N, G, cfg.scale_rewards)
+        stats.update(adv_stats)
+        with clock("update"):
+            means, region_max = self._update(tokens_NT, row_prompts, old_N, adv_N, ref_NT, und_ref, stats)
+        self.step += 1
+        return {"step": self.step, **stats, **means, "clip_ratio/region_max": region_max,
+                "entropy": -sampled_NT.mean().item(),  # Monte Carlo estimate from the drawn codes
+                "intrinsic_reward": intrinsic_N.mean().item(), **self.monitor.step_metrics(watched, intrinsic_N),
+                "learning_rate": self.sched.get_last_lr()[0], **times, "step_time": time.perf_counter() - t_step}
+
+    def _reference_pass(self, rollout, prompts_N):
+        """(old log-probs, reference log-probs or None, the judge's reference prompt log-probs or None, stats)."""
+        cfg, tokens_NT = self.cfg, rollout.image_tokens_NT
         old_N, stats = rollout.logp_NT, {}
         if cfg.old_logp_source == "replay":
             with torch.no_grad():
-                replay = self.policy.image_logprobs(local_prompts, tokens_NT, self.sampling)
-            stats["rollout_replay_max_abs_diff"] = g.all_max((replay - old_N).abs().max().item())
+                replay = self.policy.image_logprobs(prompts_N, tokens_NT, self.sampling)
+            stats["rollout_replay_max_abs_diff"] = self.dist.all_max((replay - old_N).abs().max().item())
             old_N = replay
-        ref_NT = None
+        ref_NT = und_ref = None
         if cfg.beta > 0:
             with torch.no_grad(), self.reference_model() as ref:
-                ref_NT = ref.image_logprobs(local_prompts, tokens_NT, self.sampling)
-        und_ref = None
+                ref_NT = ref.image_logprobs(prompts_N, tokens_NT, self.sampling)
         if cfg.beta_understanding > 0:  # the judge's own leash: its prompt log-probs on these images
             with torch.no_grad(), self.reference_model() as ref:
-                und_ref = ref.prompt_logprobs(tokens_NT, local_prompts, cfg.instruction)
-        times["time/reference"], t = time.perf_counter() - t, time.perf_counter()  # and the replay, if any
-        if g.enabled:  # the whole rollout on every rank, in rank order (= the order of `rows`)
-            parts = g.gather({"tokens": tokens_NT, "old": old_N, "sampled": rollout.logp_NT, "reward": reward_N,
-                              "intrinsic": intrinsic_N, "correct": correct, "ref": ref_NT, "und": und_ref})
-            dev = tokens_NT.device
-            tokens_NT = torch.cat([p["tokens"] for p in parts]).to(dev)
-            old_N = torch.cat([p["old"] for p in parts]).to(dev)
-            sampled_NT = torch.cat([p["sampled"] for p in parts])
-            reward_N = torch.cat([p["reward"] for p in parts])
-            intrinsic_N = torch.cat([p["intrinsic"] for p in parts])
-            correct = [c for p in parts for c in p["correct"]]
-            ref_NT = None if ref_NT is None else torch.cat([p["ref"] for p in parts]).to(dev)
-            if und_ref is not None:
-                und_ref = tuple(_pad_cat([p["und"][i] for p in parts]).to(dev) for i in range(2))
-        else:
-            sampled_NT = rollout.logp_NT
-        row_prompts = [r["prompt"] for r in rows for _ in range(G)]
-        if g.enabled:
-            times["time/gather"], t = time.perf_counter() - t, time.perf_counter()
+                und_ref = ref.prompt_logprobs(tokens_NT, prompts_N, cfg.instruction)
+        return old_N, ref_NT, und_ref, stats
 
-        adv_N, adv_stats = group_advantages(reward_N, G, cfg.scale_rewards)
-        stats.update(adv_stats)
+    def _update(self, tokens_NT, row_prompts, old_N, adv_N, ref_NT, und_ref, stats) -> tuple[dict, float]:
+        """num_iterations passes over the rollout in minibatches, one optimizer step each; non-finite ones are
+        skipped (see _skip_minibatch). Returns the minibatch means of the loss statistics and the largest
+        clipped fraction."""
+        cfg, g = self.cfg, self.dist
         N, T = tokens_NT.shape
         M = cfg.minibatch_size
         agg: dict[str, list[float]] = {}
@@ -300,15 +321,7 @@ class Trainer:
                     agg.setdefault(k, []).append(v)
         stats.setdefault("skipped_minibatches", 0)
         means = g.mean_dict({k: float(np.mean(v)) for k, v in agg.items()})
-        region_max = g.all_max(max(agg["clip_ratio/region_mean"])) if agg else 0.0
-        times["time/update"] = time.perf_counter() - t
-        self.step += 1
-        metrics = {"step": self.step, **stats, **means, "clip_ratio/region_max": region_max,
-                   "entropy": -sampled_NT.mean().item(),  # Monte Carlo estimate from the drawn codes
-                   "intrinsic_reward": intrinsic_N.mean().item(), "accuracy": float(np.mean(correct)),
-                   "reward_auc": auc(intrinsic_N.tolist(), correct), "learning_rate": self.sched.get_last_lr()[0],
-                   **times, "step_time": time.perf_counter() - t_step}
-        return metrics
+        return means, (g.all_max(max(agg["clip_ratio/region_mean"])) if agg else 0.0)
 
     MAX_NONFINITE_IN_A_ROW = 5
 
@@ -361,42 +374,7 @@ class Trainer:
         return out
 
     def _evaluate(self) -> dict:
-        from gvu.bench.evaluate import benchmark_rows, generate_and_judge, spread
-        from gvu.bench.understanding import build_understanding_set, run_understanding
-
-        cfg, out = self.cfg, {}
-        grid_imgs, grid_caps, grid_ok = [], [], []
-        for name in cfg.eval_benchmarks:
-            if name == "understanding":
-                if "understanding" not in self._eval_sets:
-                    self._eval_sets["understanding"] = build_understanding_set(limit=cfg.eval_limit or None)
-                u = run_understanding(self.policy, self._eval_sets["understanding"], captions=True)
-                out["eval_understanding"] = u["overall"]
-                out["eval_caption_truthfulness"] = u["caption_truthfulness"]
-                for k, v in u["by_perturbation"].items():
-                    out[f"eval_understanding/{k}"] = v
-                continue
-            if name not in self._eval_sets:
-                rows = benchmark_rows(name)
-                self._eval_sets[name] = spread(rows, cfg.eval_limit)
-
-            def keep(i, row, imgs, rs, name=name):
-                if i % max(1, len(self._eval_sets[name]) // 8) == 0 and len(grid_imgs) < 16:
-                    grid_imgs.append(imgs[0]); grid_caps.append(row["prompt"]); grid_ok.append(rs[0]["correct"])
-
-            results, summary = generate_and_judge(self.policy, self._eval_sets[name], cfg.eval_per_prompt,
-                                                  cfg.eval_seed, self.sampling, progress=False, on_images=keep)
-            out[f"eval_{name}"] = summary["overall"]
-            out[f"eval_{name}_strict"] = summary["strict_overall"]
-            for tag, v in summary["tags"].items():
-                out[f"eval_{name}/{tag}"] = v
-        if grid_imgs and self.dist.is_main:
-            from gvu.analysis.plots import image_grid
-
-            (self.out / "grids").mkdir(parents=True, exist_ok=True)
-            image_grid(grid_imgs, self.out / "grids" / f"step_{self.step:05d}.png", captions=grid_caps,
-                       correct=grid_ok, title=f"step {self.step}")
-        return out
+        return self.monitor.evaluate(self)
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -443,7 +421,8 @@ class Trainer:
                     if self.step % cfg.logging_steps == 0 or any(k.startswith("eval_") for k in m):
                         write(m)
                     consistent = True
-                    bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.2f}")
+                    bar.set_postfix(reward=f"{m['reward']:.3f}", **({"acc": f"{m['accuracy']:.2f}"} if "accuracy" in m
+                                                                      else {}))
                     bar.update(1)
                     if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
                         self.save()
@@ -501,6 +480,15 @@ class Trainer:
         final = BuiltinUMM(lm, policy.tokenizer, policy.size)
         return save_builtin(final, self.out / "final",
                             extra={"trained_from": self.cfg.model, "train": dataclasses.asdict(self.cfg)})
+
+
+def lora_targets(policy, names) -> str:
+    """A PEFT target pattern: the named linear layers inside the model's language model only (`lora_scope`, a
+    module path), so a vision encoder or VQ model whose layers share the names (SigLIP's q_proj) gets no adapter
+    that would never train."""
+    alt = "|".join(re.escape(n) for n in names)
+    scope = getattr(policy, "lora_scope", "")
+    return rf"{re.escape(scope)}\..*\.(?:{alt})" if scope else rf"(?:.*\.)?(?:{alt})"
 
 
 class _MinibatchLoss(torch.nn.Module):

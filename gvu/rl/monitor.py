@@ -1,0 +1,130 @@
+"""What the trainer watches besides the loss: a monitor hook, chosen by the model's world.
+
+Every step the trainer hands the monitor its images (on each process), gathers what the monitor returns per
+image, and asks it for the step's metrics. Every `eval_steps` it asks the monitor to evaluate.
+
+- ShapesMonitor (the built-in shapes-world model): the exact judge on every image -> `accuracy`, and the ROC AUC
+  of the intrinsic reward against correctness (`reward_auc`, the reward-hacking alarm); evaluation on the
+  shapes-world benchmarks (gvu.bench.evaluate).
+- RewardMonitor (real models on natural images, where the shapes judge sees nothing): reward statistics every
+  step; every `eval_steps` the images of fixed prompts (`eval_prompts`, fixed seeds) written in GenEval's folder
+  layout under `evals/step_NNNNN/`, an image grid of them under `grids/`, and, when `eval_command` is set, that
+  command run on the folder (GenEval's own evaluator, for instance) with its output kept beside the images.
+
+Phase timing: `PhaseClock` records the seconds and the peak memory of each named phase of a step (CUDA's peak
+allocated memory on a GPU, the process's peak resident memory on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gvu.analysis.quality import auc
+
+
+class PhaseClock:
+    """`with clock("sample"): ...` adds time/sample (seconds) and mem/sample (peak MiB during the phase)."""
+
+    def __init__(self, device: torch.device | None = None):
+        self.device = device
+        self.values: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        cuda = self.device is not None and self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            _reset_peak_rss()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.values[f"time/{name}"] = time.perf_counter() - t
+            peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if cuda else _peak_rss_mib()
+            if peak is not None:
+                self.values[f"mem/{name}"] = peak
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux: reset VmHWM so the next reading is this phase's peak
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class ShapesMonitor:
+    """The exact shapes-world judge: per image correct or not; accuracy and reward AUC per step."""
+
+    name = "shapes"
+
+    def per_image(self, pixels, rows: list[dict]) -> list[bool]:
+        from gvu.world.judge import judge_image
+
+        return [judge_image(px, row)[0].correct for px, row in zip(pixels, rows)]
+
+    def step_metrics(self, values: list, intrinsic_N: torch.Tensor) -> dict:
+        return {"accuracy": float(np.mean(values)), "reward_auc": auc(intrinsic_N.tolist(), values)}
+
+    def evaluate(self, trainer) -> dict:
+        from gvu.rl.evaluation import evaluate_shapes
+
+        return evaluate_shapes(trainer)
+
+
+class RewardMonitor:
+    """Natural images: reward statistics per step; fixed-prompt images, a grid and an optional external
+    evaluator every `eval_steps`."""
+
+    name = "reward"
+
+    def per_image(self, pixels, rows: list[dict]) -> list:
+        return []
+
+    def step_metrics(self, values: list, intrinsic_N: torch.Tensor) -> dict:
+        r = intrinsic_N.float()
+        return {"intrinsic_reward_std": r.std().item() if r.numel() > 1 else 0.0,
+                "intrinsic_reward_min": r.min().item(), "intrinsic_reward_max": r.max().item()}
+
+    def evaluate(self, trainer) -> dict:
+        from gvu.rl.evaluation import evaluate_prompts
+
+        return evaluate_prompts(trainer)
+
+
+def pick_monitor(name: str, policy):
+    """'shapes', 'reward', or 'auto': shapes for the built-in shapes-world model, reward for everything else."""
+    if name == "auto":
+        name = "shapes" if getattr(policy, "world", None) == "shapes" else "reward"
+    return ShapesMonitor() if name == "shapes" else RewardMonitor()
+
+
+def run_eval_command(template: str, folder: Path) -> dict:
+    """Run `template` with {dir} replaced by the GenEval-layout folder; its output goes to eval_command.log there.
+    Returns eval_command_rc (and never raises: an evaluator failing must not stop training)."""
+    cmd = template.replace("{dir}", shlex.quote(str(folder)))
+    log = folder / "eval_command.log"
+    try:
+        done = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        log.write_text(f"$ {cmd}\n{done.stdout}{done.stderr}")
+        return {"eval_command_rc": done.returncode}
+    except OSError as err:
+        log.write_text(f"$ {cmd}\n{err}\n")
+        return {"eval_command_rc": -1}
