@@ -634,10 +634,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--size", choices=["default", "tiny"], default="default", help="built-in model preset")
     parser.add_argument("--repeats", type=int, default=None, help="override every repeat count")
+    from gvu.bench.fullsize import ARCHS
+
+    parser.add_argument("--full-size", choices=sorted(ARCHS), help="instead: one complete GvU training step of this "
+                        "architecture with random weights, each phase timed once (gvu.bench.fullsize)")
     return parser
 
 
 def cmd_bench(a: argparse.Namespace, only: tuple[str, ...] = ("reward", "rollout", "step", "limit")) -> None:
+    if getattr(a, "full_size", None):
+        from gvu.bench.fullsize import format_fullsize, run_fullsize
+
+        res = run_fullsize(a.full_size, out=a.out, **({"threads": a.threads} if a.threads else {}))
+        print(format_fullsize(res))
+        if a.out:
+            print(f"wrote {a.out}")
+        return
     res = run_benchmarks(quick=a.quick, out=a.out, threads=a.threads, size=a.size, repeats=a.repeats, only=only)
     print(format_table(res))
     if a.out:
