@@ -72,6 +72,15 @@ def resolve_dtype(dtype) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
+def dtype_kwargs(dtype) -> dict:
+    """from_pretrained's dtype argument: `dtype` on transformers >= 4.56, `torch_dtype` before (older versions
+    reject `dtype`)."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def dtype_name(dtype) -> str:
     """What to write in gvu.json so resolve_dtype reads it back ('bfloat16', not 'torch.bfloat16')."""
     return str(dtype or "auto").removeprefix("torch.")
@@ -231,7 +240,7 @@ class GridSharedVocabUMM(SharedVocabUMM):
         codes_NT = torch.empty((N, T), dtype=torch.long, device=device)
         logp_NT = torch.empty((N, T), dtype=torch.float32, device=device)
         with eval_mode(self.lm):
-            out = self.lm(input_ids=ids_BS, attention_mask=mask_BS, position_ids=pos_BK, use_cache=True,
+            out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=pos_BK, use_cache=True,
                           logits_to_keep=1, cache_position=torch.arange(S, device=device),
                           **({} if cache is None else {self._cache_arg: cache}))
             seen = S
@@ -247,7 +256,7 @@ class GridSharedVocabUMM(SharedVocabUMM):
                     step_BK = torch.cat([step_BK, row_end_BR], dim=1)
                 K = step_BK.shape[1]
                 pos_BK = pos_BK[:, -1:] + torch.arange(1, K + 1, device=device)
-                out = self.lm(input_ids=step_BK, attention_mask=mask_BL[:, :seen + K], position_ids=pos_BK,
+                out = self._forward(input_ids=step_BK, attention_mask=mask_BL[:, :seen + K], position_ids=pos_BK,
                               use_cache=True, logits_to_keep=1,
                               cache_position=torch.arange(seen, seen + K, device=device),
                               **{self._cache_arg: _cache_of(out)})
@@ -274,7 +283,7 @@ class GridSharedVocabUMM(SharedVocabUMM):
         block_BI = block_NI[:, :int(pos_T[-1])].repeat(2 if guided else 1, 1)  # nothing follows the last code
         ids_BS = torch.cat([prefix_BS, block_BI], dim=1)
         mask_BS = torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
-        out = self.lm(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS), use_cache=False,
+        out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS), use_cache=False,
                       logits_to_keep=block_BI.shape[1] + 1)
         logits_BTC = self._code_logits(out.logits[:, pos_T])  # kept logit k predicts block token k
         C = logits_BTC.shape[-1]
@@ -438,7 +447,7 @@ def load_causal_lm(path: str | os.PathLike, device=None, dtype="auto", gradient_
     src = ad.model or str(folder)
     kw = dict(trust_remote_code=ad.trust_remote_code)
     tok = AutoTokenizer.from_pretrained(src, **kw)
-    lm = AutoModelForCausalLM.from_pretrained(src, dtype=resolve_dtype(dtype), **kw,
+    lm = AutoModelForCausalLM.from_pretrained(src, **dtype_kwargs(resolve_dtype(dtype)), **kw,
                                               **({"attn_implementation": attn_implementation} if attn_implementation
                                                  else {}))
     vocab = lm.get_output_embeddings().weight.shape[0]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import (GridSharedVocabUMM, PlainTokenizer, SequenceFormat, base_model, build_grid_layout,
+from gvu.models.causal_lm import (dtype_kwargs, GridSharedVocabUMM, PlainTokenizer, SequenceFormat, base_model, build_grid_layout,
                                   dtype_name, finish_loading, flag, resolve_dtype, save_transformers_model,
                                   tiny_byte_tokenizer)
 
@@ -145,7 +145,7 @@ def load_emu3(name: str, device=None, dtype="auto", gradient_checkpointing=False
     try:
         tok = AutoTokenizer.from_pretrained(name)
         lm = Emu3ForConditionalGeneration.from_pretrained(
-            name, dtype=resolve_dtype(dtype), **({"attn_implementation": attn_implementation}
+            name, **dtype_kwargs(resolve_dtype(dtype)), **({"attn_implementation": attn_implementation}
                                                  if attn_implementation else {}))
     except OSError as err:
         raise ValueError(f"emu3:{name}: could not load the checkpoint ({err})") from err

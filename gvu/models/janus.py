@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import (PlainTokenizer, base_model, dtype_name, finish_loading, flag, resolve_dtype,
+from gvu.models.causal_lm import (dtype_kwargs, PlainTokenizer, base_model, dtype_name, finish_loading, flag, resolve_dtype,
                                   save_transformers_model, tiny_byte_tokenizer)
 from gvu.models.protocol import Rollout, SamplingConfig, check_sample_args, checked_codes
 from gvu.models.sampling import draw, guided_logprobs
@@ -309,7 +309,7 @@ def load_janus(name: str, device=None, dtype="auto", gradient_checkpointing=Fals
         tok = AutoTokenizer.from_pretrained(name)
         ip = AutoImageProcessor.from_pretrained(name)
         lm = JanusForConditionalGeneration.from_pretrained(
-            name, dtype=resolve_dtype(dtype), **({"attn_implementation": attn_implementation}
+            name, **dtype_kwargs(resolve_dtype(dtype)), **({"attn_implementation": attn_implementation}
                                                  if attn_implementation else {}))
     except OSError as err:
         raise ValueError(f"janus:{name}: could not load the checkpoint ({err})") from err

@@ -7,10 +7,12 @@ transformers model, with load options after '?':
     janus:deepseek-community/Janus-Pro-1B?dtype=bfloat16&gradient_checkpointing=1
     emu3:BAAI/Emu3-Gen-hf?grid=32x32
     causal-lm:/models/x-omni-like
+    xomni:X-Omni/X-Omni-En?dtype=bfloat16&flux=/models/FLUX.1-dev
 
 Options: dtype (auto, bfloat16, float16, float32), device (cpu, cuda, cuda:1; default: cuda when available),
 gradient_checkpointing (0/1), attn_implementation (eager, sdpa, flash_attention_2), and per kind: janus
-use_chat_template (0/1); emu3 grid (ROWSxCOLS), negative_prompt.
+use_chat_template (0/1); emu3 grid (ROWSxCOLS), negative_prompt; xomni grid (ROWSxCOLS), flux (a FLUX.1-dev
+folder for X-Omni's decoder), code_pixels (pixels per code side, 16).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ SPEC_FORMS = (
     "janus:PATH_OR_NAME (a transformers Janus / Janus-Pro checkpoint, e.g. janus:deepseek-community/Janus-Pro-1B)",
     "emu3:PATH_OR_NAME (a transformers Emu3 checkpoint, e.g. emu3:BAAI/Emu3-Gen-hf)",
     "causal-lm:PATH (a causal LM folder with a gvu_causal_lm.yaml adapter file)",
+    "xomni:PATH_OR_NAME (X-Omni through its own modelling code, e.g. xomni:X-Omni/X-Omni-En)",
     "any KIND:... form may end in ?key=value&... load options (dtype, device, gradient_checkpointing, "
     "attn_implementation)",
 )
 COMMON_OPTIONS = ("dtype", "device", "gradient_checkpointing", "attn_implementation")
-KIND_OPTIONS = {"janus": ("use_chat_template",), "emu3": ("grid", "negative_prompt"), "causal-lm": ()}
+KIND_OPTIONS = {"janus": ("use_chat_template",), "emu3": ("grid", "negative_prompt"), "causal-lm": (),
+                "xomni": ("grid", "flux", "code_pixels")}
 _KIND = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(?!//)(.*)$")
 
 
@@ -45,6 +49,9 @@ def _loader(kind: str):
     if kind == "emu3":
         from gvu.models.emu3 import load_emu3
         return load_emu3
+    if kind == "xomni":
+        from gvu.models.xomni import load_xomni
+        return load_xomni
     from gvu.models.causal_lm import load_causal_lm
     return load_causal_lm
 

@@ -129,6 +129,28 @@ def _takes(fn, *names: str) -> bool:
     return all(n in params for n in names) or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _logits_kwarg(lm: torch.nn.Module) -> str | None:
+    """How the model's forward is told to compute only the last logits: `logits_to_keep` (transformers >= 4.50),
+    `num_logits_to_keep` (older, and remote code written for it, such as X-Omni's), or not at all (None)."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    params = inspect.signature(base.forward).parameters
+    return next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
+
+
+class _Forward:
+    """A model's forward seen through SharedVocabUMM._forward (for functions that take a module, such as
+    span_logprobs): parameters() and call."""
+
+    def __init__(self, umm):
+        self.umm = umm
+
+    def parameters(self):
+        return self.umm.lm.parameters()
+
+    def __call__(self, **kw):
+        return self.umm._forward(**kw)
+
+
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -172,6 +194,17 @@ class SharedVocabUMM:
         self.tokenizer = tokenizer
         self.layout = layout
         self._cache_arg = _cache_kwarg(lm)
+        self._logits_arg = _logits_kwarg(lm)
+
+    def _forward(self, **kw):
+        """The model's forward with `logits_to_keep` passed under the name the model takes (or dropped)."""
+        keep = kw.pop("logits_to_keep", None)
+        if keep is not None and self._logits_arg is not None:
+            kw[self._logits_arg] = keep
+        out = self.lm(**kw)
+        if keep and self._logits_arg is None:  # a model that always returns every position's logits
+            out.logits = out.logits[:, -keep:]
+        return out
 
     @property
     def module(self) -> torch.nn.Module:
@@ -225,7 +258,7 @@ class SharedVocabUMM:
         codes_NT = torch.empty((N, T), dtype=torch.long, device=device)
         logp_NT = torch.empty((N, T), dtype=torch.float32, device=device)
         with eval_mode(self.lm):
-            out = self.lm(input_ids=ids_BS, attention_mask=mask_BS, position_ids=pos_BS, use_cache=True,
+            out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=pos_BS, use_cache=True,
                           logits_to_keep=1, cache_position=torch.arange(S, device=device),
                           **({} if cache is None else {self._cache_arg: cache}))
             for t in range(T):
@@ -239,7 +272,7 @@ class SharedVocabUMM:
                 if guided:
                     next_B = next_B.repeat(2)
                 pos_BS = pos_BS[:, -1:] + 1  # only the new token's position from here on
-                out = self.lm(input_ids=next_B[:, None], attention_mask=mask_BL[:, :S + t + 1], position_ids=pos_BS,
+                out = self._forward(input_ids=next_B[:, None], attention_mask=mask_BL[:, :S + t + 1], position_ids=pos_BS,
                               use_cache=True, cache_position=torch.tensor([S + t], device=device),
                               **{self._cache_arg: _cache_of(out)})
         prompt_index_N = torch.arange(P, device=device).repeat_interleave(G)
@@ -274,7 +307,7 @@ class SharedVocabUMM:
         img_BT = (codes_NT[:, :-1] + self.layout.image_token_offset).repeat(2 if guided else 1, 1)
         ids_BS = torch.cat([prefix_BS, img_BT], dim=1)
         mask_BS = torch.cat([pmask_BS, torch.ones_like(img_BT)], dim=1)
-        out = self.lm(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS), use_cache=False,
+        out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS), use_cache=False,
                       logits_to_keep=T)
         logits_BTC = self._code_logits(out.logits)
         C = logits_BTC.shape[-1]
@@ -310,7 +343,7 @@ class SharedVocabUMM:
             seq, span = self.layout.understanding_sequence(codes_T, inst_ids, ids)
             seqs.append(seq)
             spans.append(span)
-        return span_logprobs(self.lm, seqs, spans, self.layout.pad_id)
+        return span_logprobs(_Forward(self), seqs, spans, self.layout.pad_id)
 
     @torch.no_grad()
     def caption(self, images, instruction: str = DEFAULT_INSTRUCTION, max_len: int = 32) -> list[str]:
@@ -325,7 +358,7 @@ class SharedVocabUMM:
         done_N = torch.zeros(N, dtype=torch.bool, device=self.device)
         words: list[list[int]] = [[] for _ in range(N)]
         with eval_mode(self.lm):
-            out = self.lm(input_ids=ids_NS, attention_mask=mask_NS, position_ids=pos_NS, use_cache=True,
+            out = self._forward(input_ids=ids_NS, attention_mask=mask_NS, position_ids=pos_NS, use_cache=True,
                           logits_to_keep=1)
             for _ in range(max_len):
                 next_N = allowed_K[out.logits[:, -1, allowed_K].argmax(-1)]
@@ -336,7 +369,7 @@ class SharedVocabUMM:
                     break
                 mask_NS = torch.cat([mask_NS, mask_NS.new_ones((N, 1))], dim=1)
                 pos_NS = pos_NS[:, -1:] + 1
-                out = self.lm(input_ids=next_N[:, None], attention_mask=mask_NS, position_ids=pos_NS,
+                out = self._forward(input_ids=next_N[:, None], attention_mask=mask_NS, position_ids=pos_NS,
                               use_cache=True, **{self._cache_arg: _cache_of(out)})
         return [self.tokenizer.decode(w) for w in words]
 

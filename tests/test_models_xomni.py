@@ -1,0 +1,116 @@
+"""X-Omni through `xomni:` on a tiny X-Omni-shaped model that these tests write and load with trust_remote_code
+(tests/_tiny_xomni.py): its generation mode, codes beyond lm_head, `num_logits_to_keep`, its own chat format, a
+decoder conditioned on the prompt and a seed, and the published recipe end to end through the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gvu.models.load import load_model
+from gvu.models.protocol import UnifiedModel
+from gvu.models.xomni import XOmniUMM
+from _adapters import PROMPTS, SAMPLINGS
+from _tiny_xomni import write_tiny_xomni
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "?device=cpu&dtype=float32&grid=4x4&code_pixels=2"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_tiny_xomni(tmp_path_factory.mktemp("xomni") / "tiny-xomni")
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    with pytest.warns(UserWarning, match="transformers 4.51.3"):  # the pin, said at load
+        return load_model(f"xomni:{folder}{SPEC}")
+
+
+def test_loads_through_its_own_code_with_codes_beyond_lm_head(model):
+    assert isinstance(model, XOmniUMM) and isinstance(model, UnifiedModel)
+    assert type(model.lm).__name__ == "TinyXOmniForCausalLM"  # the remote code, not a stock class
+    assert model.layout.image_token_offset == model.lm.get_output_embeddings().weight.shape[0]  # beyond lm_head
+
+
+@pytest.mark.parametrize("name", ["plain", "published", "cfg3", "filters-cfg"])
+def test_sampler_logprobs_match_teacher_forcing_in_image_mode(model, name):
+    sampling = SAMPLINGS[name]
+    r = model.sample(PROMPTS, 2, sampling, torch.Generator().manual_seed(0))
+    assert model.lm.generation_mode == "text"  # restored after sampling
+    assert r.image_tokens_NT.shape == (6, 16) and int(r.image_tokens_NT.max()) < model.layout.num_codes
+    with torch.no_grad():
+        logp = model.image_logprobs(r.row_prompts(), r.image_tokens_NT, sampling)
+    assert (logp - r.logp_NT).abs().max().item() <= 1e-4
+    assert torch.isfinite(logp).all()  # image mode: the code logits are real, not bf16's lowest value
+
+
+def test_generation_and_understanding_in_x_omnis_own_format(model):
+    tok = model.tokenizer.hf
+    prompt, instruction = "a photo of a cat", "Describe the image in detail."
+    want = tok.encode(prompt + "<SOM>4 4<IMAGE>", add_special_tokens=False)
+    assert model.layout.generation_prefix(model.tokenizer.encode(prompt)) == want
+    assert model.layout.generation_prefix([]) == tok.encode("<SOM>4 4<IMAGE>", add_special_tokens=False)  # guidance
+    codes = list(range(16))
+    image = "<SOM>4 4<IMAGE>" + "".join(f"<MM-Token-{k}>" for k in codes) + "<EOM>"
+    msgs = [{"role": "user", "content": image + "\n" + instruction}]
+    chat = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    seq, (a, b) = model.layout.understanding_sequence(codes, model.tokenizer.encode(instruction),
+                                                      model._answer_ids([prompt])[0])
+    assert seq[:a] == tok.encode(chat, add_special_tokens=False)  # token for token what its chat template makes
+    assert seq[a:b] == tok.encode(prompt, add_special_tokens=False)  # the reward scores the prompt right after
+
+
+def test_decoder_takes_prompt_and_seed_and_the_reward_reads_pixels(model):
+    r = model.sample(PROMPTS[:2], 2, SAMPLINGS["plain"], torch.Generator().manual_seed(1))
+    codes, prompts = r.image_tokens_NT, r.row_prompts()
+    a = model.decode(codes, prompts=prompts, seeds=[1, 2, 3, 4])
+    assert a.shape == (4, 8, 8, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, model.decode(codes, prompts=prompts, seeds=[1, 2, 3, 4]))  # seeded: reproducible
+    assert not np.array_equal(a[3], model.decode(codes, prompts=prompts, seeds=[1, 2, 3, 5])[3])  # the seed draws
+    assert not np.array_equal(a, model.decode(codes, prompts=["x"] * 4, seeds=[1, 2, 3, 4]))  # the prompt conditions
+    assert torch.equal(model.encode(a), codes.cpu())  # re-encoded by its image tokenizer
+    logp, mask = model.prompt_logprobs(a, prompts)
+    assert model.lm.generation_mode == "text" and torch.isfinite(logp[mask]).all()
+
+
+def test_a_load_failure_names_the_transformers_pin(tmp_path, folder):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "modeling_tiny_xomni.py").write_text("from transformers import NoSuchClass\n")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"pip install 'transformers==4\.51\.3'"):
+        load_model(f"xomni:{broken}{SPEC}")
+
+
+def gvu(*args, cwd):
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_train_two_steps_with_the_published_recipe_then_generate_in_geneval_layout(tmp_path, folder):
+    gvu("prompts", "train", "--world", "coco", "-n", 32, "--out", tmp_path / "prompts", cwd=ROOT)
+    out = tmp_path / "run"
+    gvu("train", "--config", ROOT / "configs" / "gvu-xomni.yaml", f"model=xomni:{folder}{SPEC}",
+        f"output_dir={out}", f"prompts={tmp_path / 'prompts' / 'evaluation_metadata.jsonl'}", "max_steps=2",
+        "eval_steps=0", "save_steps=0", "threads=1", "learning_rate=0.01", cwd=ROOT)
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert all(np.isfinite(m["loss"]) and m["skipped_minibatches"] == 0 for m in lines)
+    info = json.loads((out / "final" / "gvu.json").read_text())
+    assert info["kind"] == "xomni" and info["weights"] == "lora" and info["train"]["beta"] == 0.03
+    rows = [json.loads(line) for line in (tmp_path / "prompts" / "evaluation_metadata.jsonl").read_text().splitlines()]
+    (tmp_path / "two.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    gvu("generate", "--model", out, "--metadata", tmp_path / "two.jsonl", "--outdir", tmp_path / "images",
+        "--per-prompt", 2, "--min-p", 0.03, cwd=ROOT)
+    for i in range(2):
+        d = tmp_path / "images" / f"{i:05d}"
+        assert json.loads((d / "metadata.jsonl").read_text())["prompt"] == rows[i]["prompt"]
+        assert sorted(p.name for p in (d / "samples").iterdir()) == ["0000.png", "0001.png"]
