@@ -215,6 +215,7 @@ class GridSharedVocabUMM(SharedVocabUMM):
         self.answer_template = answer_template
         self.uncond_ids = list(tokenizer.encode(unconditional_prompt)) if unconditional_prompt else []
         self.kind, self.source, self.options = "causal-lm", None, {}
+        self.logits_chunk = 0  # > 0: image_logprobs computes code logits this many positions at a time
 
     def _generation_prefixes(self, prompt_ids: list[list[int]], guided: bool) -> list[list[int]]:
         seqs = [self.layout.generation_prefix(ids) for ids in prompt_ids]
@@ -283,12 +284,40 @@ class GridSharedVocabUMM(SharedVocabUMM):
         block_BI = block_NI[:, :int(pos_T[-1])].repeat(2 if guided else 1, 1)  # nothing follows the last code
         ids_BS = torch.cat([prefix_BS, block_BI], dim=1)
         mask_BS = torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
+        if self.logits_chunk:
+            return self._chunked_logprobs(ids_BS, mask_BS, pos_T, block_BI.shape[1] + 1, codes_NT, sampling)
         out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS), use_cache=False,
-                      logits_to_keep=block_BI.shape[1] + 1)
+                            logits_to_keep=block_BI.shape[1] + 1)
         logits_BTC = self._code_logits(out.logits[:, pos_T])  # kept logit k predicts block token k
         C = logits_BTC.shape[-1]
         logp_QC = self._step_logprobs(logits_BTC.reshape(-1, C), N * T, sampling)
         return logp_QC.gather(1, codes_NT.reshape(-1, 1)).reshape(N, T)
+
+    def _chunked_logprobs(self, ids_BS, mask_BS, pos_T, keep: int, codes_NT, sampling) -> torch.Tensor:
+        """image_logprobs for large vocabularies: the decoder's hidden states once, then the code rows of the
+        output head only (C of V columns), `logits_chunk` positions at a time, each chunk recomputed in the
+        backward pass rather than stored, so no [B, T, V] (or [B, T, C]) logits tensor is ever held."""
+        from torch.utils.checkpoint import checkpoint
+
+        N, T = codes_NT.shape
+        base = base_model(self.lm)
+        hidden_BSD = base.model(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS),
+                                use_cache=False).last_hidden_state
+        h_BTD = hidden_BSD[:, -keep:][:, pos_T]
+        head = base.get_output_embeddings()
+        off, C = self.layout.image_token_offset, self.layout.num_codes
+        w_CD = head.weight[off:off + C]
+        b_C = head.bias[off:off + C] if getattr(head, "bias", None) is not None else None
+
+        def chunk(h_BtD, codes_Nt):
+            logits_BtC = torch.nn.functional.linear(h_BtD, w_CD, b_C)
+            t = codes_Nt.shape[1]
+            logp_QC = self._step_logprobs(logits_BtC.reshape(-1, C), N * t, sampling)
+            return logp_QC.gather(1, codes_Nt.reshape(-1, 1)).reshape(N, t)
+
+        step = self.logits_chunk
+        return torch.cat([checkpoint(chunk, h_BTD[:, s:s + step], codes_NT[:, s:s + step], use_reentrant=False)
+                          for s in range(0, T, step)], dim=1)
 
     def _answer_ids(self, prompts: list[str]) -> list[list[int]]:
         return [list(self.tokenizer.encode(self.answer_template.format(prompt=p))) for p in prompts]
@@ -433,7 +462,7 @@ def find_adapter_file(folder: Path) -> Path | None:
 
 
 def load_causal_lm(path: str | os.PathLike, device=None, dtype="auto", gradient_checkpointing=False,
-                   attn_implementation: str | None = None) -> GridSharedVocabUMM:
+                   attn_implementation: str | None = None, logits_chunk=0) -> GridSharedVocabUMM:
     """A GridSharedVocabUMM from a folder holding an adapter file (and usually the weights)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -461,8 +490,10 @@ def load_causal_lm(path: str | os.PathLike, device=None, dtype="auto", gradient_
     umm = GridSharedVocabUMM(finish_loading(lm, device, flag(gradient_checkpointing)), PlainTokenizer(tok), layout,
                              answer_template=ad.format.answer, unconditional_prompt=ad.format.unconditional_prompt)
     umm.source = str(folder)
+    umm.logits_chunk = int(logits_chunk)
     umm.options = {"dtype": dtype_name(dtype), **({"attn_implementation": attn_implementation} if attn_implementation
-                                          else {})}
+                                          else {}), **({"logits_chunk": str(umm.logits_chunk)} if umm.logits_chunk
+                                                       else {})}
     return umm
 
 

@@ -38,6 +38,9 @@ EOL, EOF = "<|extra_200|>", "<|extra_201|>"
 BOI, EOI, WRAPPER, IMAGE = "<|image start|>", "<|image end|>", "<|image token|>", "<image>"
 # Emu3's processor default for generation: 518400 pixels at 1:1, 8 pixels per token -> 90 x 90 tokens
 DEFAULT_GRID = (90, 90)
+# Emu3's vocabulary holds ~184k ids: full logits of one 90x90 image are 8,190 x 184,622 floats (~6 GB). The
+# teacher-forced pass computes the 32,768 code columns only, 1,024 positions at a time (gvu.models.causal_lm).
+DEFAULT_LOGITS_CHUNK = 1024
 
 
 def emu3_format(system: str = "You are a helpful assistant.", negative_prompt: str = "") -> SequenceFormat:
@@ -132,7 +135,8 @@ class Emu3UMM(GridSharedVocabUMM):
 
 
 def load_emu3(name: str, device=None, dtype="auto", gradient_checkpointing=False, grid=None,
-              negative_prompt: str = "", attn_implementation: str | None = None) -> Emu3UMM:
+              negative_prompt: str = "", attn_implementation: str | None = None,
+              logits_chunk=DEFAULT_LOGITS_CHUNK) -> Emu3UMM:
     """An Emu3 checkpoint from a local folder or the hub. `grid`: 'ROWSxCOLS' tokens per image (default: Emu3's
     processor default, 90x90)."""
     try:
@@ -163,7 +167,8 @@ def load_emu3(name: str, device=None, dtype="auto", gradient_checkpointing=False
     umm = Emu3UMM(lm, tok, grid=parse_grid(grid) if grid else DEFAULT_GRID,
                   fmt=emu3_format(negative_prompt=negative_prompt), image_mean=mean, image_std=std)
     umm.source = str(name)
-    umm.options = {"dtype": dtype_name(dtype), "grid": "x".join(map(str, umm.grid)),
+    umm.logits_chunk = int(logits_chunk)
+    umm.options = {"dtype": dtype_name(dtype), "grid": "x".join(map(str, umm.grid)), "logits_chunk": str(umm.logits_chunk),
                    **({"negative_prompt": negative_prompt} if negative_prompt else {}),
                    **({"attn_implementation": attn_implementation} if attn_implementation else {})}
     return umm

@@ -11,7 +11,8 @@ transformers model, with load options after '?':
 
 Options: dtype (auto, bfloat16, float16, float32), device (cpu, cuda, cuda:1; default: cuda when available),
 gradient_checkpointing (0/1), attn_implementation (eager, sdpa, flash_attention_2), and per kind: janus
-use_chat_template (0/1); emu3 grid (ROWSxCOLS), negative_prompt; xomni grid (ROWSxCOLS), flux (a FLUX.1-dev
+use_chat_template (0/1); emu3 grid (ROWSxCOLS), negative_prompt, logits_chunk (code positions per chunk of
+the teacher-forced pass; 0 off; emu3 1024); causal-lm logits_chunk; xomni grid (ROWSxCOLS), flux (a FLUX.1-dev
 folder for X-Omni's decoder), code_pixels (pixels per code side, 16).
 """
 
@@ -33,7 +34,8 @@ SPEC_FORMS = (
     "attn_implementation)",
 )
 COMMON_OPTIONS = ("dtype", "device", "gradient_checkpointing", "attn_implementation")
-KIND_OPTIONS = {"janus": ("use_chat_template",), "emu3": ("grid", "negative_prompt"), "causal-lm": (),
+KIND_OPTIONS = {"janus": ("use_chat_template",), "emu3": ("grid", "negative_prompt", "logits_chunk"),
+                "causal-lm": ("logits_chunk",),
                 "xomni": ("grid", "flux", "code_pixels")}
 _KIND = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(?!//)(.*)$")
 

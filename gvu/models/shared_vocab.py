@@ -8,7 +8,7 @@ neighbours; the teacher-forced pass builds the same positions, which is why the 
 rounding. With guidance the conditional and unconditional rows ride in one batch of 2N.
 
 Left out: micro-batching (callers pass batches that fit), stopping early on <eoi> (every image has exactly T
-tokens), chunked logits for huge vocabularies (adapters with 100k+ vocabularies may need it in image_logprobs).
+tokens). Chunked logits for large vocabularies: GridSharedVocabUMM's `logits_chunk` (gvu.models.causal_lm).
 
 Letters: P prompts, G group size, N rows, S sequence length, T image tokens, C image codes, V vocabulary,
 L target (prompt) tokens.
