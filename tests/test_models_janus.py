@@ -211,7 +211,11 @@ def test_trainer_on_a_real_model_monitors_rewards_and_writes_geneval_layout(tmp_
     trainer = Trainer(cfg)
     lora = [n for n, _ in trainer.policy.lm.named_modules() if n.endswith("lora_A")]
     assert lora and all(".language_model." in n for n in lora)
+    vq, decodes = trainer.policy.janus.model.vqmodel, []
+    vq_decode = vq.decode
+    vq.decode = lambda *a, **k: decodes.append(1) or vq_decode(*a, **k)
     trainer.train(progress=False)
+    assert len(decodes) == 2 + 2  # once per step (the reward reads those pixels) + once per evaluation (0 and 2)
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [m for m in lines if m["step"] > 0]
     assert [m["step"] for m in steps] == [1, 2]
