@@ -86,8 +86,10 @@ def test_bad_yaml_files(tmp_path):
     with pytest.raises(ValueError, match="expected a mapping"):
         load_config(seq)
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert load_config(empty) == TrainConfig()
+    for text in ("", "# only a comment\n"):  # an empty file would train every default (model "") silently
+        empty.write_text(text)
+        with pytest.raises(ValueError, match="empty.yaml is empty"):
+            load_config(empty)
 
 
 def test_exponent_floats_are_floats(tmp_path):
@@ -138,7 +140,12 @@ def test_ints_are_accepted_for_floats():
     ({"beta": -0.1}, "beta must be >= 0"),
     ({"epsilon": 1.0}, "epsilon must be in (0, 1), got 1.0"),
     ({"epsilon": 0}, "epsilon must be in (0, 1), got 0"),
-    ({"epsilon_high": 0}, "epsilon_high must be > 0 or null"),
+    ({"epsilon_high": 0}, "epsilon_high (0) must be >= epsilon (0.2)"),
+    ({"epsilon_high": 0.1}, "epsilon_high (0.1) must be >= epsilon (0.2)"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number, got inf"),
+    ({"beta": float("nan")}, "beta must be a finite number, got nan"),
+    ({"threads": -1}, "threads must be >= 0"),
+    ({"output_dir": ""}, "output_dir is empty"),
     ({"reward_variant": "mean"}, "reward variant must be one of ('geomean', 'content', 'contrastive'), got 'mean'"),
     ({"reward_scorer": "judge"}, "reward scorer must be one of ('policy', 'reference'), got 'judge'"),
     ({"reward_image_path": "latents"}, "reward image_path must be one of ('tokens', 'pixels')"),

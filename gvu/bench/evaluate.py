@@ -99,7 +99,7 @@ def evaluate_model(model_spec, benchmark: str = "all", per_prompt: int = 4, seed
     from pathlib import Path
 
     from gvu.bench.judging import format_summary, write_results
-    from gvu.bench.metadata import atomic_write_text, read_metadata
+    from gvu.bench.metadata import atomic_write_text
     from gvu.bench.understanding import run_understanding
     from gvu.models.load import load_model
 
@@ -121,7 +121,10 @@ def evaluate_model(model_spec, benchmark: str = "all", per_prompt: int = 4, seed
         if name in BENCHMARKS:
             key, rows = name, benchmark_rows(name)
         elif str(name).endswith(".jsonl"):
-            key, rows = "file", read_metadata(name)
+            from gvu.bench.check import read_checked
+
+            # every row checked (the world, the model's words) before the first image, errors with file:line
+            key, rows = "file", read_checked(name, tokenizer=getattr(model, "tokenizer", None))
         else:
             raise ValueError(f"unknown benchmark {name!r}; use geneval, genevalpp, understanding, all or a "
                              "shapes-world metadata FILE.jsonl")

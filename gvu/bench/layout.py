@@ -144,5 +144,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """A sample as uint8 HxWx3 RGB (palette, grey or alpha PNGs are converted)."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated or not an image: PIL raises OSError, SyntaxError, ValueError...
+        raise ValueError(f"{path}: cannot read the image ({err}); generate or export it again") from None

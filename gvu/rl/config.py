@@ -7,6 +7,7 @@ rejects unknown keys with the list of known ones. Validation lives in __post_ini
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -155,6 +156,12 @@ class TrainConfig:
             if not ok:
                 raise ValueError(msg)
 
+        for f in dataclasses.fields(self):  # .inf / .nan parse as YAML floats; one NaN step would end the run
+            v = getattr(self, f.name)
+            need(not isinstance(v, float) or math.isfinite(v), f"{f.name} must be a finite number, got {v}")
+        need(bool(self.output_dir.strip()), "output_dir is empty; give the folder to write the run into "
+             "(e.g. output_dir=runs/my-run)")
+        need(self.threads >= 0, f"threads must be >= 0 (0 keeps torch's default), got {self.threads}")
         need(self.num_generations >= 2, f"num_generations must be >= 2 (got {self.num_generations}): group-relative "
              "advantages need at least two images per prompt")
         need(self.prompts_per_step >= 1, "prompts_per_step must be >= 1")
@@ -185,7 +192,9 @@ class TrainConfig:
         need(self.beta >= 0, "beta must be >= 0 (0 turns the KL term off)")
         need(self.beta_understanding >= 0, "beta_understanding must be >= 0 (0 turns it off)")
         need(0 < self.epsilon < 1, f"epsilon must be in (0, 1), got {self.epsilon}")
-        need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high must be > 0 or null")
+        need(self.epsilon_high is None or self.epsilon_high >= self.epsilon,
+             f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon}): it widens the upper clip "
+             "range (DAPO's clip-higher); leave it null for the same range as epsilon")
         from gvu.reward import RewardConfig  # validates variant, scorer and image path with its own messages
         RewardConfig(instruction=self.instruction, variant=self.reward_variant, scorer=self.reward_scorer,
                      image_path=self.reward_image_path)
@@ -277,9 +286,11 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
     if path is not None:
         text = Path(path).read_text()
         try:
-            data = _yaml(text) or {}
+            data = _yaml(text)
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: not valid YAML: {err}") from None
+        if data is None:
+            raise ValueError(f"{path} is empty; write the config keys in it (see configs/tiny.yaml)")
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
         _check_keys(data, str(path))
