@@ -112,13 +112,16 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
     import numpy as np
     from tqdm import tqdm
 
-    from gvu.bench.judging import judge_pixels
+    from gvu.bench.check import check_layout_rows
+    from gvu.bench.judging import judge_pixels, off_palette
     from gvu.bench.layout import iter_layout, load_image
     from gvu.reward import RewardConfig, intrinsic_reward
 
     cfg = dataclasses.replace(cfg or RewardConfig(), image_path="pixels")
     outdir = Path(outdir)
     samples = list(iter_layout(outdir))
+    # every prompt folder's row before the first forward pass: tags, the world (built-in model), its words
+    check_layout_rows(samples, world=getattr(model, "world", None) == "shapes", tokenizer=getattr(model, "tokenizer", None))
     rng = np.random.default_rng(seed)
     records: list[dict] = []
     bar = tqdm(total=len(samples), desc="scoring", unit="img", disable=not progress)
@@ -133,7 +136,9 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
         for s, px, r in zip(chunk, pixels, reward.reward_N.tolist()):
             rec = {"filename": s.path.relative_to(outdir).as_posix(), "prompt": s.row["prompt"],
                    "tag": s.row["tag"], "reward": float(r), "index": s.index, "sample": s.sample_index}
-            if is_shapes_benchmark(s.row, px):
+            if is_shapes_benchmark(s.row, px) and off_palette(px):
+                rec["clean"] = False  # not an exact render: no verdict, counted apart (gvu.bench.judging)
+            elif is_shapes_benchmark(s.row, px):
                 rec["correct"] = bool(judge_pixels(px, s.row, "geneval")["correct"])
             records.append(rec)
         bar.update(len(chunk))
@@ -151,6 +156,7 @@ def summarise_scores(records: list[dict]) -> dict:
     out: dict = {"images": len(records), "mean_reward": float(rewards.mean()) if len(records) else None}
     judged = [r for r in records if "correct" in r]
     out["judged"] = len(judged)
+    out["unclean"] = sum(1 for r in records if r.get("clean") is False)
     if not judged:
         return out
     s = [r["reward"] for r in judged]
@@ -177,6 +183,8 @@ def format_scores(summary: dict, title: str = "") -> str:
     if not summary["images"]:
         return "\n".join(lines + ["  no images"])
     lines.append(f"  {summary['images']} images, mean reward {summary['mean_reward']:.4g}")
+    if summary.get("unclean"):
+        lines.append(f"  {summary['unclean']} images not a clean render: no exact verdict, left out of the AUC")
     if not summary["judged"]:
         lines.append("  not a shapes-world benchmark: no exact verdicts, so no AUC")
         return "\n".join(lines)
@@ -215,6 +223,8 @@ def cmd_score(a: argparse.Namespace) -> None:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from gvu.argcheck import COUNT, SEED
+
     s = subparsers.add_parser("score", help="score every image of a GenEval-layout folder with the intrinsic "
                                             "reward; AUC against the exact judge on shapes-world folders")
     s.add_argument("dir", help="GenEval-layout folder (00000/metadata.jsonl, 00000/samples/0000.png, ...)")
@@ -224,7 +234,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "model folder is its own reference)")
     s.add_argument("--variant", choices=VARIANTS, default="geomean")
     s.add_argument("--out", help="write one JSON line per image here (filename, prompt, tag, reward, correct)")
-    s.add_argument("--micro-batch", dest="micro_batch", type=int, default=64, help="images per forward pass")
-    s.add_argument("--seed", type=int, default=0, help="draws the contrastive variant's negatives")
+    s.add_argument("--micro-batch", dest="micro_batch", type=COUNT, default=64, help="images per forward pass")
+    s.add_argument("--seed", type=SEED, default=0, help="draws the contrastive variant's negatives")
     s.set_defaults(func=cmd_score)
     return s

@@ -18,14 +18,32 @@ from gvu.bench.layout import iter_layout, load_image
 from gvu.bench.metadata import atomic_write_text
 from gvu.world.judge import evaluate
 from gvu.world.detect import detect
-from gvu.world.spec import IMAGE_SIZE
+from gvu.world.spec import BACKGROUND, COLORS, IMAGE_SIZE, PALETTE
+
+_CLEAN = np.array([(r << 16) | (g << 8) | b for r, g, b in [PALETTE[c] for c in COLORS] + [BACKGROUND]])
+UNCLEAN = "not a clean render"
+UNCLEAN_MODES = ("refuse", "report")
+
+
+def off_palette(pixels: np.ndarray) -> int:
+    """How many pixels are not exactly a palette colour or the background. Every render of the world has none;
+    JPEG compression, grayscale, resizing or blur give thousands, and the judge's snapping would then score the
+    image silently wrong (the same correct images as JPEG scored 0.934 instead of 1.000)."""
+    px = np.asarray(pixels).astype(np.int64)
+    packed = (px[..., 0] << 16) | (px[..., 1] << 8) | px[..., 2]
+    return int((~np.isin(packed, _CLEAN)).sum())
+
+
+def check_size(pixels: np.ndarray, where) -> None:
+    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        h, w = pixels.shape[:2]
+        raise ValueError(f"{where}: a {w}x{h} image is not a shapes-world image ({IMAGE_SIZE}x{IMAGE_SIZE} RGB); "
+                         "judge other images with GenEval's own tools")
 
 
 def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval") -> dict:
     """One GenEval-style result row (without filename) for one image."""
-    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise ValueError(f"image of shape {pixels.shape} is not a shapes-world image "
-                         f"({IMAGE_SIZE}x{IMAGE_SIZE} RGB); judge other images with GenEval's own tools")
+    check_size(pixels, "image")
     dets = detect(pixels)
     verdict = evaluate(dets, row, mode)
     return {
@@ -37,21 +55,50 @@ def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval") -> dict:
 
 
 def summarise(results: Iterable[dict]) -> dict:
+    """Accuracy per tag and overall; images without a verdict (not clean renders) are counted apart."""
     by_tag: dict[str, list[bool]] = defaultdict(list)
+    unclean: dict[str, int] = defaultdict(int)
     for r in results:
+        if r["correct"] is None:
+            unclean[r["tag"]] += 1
+            continue
         by_tag[r["tag"]].append(bool(r["correct"]))
     tags = {t: float(np.mean(v)) for t, v in by_tag.items()}
-    return {"overall": float(np.mean(list(tags.values()))) if tags else 0.0, "tags": tags,
-            "images": {t: len(v) for t, v in by_tag.items()}}
+    out = {"overall": float(np.mean(list(tags.values()))) if tags else 0.0, "tags": tags,
+           "images": {t: len(v) for t, v in by_tag.items()}}
+    if unclean:
+        out["unclean"] = sum(unclean.values())
+        out["unclean_by_tag"] = dict(unclean)
+    return out
 
 
-def judge_folder(outdir: str | os.PathLike, mode: str = "geneval", progress: bool = True) -> tuple[list[dict], dict]:
+def judge_folder(outdir: str | os.PathLike, mode: str = "geneval", progress: bool = True,
+                 unclean: str = "refuse") -> tuple[list[dict], dict]:
+    """Judge every image; one that is not an exact render is refused (`unclean="refuse"`, naming the file) or
+    gets the verdict 'not a clean render' (`"report"`), counted in the summary and never scored."""
+    from gvu.bench.check import check_layout_rows
+
+    if unclean not in UNCLEAN_MODES:
+        raise ValueError(f"unclean must be one of {UNCLEAN_MODES}, got {unclean!r}")
     samples = list(iter_layout(outdir))
+    check_layout_rows(samples)  # every prompt folder's row, before the first image
     results = []
     from tqdm import tqdm
 
     for s in tqdm(samples, desc="judging", unit="img", disable=not progress):
-        r = judge_pixels(load_image(s.path), s.row, mode)
+        px = load_image(s.path)
+        check_size(px, s.path)
+        bad = off_palette(px)
+        if bad and unclean == "refuse":
+            raise ValueError(f"{s.path} is {UNCLEAN} ({bad} pixels off the world's palette: JPEG, grayscale or "
+                             "resized?); the exact judge reads lossless renders only: export PNGs as drawn, or "
+                             "pass --unclean report to count such images apart")
+        if bad:
+            r = {"tag": s.row["tag"], "prompt": s.row["prompt"], "correct": None,
+                 "reason": f"{UNCLEAN}: {bad} pixels off the palette", "metadata": json.dumps(s.row),
+                 "details": {"clean": False, "off_palette": bad}}
+        else:
+            r = judge_pixels(px, s.row, mode)
         results.append({"filename": str(s.path), **r})
     return results, summarise(results)
 
@@ -66,4 +113,7 @@ def format_summary(summary: dict, title: str = "") -> str:
     for tag, acc in summary["tags"].items():
         lines.append(f"  {tag:<{width}}  {acc:6.3f}  ({summary['images'][tag]} images)")
     lines.append(f"  {'overall':<{width}}  {summary['overall']:6.3f}  (unweighted mean of {len(summary['tags'])} tags)")
+    if summary.get("unclean"):
+        lines.append(f"  {summary['unclean']} images {UNCLEAN} (not scored): "
+                     + ", ".join(f"{t} {n}" for t, n in summary["unclean_by_tag"].items()))
     return "\n".join(lines)
