@@ -114,9 +114,12 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pat
 
 
 def metrics_plot(records: Sequence[Mapping], keys: Sequence[str], path: str | os.PathLike, *,
-                 step_key: str = "step", ncols: int = 3, title: str = "") -> Path:
+                 step_key: str = "step", ncols: int = 3, title: str = "",
+                 empty_notes: Mapping[str, str] | None = None) -> Path:
     """One small panel per metric from a log (a list of dicts, e.g. JSON lines); records without the metric,
-    or with None/NaN for it, are skipped (evaluation metrics are logged only every few steps)."""
+    or with None/NaN for it, are skipped (evaluation metrics are logged only every few steps). A panel with no
+    value at all says so in words (`empty_notes[key]`, or a plain 'no finite value logged') instead of
+    standing blank."""
     if not keys:
         raise ValueError("no metrics to plot")
     ncols = min(ncols, len(keys))
@@ -129,6 +132,10 @@ def metrics_plot(records: Sequence[Mapping], keys: Sequence[str], path: str | os
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, lw=1.2, marker="." if len(pts) < 30 else None)
+        else:
+            note = (empty_notes or {}).get(key, "no finite value logged")
+            ax.text(0.5, 0.5, "\n".join(textwrap.wrap(note, 30)), transform=ax.transAxes, ha="center",
+                    va="center", fontsize=7, color="0.35")
         ax.set_title(key, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -61,6 +61,16 @@ def compare(before: dict, after: dict) -> dict:
     return out
 
 
+QUICK_NOTE = ("--quick checks that the whole pipeline runs, in minutes: its tiny model (300 pretraining steps, 6 GvU "
+              "steps) is there to exercise every stage, not to learn, and is expected to score about 0 before and "
+              "after (so relative gains read n/a). For the measured results run `gvu demo` without --quick (see "
+              "the README).")
+# Why a curve can be empty, written into its panel instead of leaving it blank.
+EMPTY_PANELS = {"reward_auc": "no value at any step: the AUC needs correct and incorrect images in one step, and "
+                              "every image of every step was judged the same",
+                "kl": "not logged: no KL term in this run"}
+
+
 def _log(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -69,13 +79,13 @@ def _log(path: Path) -> list[dict]:
 
 def _grid(run: Path, bench: str, n: int = 12) -> Path | None:
     """Before/after grid of the same prompts and seeds (sample 0 of the first n prompts)."""
-    from gvu.analysis.plots import tile_images
+    from gvu.analysis.plots import image_grid
     from gvu.bench.layout import load_image
 
-    imgs, oks = [], []
+    imgs, oks, caps = [], [], []
     for stage in ("eval_before", "eval_after"):
         res = {r["filename"]: r for r in _log(run / stage / bench / "results.jsonl")}
-        row_imgs, row_ok = [], []
+        row_imgs, row_ok, row_cap = [], [], []
         for i in range(n):
             f = f"{i:05d}/samples/0000.png"
             p = run / stage / bench / f
@@ -83,17 +93,19 @@ def _grid(run: Path, bench: str, n: int = 12) -> Path | None:
                 break
             row_imgs.append(load_image(p))
             row_ok.append(res.get(f, {}).get("correct"))
+            row_cap.append(res.get(f, {}).get("prompt") or _load_row(p.parent.parent)["prompt"])
         imgs.append(row_imgs)
         oks.append(row_ok)
+        caps.append(row_cap)
     k = min(len(imgs[0]), len(imgs[1]))
     if k == 0:
         return None
-    from PIL import Image
+    return image_grid(imgs[0][:k] + imgs[1][:k], run / f"grid_{bench}.png", captions=caps[0][:k] + caps[1][:k],
+                      correct=oks[0][:k] + oks[1][:k], ncols=k, caption_width=20)
 
-    tile = tile_images(imgs[0][:k] + imgs[1][:k], oks[0][:k] + oks[1][:k], ncols=k)
-    path = run / f"grid_{bench}.png"
-    Image.fromarray(tile).resize((tile.shape[1] * 2, tile.shape[0] * 2), Image.NEAREST).save(path)
-    return path
+
+def _load_row(prompt_dir: Path) -> dict:
+    return json.loads((prompt_dir / "metadata.jsonl").read_text().splitlines()[0])
 
 
 def build_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None) -> dict:
@@ -158,6 +170,8 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
     c = report["comparison"]
     lines = ["# GvU on the shapes world", ""]
     d = report.get("demo") or {}
+    if d.get("demo", {}).get("quick"):
+        lines += [QUICK_NOTE, ""]
     if d:
         lines += [f"Base: **{d.get('demo', {}).get('base')}**, reward: **{d.get('demo', {}).get('reward')}**, "
                   f"scorer: **{d.get('demo', {}).get('scorer')}**, quick: {d.get('demo', {}).get('quick')}.", ""]
@@ -234,7 +248,8 @@ def write_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None
     if log:
         keys = [k for k in ("reward", "accuracy", "reward_auc", "kl", "eval_geneval", "eval_genevalpp",
                             "eval_understanding") if any(k in m for m in log)]
-        pictures["Reward and evaluation over training steps"] = metrics_plot(log, keys, run / "curves.png")
+        pictures["Reward and evaluation over training steps"] = metrics_plot(log, keys, run / "curves.png",
+                                                                              empty_notes=EMPTY_PANELS)
     for bench in ("geneval", "genevalpp"):
         g = _grid(run, bench)
         if g is not None:
