@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from gvu.argcheck import COUNT, SEED, THREADS, at_least, finite
 
 
 def _rows_from(source: str, world: str = "shapes") -> list[dict]:
@@ -37,10 +38,12 @@ def cmd_prompts(a: argparse.Namespace) -> None:
 
 
 def cmd_world_render(a: argparse.Namespace) -> None:
+    from gvu.bench.check import read_checked
     from gvu.bench.groundtruth import render_ground_truth
-    from gvu.bench.metadata import read_metadata
+    from gvu.rl.runfolder import claim_image_folder
 
-    rows = read_metadata(a.metadata)
+    rows = read_checked(a.metadata)  # the world's classes, colours, counts: every row before the first image
+    claim_image_folder(a.outdir, a.overwrite)
     render_ground_truth(rows, a.outdir, per_prompt=a.per_prompt, seed=a.seed)
     print(f"rendered {len(rows)} prompts x {a.per_prompt} images to {a.outdir}")
 
@@ -48,7 +51,7 @@ def cmd_world_render(a: argparse.Namespace) -> None:
 def cmd_judge(a: argparse.Namespace) -> None:
     from gvu.bench.judging import format_summary, judge_folder, write_results
 
-    results, summary = judge_folder(a.dir, mode="strict" if a.strict else "geneval")
+    results, summary = judge_folder(a.dir, mode="strict" if a.strict else "geneval", unclean=a.unclean)
     if a.out:
         write_results(a.out, results)
     print(format_summary(summary, f"{a.dir} ({'strict' if a.strict else 'geneval'} mode, {len(results)} images)"))
@@ -63,9 +66,25 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
     kw = {k: getattr(a, k) for k in ("steps", "batch_size", "learning_rate", "gen_fraction", "num_scenes",
                                       "threads") if getattr(a, k) is not None}
     kw.update(parse_overrides(a.overrides, tuple(f.name for f in dataclasses.fields(PretrainConfig))))
+    if not isinstance(kw.get("threads", 0), int) or kw.get("threads", 0) < 0:
+        raise ValueError(f"threads must be an integer >= 0 (0: torch's default), got {kw['threads']!r}")
     cfg = PretrainConfig(**{"preset": a.preset, "size": a.size, "seed": a.seed, "grid": not a.flat, **kw})
+    _check_pretrain_out(a.out, a.overwrite)
     model = pretrain(cfg, a.out)
     print(f"wrote a {cfg.preset} base ({model.num_parameters():,} parameters, size {cfg.size}) to {a.out}")
+
+
+def _check_pretrain_out(out: str, overwrite: bool) -> None:
+    """A finished base is never replaced without --overwrite; a folder of other files never."""
+    from gvu.models.builtin import is_model_dir
+    from gvu.rl.runfolder import check_path
+
+    path = check_path(out, "--out")
+    if is_model_dir(path) and not overwrite:
+        raise ValueError(f"--out {path} already holds a finished base model; pass --overwrite to pretrain a new "
+                         "one in its place, or choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not is_model_dir(path):
+        raise ValueError(f"--out {path} is a folder of other files, not a gvu model; choose another --out")
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -83,17 +102,18 @@ def cmd_train(a: argparse.Namespace) -> None:
     from gvu.rl.trainer import Trainer
 
     if a.resume:
-        from gvu.rl.checkpoint import STATE, resolve_checkpoint
+        from gvu.rl.checkpoint import read_state, resolve_checkpoint
 
+        if a.overwrite or a.config:
+            raise ValueError("--resume continues a run with its own config: leave out --config and --overwrite")
         ckpt = resolve_checkpoint(a.resume)
-        saved = json.loads((ckpt / STATE).read_text())["config"]
-        saved.update(parse_overrides(a.overrides))  # e.g. max_steps=... to train further
-        cfg = load_config(None, saved)
+        cfg = load_config(None, _resume_config(read_state(ckpt)["config"], parse_overrides(a.overrides),
+                                               ckpt.parent, a.new_model))
     else:
         if not a.config:
             raise ValueError("give --config FILE (see configs/) or --resume DIR")
         cfg = load_config(a.config, a.overrides)
-    trainer = Trainer(cfg, resume=ckpt if a.resume else None)
+    trainer = Trainer(cfg, resume=ckpt if a.resume else None, overwrite=a.overwrite)
     try:
         final = trainer.train()
     finally:
@@ -103,6 +123,18 @@ def cmd_train(a: argparse.Namespace) -> None:
             torch.distributed.destroy_process_group()
     if trainer.dist.is_main:
         print(f"wrote the trained policy to {final}")
+
+
+def _resume_config(saved: dict, overrides: dict, run: Path, new_model: bool) -> dict:
+    """The checkpoint's config with the overrides (e.g. max_steps=... to train further), writing into the folder
+    as it is now (a copied run writes into the copy, not where it was first trained)."""
+    if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run.resolve():
+        raise ValueError(f"a resumed run writes into its own folder ({run}); to continue it elsewhere, copy the "
+                         "folder there and resume the copy")
+    if overrides.get("model", saved.get("model")) != saved.get("model") and not new_model:
+        raise ValueError(f"the run was trained from model={saved.get('model')}; model={overrides['model']} would "
+                         "switch the policy's reference mid-run: pass --new-model to do that on purpose")
+    return {**saved, **overrides, "output_dir": str(run)}
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -116,19 +148,27 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
     default_out = "runs/demo-quick" if a.quick else f"runs/demo-{a.base}" + ("-flat" if a.flat else "")
     cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or default_out, reward=a.reward, scorer=a.scorer,
-                     flat=a.flat, seed=a.seed, threads=a.threads, cache=a.cache, eval_per_prompt=a.per_prompt)
+                     flat=a.flat, seed=a.seed, threads=a.threads, cache=a.cache, eval_per_prompt=a.per_prompt,
+                     overwrite=a.overwrite)
     report = run_demo(cfg)
+    from gvu.demo import terminal_summary
+
+    print(terminal_summary(report.parent))
     print(f"report: {report} (and report.html beside it)")
 
 
 def cmd_generate(a: argparse.Namespace) -> None:
+    from gvu.bench.check import check_rows, file_lines, read_checked
     from gvu.bench.evaluate import generate_layout
-    from gvu.bench.metadata import read_metadata
     from gvu.models.load import load_model
     from gvu.models.protocol import SamplingConfig
+    from gvu.rl.runfolder import claim_image_folder
 
-    rows = read_metadata(a.metadata)
+    rows = read_checked(a.metadata, world=False)  # format and tags; the world and words once the model is known
     model = load_model(a.model)
+    check_rows(rows, a.metadata, file_lines(a.metadata), world=getattr(model, "world", None) == "shapes",
+               tokenizer=model.tokenizer)
+    claim_image_folder(a.outdir, a.overwrite)
     sampling = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                               guidance=a.guidance)
     n = generate_layout(model, rows, a.outdir, per_prompt=a.per_prompt, seed=a.seed, sampling=sampling,
@@ -154,27 +194,32 @@ def build_parser() -> argparse.ArgumentParser:
     r = wsub.add_parser("render", help="render ground-truth scenes of a metadata file in GenEval's layout")
     r.add_argument("--metadata", required=True)
     r.add_argument("--outdir", required=True)
-    r.add_argument("--per-prompt", type=int, default=4)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--per-prompt", type=COUNT, default=4)
+    r.add_argument("--seed", type=SEED, default=0)
+    r.add_argument("--overwrite", action="store_true", help="remove the prompt folders already in --outdir first")
     r.set_defaults(func=cmd_world_render)
 
     j = sub.add_parser("judge", help="judge a GenEval-layout folder of shapes-world images exactly")
     j.add_argument("dir")
     j.add_argument("--strict", action="store_true", help="exact counts for every include")
     j.add_argument("--out", help="write GenEval-style results.jsonl here")
+    j.add_argument("--unclean", choices=["refuse", "report"], default="refuse",
+                   help="images that are not exact palette renders (JPEG, grayscale, resized): refuse the folder "
+                        "(default), or report them as 'not a clean render', counted apart and never scored")
     j.set_defaults(func=cmd_judge)
 
     pt = sub.add_parser("pretrain", help="pretrain the built-in unified model from scratch")
     pt.add_argument("--preset", choices=["regular", "weak"], default="regular")
     pt.add_argument("--size", choices=["default", "tiny"], default="default")
     pt.add_argument("--out", required=True, help="model folder (rerun the same command to resume)")
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--steps", type=int)
-    pt.add_argument("--batch-size", dest="batch_size", type=int)
-    pt.add_argument("--learning-rate", dest="learning_rate", type=float)
-    pt.add_argument("--gen-fraction", dest="gen_fraction", type=float)
-    pt.add_argument("--num-scenes", dest="num_scenes", type=int)
-    pt.add_argument("--threads", type=int)
+    pt.add_argument("--overwrite", action="store_true", help="replace a finished base already in --out")
+    pt.add_argument("--seed", type=SEED, default=0)
+    pt.add_argument("--steps", type=COUNT)
+    pt.add_argument("--batch-size", dest="batch_size", type=COUNT)
+    pt.add_argument("--learning-rate", dest="learning_rate", type=finite(0, above=True))
+    pt.add_argument("--gen-fraction", dest="gen_fraction", type=finite(0))
+    pt.add_argument("--num-scenes", dest="num_scenes", type=COUNT)
+    pt.add_argument("--threads", type=THREADS)
     pt.add_argument("--flat", action="store_true", help="the ablation: understanding reads the flat raster (no "
                     "2-D row+column reader)")
     pt.add_argument("overrides", nargs="*", help="key=value for any PretrainConfig field, e.g. relation_fraction=0 "
@@ -184,15 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="generate for a benchmark, judge, and summarise")
     ev.add_argument("--model", required=True)
     ev.add_argument("--benchmark", default="all", help="geneval | genevalpp | understanding | all | FILE.jsonl")
-    ev.add_argument("--per-prompt", dest="per_prompt", type=int, default=4)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    ev.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=4)
+    ev.add_argument("--seed", type=SEED, default=0)
+    ev.add_argument("--guidance", type=finite(0), default=1.0, help="classifier-free guidance scale (1 = off)")
     ev.add_argument("--out", help="folder for images (GenEval layout), results and summary.json")
     ev.set_defaults(func=cmd_eval)
 
     tr = sub.add_parser("train", help="GvU: self-supervised GRPO with the model's own understanding as reward")
     tr.add_argument("--config", help="YAML config (configs/tiny.yaml, configs/default.yaml)")
     tr.add_argument("--resume", help="a checkpoint folder, or a training output folder (its latest checkpoint)")
+    tr.add_argument("--overwrite", action="store_true", help="replace another run's files in output_dir")
+    tr.add_argument("--new-model", dest="new_model", action="store_true",
+                    help="with --resume and model=...: switch the policy's reference on purpose")
     tr.add_argument("overrides", nargs="*", help="key=value config overrides")
     tr.set_defaults(func=cmd_train)
 
@@ -200,14 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--model", required=True, help="a gvu model folder, janus:..., emu3:..., causal-lm:...")
     ge.add_argument("--metadata", required=True, help="GenEval-format metadata JSONL")
     ge.add_argument("--outdir", required=True)
-    ge.add_argument("--per-prompt", dest="per_prompt", type=int, default=4)
-    ge.add_argument("--seed", type=int, default=0)
-    ge.add_argument("--batch", type=int, default=8, help="prompts per sampling call")
-    ge.add_argument("--temperature", type=float, default=1.0)
-    ge.add_argument("--top-k", dest="top_k", type=int, default=0)
-    ge.add_argument("--top-p", dest="top_p", type=float, default=1.0)
-    ge.add_argument("--min-p", dest="min_p", type=float, default=0.0)
-    ge.add_argument("--guidance", type=float, default=1.0)
+    ge.add_argument("--overwrite", action="store_true", help="remove the prompt folders already in --outdir first")
+    ge.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=4)
+    ge.add_argument("--seed", type=SEED, default=0)
+    ge.add_argument("--batch", type=COUNT, default=8, help="prompts per sampling call")
+    ge.add_argument("--temperature", type=finite(0, above=True), default=1.0)
+    ge.add_argument("--top-k", dest="top_k", type=at_least(0), default=0)
+    ge.add_argument("--top-p", dest="top_p", type=finite(0, above=True), default=1.0)
+    ge.add_argument("--min-p", dest="min_p", type=finite(0), default=0.0)
+    ge.add_argument("--guidance", type=finite(0), default=1.0)
     ge.set_defaults(func=cmd_generate)
 
     dm = sub.add_parser("demo", help="the paper's experiment end to end: pretrain, evaluate, GvU, evaluate, report")
@@ -220,10 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--scorer", choices=["policy", "reference"], default="policy")
     dm.add_argument("--flat", action="store_true", help="the ablation base: understanding reads the flat raster "
                     "(no 2-D row+column reader)")
-    dm.add_argument("--seed", type=int, default=0)
-    dm.add_argument("--threads", type=int, default=0)
-    dm.add_argument("--per-prompt", dest="per_prompt", type=int, default=8,
-                    help="images per prompt in the before/after evaluation (default 8; --quick uses 2)")
+    dm.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in --out")
+    dm.add_argument("--seed", type=SEED, default=0)
+    dm.add_argument("--threads", type=THREADS, default=0)
+    dm.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=None,
+                    help="images per prompt in the before/after evaluation (default 8; --quick: 2)")
     dm.add_argument("--cache", default="runs/cache", help="where pretrained bases are kept and reused (default "
                     "runs/cache; a new folder times the demo with its pretraining)")
     dm.set_defaults(func=cmd_demo)
@@ -255,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, FileNotFoundError) as err:  # bad input: say what and where, no traceback
         print(f"gvu {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a read-only output folder: the file and what to do, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"gvu {args.command}: error: {where}{err.strerror or err}; check that the folder exists and is "
+              "writable, or choose another one", file=sys.stderr)
         return 2
     return 0
 

@@ -39,12 +39,16 @@ class DemoConfig:
     """Seeds pretraining and training."""
     threads: int = 0
     """torch threads (0: torch's default)."""
-    eval_per_prompt: int = 8
-    """Images per prompt in the before/after evaluation (--quick: 2 on a subset). At 2 per prompt the standard
-    error of GenEval-shapes overall is about 0.02, the size of the gains measured here; at 8 about 0.01. The
-    curves during training keep the trainer's own `eval_per_prompt`."""
+    eval_per_prompt: int | None = None
+    """Images per prompt in the before/after evaluation; None: 8, or 2 with --quick (on a subset). At 2 per prompt
+    the standard error of GenEval-shapes overall is about 0.02, the size of the gains measured here; at 8 about
+    0.01. The curves during training keep the trainer's own `eval_per_prompt`. Recorded as used."""
+    overwrite: bool = False
+    """Replace an earlier demo's files in `out` (without it, such a folder is refused: runs would mix)."""
 
     def __post_init__(self):
+        if self.eval_per_prompt is None:
+            self.eval_per_prompt = 2 if self.quick else 8
         if self.eval_per_prompt < 1:
             raise ValueError(f"eval_per_prompt must be >= 1, got {self.eval_per_prompt}")
 
@@ -78,6 +82,19 @@ def base_dir_for(cfg: DemoConfig) -> Path:
 def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     import torch
 
+    from gvu.rl import runfolder
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = runfolder.check_path(cfg.out, "--out")
+    lock = runfolder.take(out, resumed=False, overwrite=cfg.overwrite, names=runfolder.DEMO_FILES, how="")
+    try:
+        return _run(cfg, out, progress)
+    finally:
+        runfolder.release(lock)
+
+
+def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
     from gvu.analysis.report import write_report
     from gvu.bench.evaluate import evaluate_model
     from gvu.models.builtin import is_model_dir
@@ -85,10 +102,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     from gvu.rl.config import TrainConfig
     from gvu.rl.trainer import Trainer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     base = base_dir_for(cfg)
@@ -97,8 +110,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     timings["pretrain"] = time.perf_counter() - t
 
     tcfg = TrainConfig(**train_overrides(cfg, base, out))
-    per_prompt = 2 if cfg.quick else cfg.eval_per_prompt
-    eval_kw = dict(per_prompt=per_prompt, seed=tcfg.eval_seed, limit=tcfg.eval_limit or None, progress=progress)
+    eval_kw = dict(per_prompt=cfg.eval_per_prompt, seed=tcfg.eval_seed, limit=tcfg.eval_limit or None, progress=progress)
 
     t = time.perf_counter()
     evaluate_model(str(base), "all", out=out / "eval_before", **eval_kw)
@@ -135,3 +147,27 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return write_report(out, demo=dataclasses.asdict(cfg), base_dir=str(base), train_dir=str(tcfg.output_dir),
                         timings=timings, peak_rss_mib=peak_rss_mib)
+
+
+def terminal_summary(run: Path) -> str:
+    """The before/after table of a finished demo, for the terminal (report.md holds the same numbers)."""
+    report = json.loads((Path(run) / "report.json").read_text())
+    lines = []
+    for bench, title in (("geneval", "GenEval-shapes"), ("genevalpp", "GenEval++-shapes")):
+        c = report["comparison"].get(bench)
+        if c is None:
+            continue
+        width = max([len(t) for t in c["tags"]] + [len("overall")])
+        lines += [f"{title}", f"  {'tag':<{width}}  before   after"]
+        lines += [f"  {t:<{width}}  {v['before']:6.3f}  {v['after']:6.3f}" for t, v in c["tags"].items()]
+        o = c["overall"]
+        lines += [f"  {'overall':<{width}}  {o['before']:6.3f}  {o['after']:6.3f}"]
+    u = report["comparison"].get("understanding")
+    if u:
+        lines += [f"Understanding (matching accuracy)  {u['overall']['before']:.3f} -> {u['overall']['after']:.3f}"]
+    if ((report.get("demo") or {}).get("demo") or {}).get("quick"):
+        from gvu.analysis.report import QUICK_NOTE
+
+        lines += [QUICK_NOTE]
+    return "\n".join(lines)
+

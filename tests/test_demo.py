@@ -72,6 +72,7 @@ def cli_run(cached_base, workdir):
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "report:" in p.stdout
+    (workdir / "stdout.txt").write_text(p.stdout)
     return workdir / "run", before, folder_mtime
 
 
@@ -232,3 +233,43 @@ def test_lead_joins_runs_from_their_files(cli_run, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "gvu.cli", "lead", str(run), "--label", "a", "--label", "b"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--label" in bad.stderr
+
+
+def test_the_quick_demo_tells_the_truth(cli_run, workdir, monkeypatch):
+    """The terminal shows the before/after table and what the tiny model is for; the recorded evaluation size is
+    the one used; the before/after grids carry their prompts."""
+    import gvu.analysis.plots as plots
+    from gvu.analysis.report import QUICK_NOTE, _grid
+
+    run, _, _ = cli_run
+    report = json.loads((run / "report.json").read_text())
+    stdout = (workdir / "stdout.txt").read_text()
+    g = report["comparison"]["geneval"]
+    assert "GenEval-shapes" in stdout and "before   after" in stdout
+    assert f"{'overall':<{max(len(t) for t in g['tags'])}}  {g['overall']['before']:6.3f}" in stdout
+    assert QUICK_NOTE in stdout and QUICK_NOTE in (run / "report.md").read_text()
+    assert report["demo"]["demo"]["eval_per_prompt"] == 2
+    assert len(list((run / "eval_before" / "geneval" / "00000" / "samples").glob("*.png"))) == 2
+    calls = []
+    monkeypatch.setattr(plots, "image_grid", lambda imgs, path, **kw: calls.append(kw) or Path(path))
+    _grid(run, "geneval", n=3)
+    prompts = [json.loads((run / "eval_before" / "geneval" / f"{i:05d}" / "metadata.jsonl").read_text())["prompt"]
+               for i in range(3)]
+    assert calls and calls[0]["captions"] == prompts + prompts
+
+
+def test_demo_records_the_evaluation_size_it_uses():
+    assert DemoConfig(quick=True).eval_per_prompt == 2 and DemoConfig().eval_per_prompt == 8
+    assert DemoConfig(quick=True, eval_per_prompt=3).eval_per_prompt == 3
+
+
+def test_an_empty_panel_says_why(tmp_path):
+    from PIL import Image
+
+    from gvu.analysis.plots import metrics_plot
+
+    log = [{"step": s, "reward": 0.1 * s, "reward_auc": None} for s in range(1, 4)]
+    a = metrics_plot(log, ["reward", "reward_auc"], tmp_path / "a.png", empty_notes={"reward_auc": "why A"})
+    b = metrics_plot(log, ["reward", "reward_auc"], tmp_path / "b.png", empty_notes={"reward_auc": "a reason B"})
+    pa, pb = np.array(Image.open(a)), np.array(Image.open(b))
+    assert pa.shape == pb.shape and (pa != pb).any()  # the note is drawn into the panel

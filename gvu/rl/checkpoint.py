@@ -61,7 +61,43 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return ckpts[-1]
 
 
+def _unreadable(path: Path, err: BaseException) -> ValueError:
+    """A damaged checkpoint file: name it, and the checkpoint to resume from instead."""
+    ckpt = path.parent
+    earlier = [c for c in list_checkpoints(ckpt.parent) if _step(c) < _step(ckpt)]
+    what = (f"resume from the previous checkpoint instead: gvu train --resume {earlier[-1]}" if earlier else
+            f"there is no earlier checkpoint in {ckpt.parent}: start the run again with --overwrite")
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ValueError(f"{path} is damaged and cannot be read ({reason}); {what}")
+
+
+def _step(ckpt: Path) -> int:
+    m = _NAME.search(ckpt.name)
+    return int(m.group(1)) if m else -1
+
+
+def read_state(ckpt: Path) -> dict:
+    """The checkpoint's trainer state (step, data position, config)."""
+    try:
+        state = json.loads((ckpt / STATE).read_text())
+        if not isinstance(state, dict) or "config" not in state or "step" not in state:
+            raise ValueError("no step or config in it")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _unreadable(ckpt / STATE, err) from None
+    return state
+
+
+def _load(path: Path, weights_only: bool):
+    try:
+        return torch.load(path, weights_only=weights_only)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated or overwritten: pickle, zip and EOF errors of every kind
+        raise _unreadable(path, err) from None
+
+
 def load_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
     """(trainable weights, optimizer+scheduler states, rng states, trainer state)."""
-    return (torch.load(ckpt / "trainable.pt", weights_only=True), torch.load(ckpt / "optim.pt", weights_only=False),
-            torch.load(ckpt / "rng.pt", weights_only=False), json.loads((ckpt / STATE).read_text()))
+    state = read_state(ckpt)
+    return (_load(ckpt / "trainable.pt", True), _load(ckpt / "optim.pt", False), _load(ckpt / "rng.pt", False),
+            state)

@@ -39,6 +39,7 @@ from gvu.models.sampling import prompt_generators
 from gvu.reward import RewardConfig, intrinsic_reward, oracle_reward_function
 from gvu.rl import checkpoint as ckpt
 from gvu.rl import distributed as D
+from gvu.rl import runfolder
 from gvu.rl.config import TrainConfig, dump_config
 from gvu.rl.grpo import group_advantages, grpo_loss, k3_kl
 from gvu.rl.monitor import PhaseClock, pick_monitor
@@ -75,11 +76,13 @@ def load_prompt_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None):
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False):
         from gvu.models.load import load_model
 
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
+        self.out = runfolder.check_path(cfg.output_dir)
+        self.overwrite = overwrite  # a fresh run may replace another run's files in output_dir (gvu.rl.runfolder)
+        runfolder.check_run(self.out, resumed=resume is not None, overwrite=overwrite)  # before any compute
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         W = D.launched_world_size()
@@ -91,6 +94,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same on every rank: adapters start identical everywhere
         self.policy = load_model(cfg.model, device=D.device_for(self.dist))
         self.rows = load_prompt_rows(cfg, self.policy.tokenizer)
+        if cfg.prompts != "train":  # tags, classes, colours, counts, prompt against include: gvu.bench.check
+            from gvu.bench.check import check_rows, file_lines
+
+            check_rows(self.rows, cfg.prompts, file_lines(cfg.prompts),
+                       world=getattr(self.policy, "world", None) == "shapes")
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                        min_p=cfg.min_p, guidance=cfg.guidance_scale)
         self.reward_cfg = RewardConfig(instruction=cfg.instruction, variant=cfg.reward_variant,
@@ -382,8 +390,9 @@ class Trainer:
         from tqdm import tqdm
 
         cfg, main = self.cfg, self.dist.is_main
+        lock = None
         if main:  # one writer: logs, reports and checkpoints come from rank 0
-            self.out.mkdir(parents=True, exist_ok=True)
+            lock = runfolder.take(self.out, resumed=self._resumed, overwrite=self.overwrite)
             (self.out / "config.yaml").write_text(dump_config(cfg))
             if self._resumed:
                 _drop_log_after(self.out / "log.jsonl", self.step)
@@ -443,8 +452,13 @@ class Trainer:
                 log.close()
             if tb is not None:
                 tb.close()
-        self.save()
-        return self.save_final()
+            if sys.exc_info()[0] is not None:
+                runfolder.release(lock)
+        try:
+            self.save()
+            return self.save_final()
+        finally:
+            runfolder.release(lock)
 
     def save_final(self) -> Path:
         """`final/` in the format the model was loaded from, written by rank 0 (every rank calls this)."""
