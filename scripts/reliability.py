@@ -1,0 +1,309 @@
+"""Reliability probes: every careless or hostile use of issue 18 run against the `gvu` command line, one table row
+each (probe, exit code, first line of the message, verdict).
+
+  OK      the command did what it should: a refusal with a one-line message that names the flag, file or line
+          and what to do, or (where the use is legitimate) a success that wrote where it should
+  SILENT  the bad input was accepted, or failed with a traceback or a message that names neither flag nor file
+  LOSS    files of another run (or a finished model) were changed or removed
+
+Commands run in this process through `gvu.cli.main` (one torch import, so the whole table takes well under a
+minute on one CPU thread) on a tiny base pretrained for two steps in a temporary folder.
+
+    python scripts/reliability.py            # prints the table; exit 1 if any row is not OK
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gvu.bench.metadata import write_metadata
+from gvu.bench.prompts import build_geneval, build_train
+from gvu.cli import main as gvu_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+TIMEOUT = 60  # seconds per command: every probe here should end in a second or two
+
+
+class _TimedOut(BaseException):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _TimedOut
+
+
+def gvu(*args) -> tuple[int, str]:
+    """(exit code, stderr + stdout) of one command, in this process; 124 if it still computes after TIMEOUT s."""
+    out, err = io.StringIO(), io.StringIO()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(TIMEOUT)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = gvu_main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            rc = e.code if isinstance(e.code, int) else 1
+        except _TimedOut:
+            rc, _ = 124, err.write(f"still computing after {TIMEOUT} s: no check before compute\n")
+        except BaseException:  # an uncaught exception is a traceback for the user
+            rc, _ = 1, err.write("Traceback (most recent call last):\n" + traceback.format_exc())
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+    return rc, err.getvalue() + out.getvalue()
+
+
+def digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".gvu.lock"}
+
+
+def first_line(text: str) -> str:
+    """The error line if there is one, else the last line the command printed (progress bars left out)."""
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines()
+             if ln.strip() and "%|" not in ln and not ln.startswith("note:")]
+    if any(ln.startswith("Traceback") for ln in lines):
+        return "Traceback: " + lines[-1][:100]
+    errors = [ln for ln in lines if "error:" in ln]
+    return (errors[0] if errors else lines[-1] if lines else "(no message)")[:140]
+
+
+class Table:
+    def __init__(self):
+        self.rows: list[tuple[str, int, str, str]] = []
+
+    def refuse(self, name: str, result: tuple[int, str], *needles: str, keep: dict[Path, dict] | None = None):
+        """A refusal: non-zero exit, no traceback, the message holding every needle; `keep` unchanged."""
+        rc, text = result
+        msg = first_line(text)
+        ok = rc not in (0, 1, 124) and not msg.startswith("Traceback") and all(n in text for n in needles)
+        self.add(name, rc, msg, ok, keep)
+
+    def add(self, name: str, rc: int, msg: str, ok: bool, keep: dict[Path, dict] | None = None):
+        lost = any(digest(folder) != before for folder, before in (keep or {}).items())
+        self.rows.append((name, rc, msg, "LOSS" if lost else "OK" if ok else "SILENT"))
+
+    def print(self) -> None:
+        w = max(len(r[0]) for r in self.rows)
+        print(f"{'probe':<{w}}  exit  verdict  message")
+        for name, rc, msg, verdict in self.rows:
+            print(f"{name:<{w}}  {rc:>4}  {verdict:<7}  {msg}")
+        counts = {v: sum(r[3] == v for r in self.rows) for v in ("OK", "SILENT", "LOSS")}
+        print(f"{len(self.rows)} probes: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+
+
+def setup(w: Path) -> dict:
+    """A tiny base, a two-step training run with checkpoints, metadata files good and bad."""
+    base = w / "base"
+    assert gvu("pretrain", "--size", "tiny", "--steps", 2, "--num-scenes", 50, "--batch-size", 8, "--threads", 1,
+               "--out", base)[0] == 0
+    cfg = w / "tiny.yaml"
+    cfg.write_text((ROOT / "configs" / "tiny.yaml").read_text() + f"\nthreads: 1\n")
+    common = [f"model={base}", "max_steps=2", "prompts_per_step=2", "num_generations=2", "minibatch_size=4",
+              "num_prompts=16", "eval_steps=0", "save_steps=1"]
+    rc, text = gvu("train", "--config", cfg, f"output_dir={w / 'A'}", *common)
+    assert rc == 0, text
+    good = build_geneval("shapes")[:2]
+    write_metadata(w / "good.jsonl", good)
+    big = build_train("shapes", seed=0, n=5000)
+    big[4999] = {**big[4999], "prompt": big[4999]["prompt"] + " sparkly"}
+    (w / "big.jsonl").write_text("".join(json.dumps(r) + "\n" for r in big))
+    one = good[0]
+    bad = {"tag": {**one, "tag": "bogus_tag"},
+           "contradiction": {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "blue"}],
+                             "prompt": "a photo of a red circle"},
+           "count": {"tag": "counting", "include": [{"class": "circle", "count": 1000}],
+                     "prompt": "a photo of many circles"},
+           "colour": {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "teal"}],
+                      "prompt": "a photo of a teal circle"},
+           "object": {"tag": "single_object", "include": [{"class": "unicorn", "count": 1}],
+                      "prompt": "a photo of a unicorn"}}
+    for name, row in bad.items():
+        (w / f"{name}.jsonl").write_text(json.dumps(good[1]) + "\n" + json.dumps(row) + "\n")
+    assert gvu("world", "render", "--metadata", w / "good.jsonl", "--outdir", w / "gt", "--per-prompt", 1)[0] == 0
+    return {"base": base, "cfg": cfg, "common": common}
+
+
+def judge_copy(w: Path, name: str, change) -> Path:
+    """A copy of the ground-truth folder with its first image changed by `change(path)`."""
+    d = w / name
+    shutil.copytree(w / "gt", d)
+    change(d / "00000" / "samples" / "0000.png")
+    return d
+
+
+def _save(path: Path, fmt: str, mode: str = "RGB", size: int | None = None, **kw):
+    from PIL import Image
+
+    img = Image.open(path).convert(mode)
+    if size:
+        img = img.resize((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    path.write_bytes(buf.getvalue())  # still named .png, as a careless export would leave it
+
+
+def run_folder_probes(t: Table, w: Path, s: dict) -> None:
+    A, cfg, common = w / "A", s["cfg"], s["common"]
+    keep = {A: digest(A)}
+    B = w / "B"  # a copied run, with a stale lock (a killed run) and an unfinished checkpoint write in it
+    shutil.copytree(A, B)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (B / ".gvu.lock").write_text(f"{dead.pid}\n")
+    (B / ".checkpoint-tmp-killed").mkdir()
+    rc, text = gvu("train", "--resume", B, "max_steps=3")
+    steps = [json.loads(x)["step"] for x in (B / "log.jsonl").read_text().splitlines()]
+    t.add("train --resume COPY writes into the copy", rc, first_line(text) or "(no message)",
+          rc == 0 and steps[-1] == 3 and (B / "final").is_dir(), keep)
+    t.add("stale lock of a killed run: reported, taken over", rc, next(
+        (ln for ln in text.splitlines() if "no longer running" in ln), "(no message)")[:140], "no longer running" in text)
+    t.add("leftover .checkpoint-tmp-* removed on the next start", rc,
+          next((ln for ln in text.splitlines() if "checkpoint-tmp" in ln), "(no message)")[:140],
+          not (B / ".checkpoint-tmp-killed").exists())
+    t.refuse("train: fresh run into another run's folder", gvu("train", "--config", cfg, f"output_dir={A}", *common),
+             "--resume", "--overwrite", keep=keep)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (w / "C").mkdir()
+        (w / "C" / ".gvu.lock").write_text(f"{live.pid}\n")
+        t.refuse("train: two runs at once into one folder", gvu("train", "--config", cfg, f"output_dir={w / 'C'}",
+                                                                 *common), str(live.pid))
+    finally:
+        live.kill()
+        live.wait()
+    t.refuse("train --resume DIR model=OTHER", gvu("train", "--resume", A, f"model={w / 'other'}"), "--new-model",
+             keep=keep)
+    t.refuse("train output_dir= (empty)", gvu("train", "--config", cfg, "output_dir=", *common), "output_dir")
+    F = w / "F"
+    shutil.copytree(A, F)
+    (F / "checkpoint-2" / "trainer_state.json").write_text('{"step": 2, "conf')
+    t.refuse("train --resume, corrupt trainer_state.json", gvu("train", "--resume", F), "trainer_state.json",
+             "checkpoint-1")
+    G = w / "G"
+    shutil.copytree(A, G)
+    pt = G / "checkpoint-2" / "trainable.pt"
+    pt.write_bytes(pt.read_bytes()[:1000])
+    t.refuse("train --resume, truncated trainable.pt", gvu("train", "--resume", G), "trainable.pt", "checkpoint-1")
+    keep_base = {s["base"]: digest(s["base"])}
+    t.refuse("pretrain --out EXISTING_BASE (other options)", gvu("pretrain", "--size", "tiny", "--steps", 3,
+                                                                 "--out", s["base"]), "--overwrite", keep=keep_base)
+    D = w / "D"
+    D.mkdir()
+    for f in ("demo.json", "report.json", "report.md"):
+        (D / f).write_text("{}\n")
+    t.refuse("demo --out EARLIER_DEMO", gvu("demo", "--quick", "--out", D, "--cache", w / "cache"), "--overwrite",
+             keep={D: digest(D)})
+
+
+def generate_probes(t: Table, w: Path, s: dict) -> None:
+    base, good = s["base"], w / "good.jsonl"
+    E = w / "E"
+    shutil.copytree(w / "gt", E)
+    shutil.copytree(E / "00000", E / "00007")  # a prompt folder of an earlier, longer run
+    t.refuse("generate into a folder of older prompt folders", gvu("generate", "--model", base, "--metadata", good,
+                                                                   "--outdir", E, "--per-prompt", 1), "--overwrite")
+    rc, text = gvu("generate", "--model", base, "--metadata", good, "--outdir", E, "--per-prompt", 1, "--overwrite")
+    t.add("generate --overwrite clears the old prompt folders", rc, first_line(text), rc == 0 and not
+          (E / "00007").exists() and (E / "00001").is_dir())
+    for cmd in (("generate", "--model", base, "--outdir", w / "G1"), ("eval", "--model", base, "--out", w / "G2"),
+                ("train", "--config", s["cfg"], f"output_dir={w / 'G3'}", *s["common"])):
+        meta = ("--benchmark" if cmd[0] == "eval" else "--metadata", w / "big.jsonl")
+        args = (*cmd, f"prompts={w / 'big.jsonl'}") if cmd[0] == "train" else (*cmd, *meta)
+        t.refuse(f"{cmd[0]}: unknown word on line 5000", gvu(*args), "big.jsonl:5000", "sparkly")
+    for flag, cmd in (("--per-prompt", "generate"), ("--batch", "generate"), ("--per-prompt", "eval")):
+        extra = ("--metadata", good, "--outdir", w / "G4") if cmd == "generate" else ("--benchmark", good)
+        t.refuse(f"{cmd} {flag} 0", gvu(cmd, "--model", base, *extra, flag, 0), flag)
+    t.refuse("world render --per-prompt 0", gvu("world", "render", "--metadata", good, "--outdir", w / "G5",
+                                                "--per-prompt", 0), "--per-prompt")
+    t.refuse("score --seed -1", gvu("score", w / "gt", "--model", base, "--seed", -1), "--seed")
+    if os.geteuid() == 0:  # root writes through permission bits: a folder on a read-only file system instead
+        ro = Path("/sys/gvu-probe")
+    else:
+        (w / "ro").mkdir()
+        os.chmod(w / "ro", 0o555)
+        ro = w / "ro" / "out"
+    t.refuse("generate into a read-only folder", gvu("generate", "--model", base, "--metadata", good, "--outdir", ro,
+                                                     "--per-prompt", 1), str(ro))
+
+
+def metadata_probes(t: Table, w: Path, s: dict) -> None:
+    for name, needle in (("tag", "bogus_tag"), ("contradiction", "does not say"), ("count", "1000"),
+                         ("colour", "teal"), ("object", "unicorn")):
+        f = w / f"{name}.jsonl"
+        t.refuse(f"world render: {name} on line 2", gvu("world", "render", "--metadata", f, "--outdir",
+                                                        w / f"R-{name}"), f"{f}:2", needle)
+    t.refuse("generate: unknown tag", gvu("generate", "--model", s["base"], "--metadata", w / "tag.jsonl", "--outdir",
+                                          w / "R-gen"), "tag.jsonl:2", "bogus_tag")
+    t.refuse("train: contradicting include in prompts", gvu("train", "--config", s["cfg"], f"output_dir={w / 'R-tr'}",
+                                                            *s["common"], f"prompts={w / 'contradiction.jsonl'}"),
+             "contradiction.jsonl:2")
+    bogus = judge_copy(w, "J-tag", lambda p: None)
+    meta = bogus / "00000" / "metadata.jsonl"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "tag": "bogus_tag"}) + "\n")
+    t.refuse("judge: unknown tag in a prompt folder", gvu("judge", bogus), str(meta), "bogus_tag")
+    t.refuse("score: unknown tag in a prompt folder", gvu("score", bogus, "--model", s["base"]), "bogus_tag")
+    cfg, common = s["cfg"], s["common"]
+    for name, extra, needle in (("learning_rate: .inf", ["learning_rate=.inf"], "learning_rate"),
+                                ("threads=-1", ["threads=-1"], "threads"),
+                                ("epsilon_high < epsilon", ["epsilon=0.2", "epsilon_high=0.1"], "epsilon_high")):
+        t.refuse(f"train {name}", gvu("train", "--config", cfg, f"output_dir={w / 'T'}", *common, *extra), needle)
+    (w / "empty.yaml").write_text("")
+    t.refuse("train --config EMPTY.yaml", gvu("train", "--config", w / "empty.yaml"), "empty.yaml")
+    t.refuse("pretrain --threads -1", gvu("pretrain", "--size", "tiny", "--out", w / "P", "--threads", -1), "--threads")
+
+
+def judge_probes(t: Table, w: Path) -> None:
+    d = judge_copy(w, "J-trunc", lambda p: p.write_bytes(p.read_bytes()[:200]))
+    t.refuse("judge: truncated PNG", gvu("judge", d), "0000.png")
+    d = judge_copy(w, "J-jpeg", lambda p: _save(p, "JPEG", quality=90))
+    t.refuse("judge: JPEG bytes", gvu("judge", d), "0000.png", "not a clean render")
+    rc, text = gvu("judge", d, "--unclean", "report")
+    t.add("judge --unclean report: counted apart", rc, [ln for ln in text.splitlines() if "clean" in ln][-1:][0][:140]
+          if "clean" in text else first_line(text), rc == 0 and "1 images not a clean render" in text)
+    d = judge_copy(w, "J-gray", lambda p: _save(p, "PNG", mode="L"))
+    t.refuse("judge: grayscale PNG", gvu("judge", d), "0000.png", "not a clean render")
+    d = judge_copy(w, "J-128", lambda p: _save(p, "PNG", size=128))
+    t.refuse("judge: 128x128 image", gvu("judge", d), "0000.png", "128x128")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", help="keep the probes' files here (default: a temporary folder, removed)")
+    p.add_argument("--timeout", type=int, default=TIMEOUT, help=f"seconds per command (default {TIMEOUT})")
+    a = p.parse_args(argv)
+    globals()["TIMEOUT"] = a.timeout
+    torch.set_num_threads(1)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        w = Path(a.workdir or tmp)
+        w.mkdir(parents=True, exist_ok=True)
+        s = setup(w)
+        t = Table()
+        run_folder_probes(t, w, s)
+        generate_probes(t, w, s)
+        metadata_probes(t, w, s)
+        judge_probes(t, w)
+        t.print()
+    return 0 if all(r[3] == "OK" for r in t.rows) else 1
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
