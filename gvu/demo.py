@@ -137,8 +137,8 @@ def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
     from gvu.analysis.sensitivity import run_sensitivity
 
     # On the base, as the paper's Fig. 8: which descriptors the untrained judge is sensitive to.
-    run_sensitivity(load_model(str(base)), out / "sensitivity", per_prompt=1 if cfg.quick else 2,
-                    prompts_per_tag=4 if cfg.quick else 40)
+    sens = {"per_prompt": 1 if cfg.quick else 2, "prompts_per_tag": 4 if cfg.quick else 40}
+    run_sensitivity(load_model(str(base)), out / "sensitivity", **sens)
     timings["sensitivity"] = time.perf_counter() - t
 
     import resource
@@ -146,7 +146,10 @@ def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
     # ru_maxrss is in KiB on Linux: the peak resident memory of the whole demo process so far.
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return write_report(out, demo=dataclasses.asdict(cfg), base_dir=str(base), train_dir=str(tcfg.output_dir),
-                        timings=timings, peak_rss_mib=peak_rss_mib)
+                        timings=timings, peak_rss_mib=peak_rss_mib, settings={
+                            "evaluation": {"per_prompt": cfg.eval_per_prompt, "limit": tcfg.eval_limit or None,
+                                           "seed": tcfg.eval_seed},
+                            "sensitivity": sens, "train_config": str(Path(tcfg.output_dir) / "config.yaml")})
 
 
 def terminal_summary(run: Path) -> str:

@@ -249,6 +249,9 @@ def test_the_quick_demo_tells_the_truth(cli_run, workdir, monkeypatch):
     assert f"{'overall':<{max(len(t) for t in g['tags'])}}  {g['overall']['before']:6.3f}" in stdout
     assert QUICK_NOTE in stdout and QUICK_NOTE in (run / "report.md").read_text()
     assert report["demo"]["demo"]["eval_per_prompt"] == 2
+    assert report["demo"]["settings"]["evaluation"] == {"per_prompt": 2, "limit": 16, "seed": 1234}
+    assert "Before/after evaluation: 2 images per prompt, 16 prompts of each benchmark" in \
+        (run / "report.md").read_text()
     assert len(list((run / "eval_before" / "geneval" / "00000" / "samples").glob("*.png"))) == 2
     calls = []
     monkeypatch.setattr(plots, "image_grid", lambda imgs, path, **kw: calls.append(kw) or Path(path))

@@ -175,6 +175,11 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
     if d:
         lines += [f"Base: **{d.get('demo', {}).get('base')}**, reward: **{d.get('demo', {}).get('reward')}**, "
                   f"scorer: **{d.get('demo', {}).get('scorer')}**, quick: {d.get('demo', {}).get('quick')}.", ""]
+        ev = (d.get("settings") or {}).get("evaluation")
+        if ev:
+            lines += [f"Before/after evaluation: {ev['per_prompt']} images per prompt, "
+                      + (f"{ev['limit']} prompts of each benchmark spread over its tags" if ev.get("limit") else
+                         "every prompt of each benchmark") + f", seed {ev['seed']}.", ""]
         if d.get("timings"):
             lines += ["Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in d["timings"].items())
                       + (f"; peak resident memory {d['peak_rss_mib']:.0f} MiB." if d.get("peak_rss_mib") else "."), ""]

@@ -118,7 +118,10 @@ def take(folder: Path, *, resumed: bool, overwrite: bool, names: tuple[str, ...]
         check_run(folder, resumed=resumed, overwrite=overwrite, names=names, how=how)
         if overwrite and not resumed:
             for p in run_entries(folder, names):
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
         for tmp in folder.glob(TMP_PREFIX + "*"):
             shutil.rmtree(tmp, ignore_errors=True)
             print(f"note: removed {tmp}, an unfinished checkpoint write of an interrupted run", file=sys.stderr)

@@ -452,7 +452,7 @@ class Trainer:
                 log.close()
             if tb is not None:
                 tb.close()
-            if sys.exc_info()[0] is not None:
+            if sys.exc_info()[0] is not None:  # leaving with an error: free the folder (else after final/)
                 runfolder.release(lock)
         try:
             self.save()
@@ -481,19 +481,10 @@ class Trainer:
         return final_dir
 
     def _write_final(self, policy) -> Path:
-        from gvu.models.builtin import BuiltinUMM, save_builtin
-
-        if not isinstance(policy, BuiltinUMM):
-            # transformers adapters (janus, emu3, causal-lm) save the LoRA adapter (or the full weights) with
-            # save_pretrained plus a gvu.json naming the base model, which load_model reads back
-            return policy.save_pretrained(self.out / "final", extra={
-                "trained_from": self.cfg.model, "train": dataclasses.asdict(self.cfg)})
-        lm = policy.lm
-        if self.cfg.use_lora:
-            lm = copy.deepcopy(lm).merge_and_unload()
-        final = BuiltinUMM(lm, policy.tokenizer, policy.size)
-        return save_builtin(final, self.out / "final",
-                            extra={"trained_from": self.cfg.model, "train": dataclasses.asdict(self.cfg)})
+        # the built-in model writes full weights (adapters merged); transformers adapters the LoRA adapter (or the
+        # full weights) with a gvu.json naming the base model, which load_model reads back
+        return policy.save_pretrained(self.out / "final", extra={"trained_from": self.cfg.model,
+                                                                 "train": dataclasses.asdict(self.cfg)})
 
 
 def lora_targets(policy, names) -> str:
