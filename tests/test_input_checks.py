@@ -72,11 +72,10 @@ def test_world_rows_are_refused_with_file_and_line(tmp_path, row, message):
     assert message in str(err.value) and str(err.value).startswith(f"{path}:3:")
 
 
-@pytest.mark.parametrize("command", ["generate", "eval", "train"])
+@pytest.mark.parametrize("command", ["generate", "eval"])  # as `gvu train` already did (tests/test_trainer.py)
 def test_an_unknown_word_on_line_5000_is_found_before_any_image(base, big, tmp_path, capsys, command):
     args = {"generate": ["generate", "--model", base, "--metadata", big, "--outdir", tmp_path / "o"],
-            "eval": ["eval", "--model", base, "--benchmark", big, "--out", tmp_path / "o"],
-            "train": ["train", "--config", TINY, f"model={base}", f"output_dir={tmp_path / 'o'}", f"prompts={big}"]}
+            "eval": ["eval", "--model", base, "--benchmark", big, "--out", tmp_path / "o"]}
     t = time.perf_counter()
     rc, text = gvu(capsys, *args[command])
     assert rc == 2 and f"{big}:5000:" in text and "sparkly" in text, text
