@@ -110,7 +110,8 @@ def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
     timings["pretrain"] = time.perf_counter() - t
 
     tcfg = TrainConfig(**train_overrides(cfg, base, out))
-    eval_kw = dict(per_prompt=cfg.eval_per_prompt, seed=tcfg.eval_seed, limit=tcfg.eval_limit or None, progress=progress)
+    eval_kw = dict(per_prompt=cfg.eval_per_prompt, seed=tcfg.eval_seed, limit=tcfg.eval_limit or None,
+                   progress=progress)
 
     t = time.perf_counter()
     evaluate_model(str(base), "all", out=out / "eval_before", **eval_kw)

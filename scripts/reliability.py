@@ -172,8 +172,8 @@ def run_folder_probes(t: Table, w: Path, s: dict) -> None:
     steps = [json.loads(x)["step"] for x in (B / "log.jsonl").read_text().splitlines()]
     t.add("train --resume COPY writes into the copy", rc, first_line(text) or "(no message)",
           rc == 0 and steps[-1] == 3 and (B / "final").is_dir(), keep)
-    t.add("stale lock of a killed run: reported, taken over", rc, next(
-        (ln for ln in text.splitlines() if "no longer running" in ln), "(no message)")[:140], "no longer running" in text)
+    note = next((ln for ln in text.splitlines() if "no longer running" in ln), "(no message)")
+    t.add("stale lock of a killed run: reported, taken over", rc, note[:140], "no longer running" in text)
     t.add("leftover .checkpoint-tmp-* removed on the next start", rc,
           next((ln for ln in text.splitlines() if "checkpoint-tmp" in ln), "(no message)")[:140],
           not (B / ".checkpoint-tmp-killed").exists())

@@ -121,7 +121,8 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
     outdir = Path(outdir)
     samples = list(iter_layout(outdir))
     # every prompt folder's row before the first forward pass: tags, the world (built-in model), its words
-    check_layout_rows(samples, world=getattr(model, "world", None) == "shapes", tokenizer=getattr(model, "tokenizer", None))
+    check_layout_rows(samples, world=getattr(model, "world", None) == "shapes",
+                      tokenizer=getattr(model, "tokenizer", None))
     rng = np.random.default_rng(seed)
     records: list[dict] = []
     bar = tqdm(total=len(samples), desc="scoring", unit="img", disable=not progress)
