@@ -84,7 +84,7 @@ def _images_for(model, images, path: str):
 def _eval_mode(model):
     """Score with dropout off even when called between training steps (the built-in model has none; real UMMs
     may), and put the module back as it was."""
-    from gvu.models.shared_vocab import eval_mode
+    from gvu.models.forward import eval_mode
 
     module = getattr(model, "module", None)
     return eval_mode(module) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()

@@ -119,7 +119,7 @@ def write_tiny_xomni(folder: Path, seed: int = 0, num_codes: int = 64) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from gvu.models.causal_lm import tiny_byte_tokenizer
+    from gvu.models.hf import tiny_byte_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "configuration_tiny_xomni.py").write_text(CONFIG_PY)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gvu.models.causal_lm import finish_loading
+from gvu.models.hf import finish_loading
 from gvu.models.emu3 import BOI as EMU_BOI, EOF, EOI as EMU_EOI, EOL, WRAPPER, build_tiny_emu3
 from gvu.models.janus import BOI, EOI, IMAGE, JanusUMM, tiny_janus_parts
 

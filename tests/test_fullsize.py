@@ -63,7 +63,7 @@ def test_phase_table_takes_the_trainer_phases_in_order():
 def test_janus_pro_1b_preset_is_the_published_architecture():
     from transformers import JanusForConditionalGeneration
 
-    from gvu.models.causal_lm import tiny_byte_tokenizer
+    from gvu.models.hf import tiny_byte_tokenizer
     from gvu.models.janus import BOI, EOI, IMAGE
 
     tok = tiny_byte_tokenizer(["<pad>", "<bos>", "<eos>", BOI, EOI, IMAGE], bos="<bos>", eos="<eos>", pad="<pad>")

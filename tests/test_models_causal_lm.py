@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gvu.models.causal_lm import GridSharedVocabUMM, tiny_byte_tokenizer
+from gvu.models.causal_lm import GridSharedVocabUMM
+from gvu.models.hf import tiny_byte_tokenizer
 from gvu.models.load import SPEC_FORMS, load_model
 from gvu.models.protocol import UnifiedModel
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM

@@ -91,7 +91,7 @@ def build_checkpoint(arch: str, folder: str, seed: int = 0) -> dict:
     from transformers import JanusForConditionalGeneration
     from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
-    from gvu.models.causal_lm import tiny_byte_tokenizer
+    from gvu.models.hf import tiny_byte_tokenizer
     from gvu.models.janus import BOI, EOI, IMAGE, TINY_CHAT_TEMPLATE
 
     t = time.perf_counter()
@@ -153,7 +153,7 @@ def _timed_method(obj, name: str, record: dict) -> None:
 
 def _progress(trainer, every: int):
     """Log every `every` calls of the generation head (one per sampled code): a projection of the sampling time."""
-    from gvu.models.causal_lm import base_model
+    from gvu.models.hf import base_model
 
     head = base_model(trainer.policy.lm).model.generation_head
     state = {"n": 0, "t": time.perf_counter()}

@@ -307,7 +307,7 @@ def hf_generate(model, prompts_N: list[str], sampling, scores: bool = False):
     import torch
     from transformers import LogitsProcessorList
 
-    from gvu.models.shared_vocab import pad_batch
+    from gvu.models.forward import pad_batch
 
     lay, T = model.layout, model.layout.num_image_tokens
     ids, mask = pad_batch([lay.generation_prefix(x) for x in model._encode_prompts(prompts_N)], lay.pad_id, "left")
@@ -329,7 +329,7 @@ def teacher_forced_distribution(model, prompts_N: list[str], codes_NT, sampling)
     """Our sampling distribution [N, T, C] (filter_logits) at every prefix of the given codes, in one forward."""
     import torch
 
-    from gvu.models.shared_vocab import pad_batch, positions
+    from gvu.models.forward import pad_batch, positions
 
     lay, guided, (N, T) = model.layout, sampling.uses_guidance, codes_NT.shape
     pre, pmask = pad_batch(model._generation_prefixes(model._encode_prompts(prompts_N), guided), lay.pad_id, "left")

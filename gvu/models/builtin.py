@@ -73,6 +73,15 @@ class BuiltinUMM(SharedVocabUMM):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.lm.parameters())
 
+    def save_pretrained(self, directory, extra: dict | None = None) -> Path:
+        """Full weights (LoRA adapters merged into a copy first, so this model keeps its adapters)."""
+        lm = self.lm
+        if hasattr(lm, "get_base_model"):
+            import copy
+
+            lm = copy.deepcopy(lm).merge_and_unload()
+        return save_builtin(BuiltinUMM(lm, self.tokenizer, self.size), directory, extra)
+
 
 def llama_config(size: str, tok: WordTokenizer, grid: bool = True, bidirectional: bool = False):
     from transformers import LlamaConfig  # lazy: keeps `import gvu.models.builtin` cheap

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import (dtype_kwargs, GridSharedVocabUMM, PlainTokenizer, SequenceFormat, base_model, build_grid_layout,
-                                  dtype_name, finish_loading, flag, resolve_dtype, save_transformers_model,
-                                  tiny_byte_tokenizer)
+from gvu.models.causal_lm import GridSharedVocabUMM, SequenceFormat, build_grid_layout
+from gvu.models.hf import (PlainTokenizer, base_model, finish_loading, flag, load_options, load_pretrained,
+                           save_transformers_model, tiny_byte_tokenizer)
 
 EOL, EOF = "<|extra_200|>", "<|extra_201|>"
 BOI, EOI, WRAPPER, IMAGE = "<|image start|>", "<|image end|>", "<|image token|>", "<image>"
@@ -143,16 +143,8 @@ def load_emu3(name: str, device=None, dtype="auto", gradient_checkpointing=False
         from transformers import AutoTokenizer, Emu3ForConditionalGeneration
     except ImportError as err:
         raise ImportError(f"Emu3 needs a transformers version with Emu3ForConditionalGeneration (>= 4.48): {err}")
-    path = Path(name)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"emu3:{name}: the folder holds no config.json (not a transformers Emu3 checkpoint)")
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-        lm = Emu3ForConditionalGeneration.from_pretrained(
-            name, **dtype_kwargs(resolve_dtype(dtype)), **({"attn_implementation": attn_implementation}
-                                                 if attn_implementation else {}))
-    except OSError as err:
-        raise ValueError(f"emu3:{name}: could not load the checkpoint ({err})") from err
+    lm = load_pretrained(Emu3ForConditionalGeneration, name, "emu3", dtype, attn_implementation)
+    tok = load_pretrained(AutoTokenizer, name, "emu3")
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     try:
         from transformers import AutoImageProcessor
@@ -168,9 +160,8 @@ def load_emu3(name: str, device=None, dtype="auto", gradient_checkpointing=False
                   fmt=emu3_format(negative_prompt=negative_prompt), image_mean=mean, image_std=std)
     umm.source = str(name)
     umm.logits_chunk = int(logits_chunk)
-    umm.options = {"dtype": dtype_name(dtype), "grid": "x".join(map(str, umm.grid)), "logits_chunk": str(umm.logits_chunk),
-                   **({"negative_prompt": negative_prompt} if negative_prompt else {}),
-                   **({"attn_implementation": attn_implementation} if attn_implementation else {})}
+    umm.options = load_options(dtype, attn_implementation, grid="x".join(map(str, umm.grid)),
+                               logits_chunk=umm.logits_chunk, negative_prompt=negative_prompt)
     return umm
 
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import (dtype_kwargs, PlainTokenizer, base_model, dtype_name, finish_loading, flag, resolve_dtype,
-                                  save_transformers_model, tiny_byte_tokenizer)
+from gvu.models.hf import (PlainTokenizer, base_model, finish_loading, flag, load_options, load_pretrained,
+                           save_transformers_model, tiny_byte_tokenizer)
 from gvu.models.protocol import Rollout, SamplingConfig, check_sample_args, checked_codes
 from gvu.models.sampling import draw, guided_logprobs
-from gvu.models.shared_vocab import _cache_kwarg, _cache_of, eval_mode, pad_batch, positions, span_logprobs
+from gvu.models.forward import cache_kwarg, cache_of, eval_mode, pad_batch, positions, span_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
 BOI, EOI, IMAGE = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"
@@ -76,8 +76,11 @@ class JanusUMM:
     """`lm`: a JanusForConditionalGeneration (or a PEFT wrapper of it); `hf_tokenizer` its tokenizer;
     `image_processor` its image processor (JanusImageProcessor or JanusImageProcessorPil)."""
 
+    kind = "janus"
+    world: str | None = None
     lora_scope = "model.language_model"
     reads_pixels = True  # understanding goes through SigLIP on decoded pixels
+    supports_fsdp2 = False  # the passes call submodules (language model, generation head, VQ) directly
 
     def __init__(self, lm, hf_tokenizer, image_processor, fmt: JanusFormat = JanusFormat(),
                  chat_template: str | None = None):
@@ -105,8 +108,8 @@ class JanusUMM:
         self.num_image_tokens = math.prod(janus.model.vqmodel.quantize.quant_state_dims)
         vc = cfg.vision_config
         self.num_vision_tokens = (vc.image_size // vc.patch_size) ** 2
-        self._cache_arg = _cache_kwarg(janus.model.language_model)
-        self.kind, self.source, self.options = "janus", None, {}
+        self._cache_arg = cache_kwarg(janus.model.language_model)
+        self.source, self.options = None, {}
         self._memo: dict = {}
 
     @property
@@ -208,7 +211,7 @@ class JanusUMM:
                 mask_BS = torch.cat([mask_BS, mask_BS.new_ones((mask_BS.shape[0], 1))], dim=1)
                 pos_BS = pos_BS[:, -1:] + 1
                 out = text_model(inputs_embeds=embeds_B1D, attention_mask=mask_BS, position_ids=pos_BS,
-                                 use_cache=True, **{self._cache_arg: _cache_of(out)})
+                                 use_cache=True, **{self._cache_arg: cache_of(out)})
         return Rollout(image_tokens_NT=codes_NT, logp_NT=logp_NT,
                        prompt_index_N=torch.arange(P, device=device).repeat_interleave(G), prompts=list(prompts))
 
@@ -302,17 +305,8 @@ def load_janus(name: str, device=None, dtype="auto", gradient_checkpointing=Fals
         from transformers import AutoImageProcessor, AutoTokenizer, JanusForConditionalGeneration
     except ImportError as err:
         raise ImportError(f"Janus needs a transformers version with JanusForConditionalGeneration (>= 4.51): {err}")
-    path = Path(name)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"janus:{name}: the folder holds no config.json (not a transformers Janus checkpoint)")
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-        ip = AutoImageProcessor.from_pretrained(name)
-        lm = JanusForConditionalGeneration.from_pretrained(
-            name, **dtype_kwargs(resolve_dtype(dtype)), **({"attn_implementation": attn_implementation}
-                                                 if attn_implementation else {}))
-    except OSError as err:
-        raise ValueError(f"janus:{name}: could not load the checkpoint ({err})") from err
+    lm = load_pretrained(JanusForConditionalGeneration, name, "janus", dtype, attn_implementation)
+    tok, ip = load_pretrained(AutoTokenizer, name, "janus"), load_pretrained(AutoImageProcessor, name, "janus")
     template = getattr(tok, "chat_template", None)
     if template is None and flag(use_chat_template):
         try:  # Janus keeps its chat template with the processor
@@ -326,8 +320,8 @@ def load_janus(name: str, device=None, dtype="auto", gradient_checkpointing=Fals
     lm = finish_loading(lm, device, flag(gradient_checkpointing))
     umm = JanusUMM(lm, tok, ip, JanusFormat(use_chat_template=flag(use_chat_template)), chat_template=template)
     umm.source = str(name)
-    umm.options = {"dtype": dtype_name(dtype), **({"attn_implementation": attn_implementation} if attn_implementation
-                                          else {}), **({} if flag(use_chat_template) else {"use_chat_template": "0"})}
+    umm.options = load_options(dtype, attn_implementation,
+                               use_chat_template=None if flag(use_chat_template) else "0")
     return umm
 
 

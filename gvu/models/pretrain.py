@@ -29,7 +29,7 @@ import torch
 from gvu.bench.prompts import KINDS, check_weights, draw, world_classes, world_lexicon
 from gvu.bench.understanding import negatives
 from gvu.models.builtin import BuiltinUMM, build_builtin, save_builtin
-from gvu.models.shared_vocab import pad_batch
+from gvu.models.forward import pad_batch
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
 from gvu.world.scene import realise, scene_tokens

@@ -1,5 +1,5 @@
-"""The one interface every model is driven through (DESIGN.md section 4), so the trainer never knows which model
-it holds: the built-in shapes-world model, a shared-vocabulary transformers model (X-Omni, Emu3) or a decoupled
+"""The one interface every model is driven through (docs/design.md, "The model interface"), so the trainer never
+knows which model it holds: the built-in shapes-world model, a shared-vocabulary transformers model (X-Omni, Emu3) or a decoupled
 one (Janus-Pro).
 
 Letters: N rows (prompts x group size), T image tokens per image, L prompt tokens, H x W pixels.
@@ -82,10 +82,32 @@ class Rollout:
 @runtime_checkable
 class UnifiedModel(Protocol):
     """A unified multimodal model seen by GvU: a generation branch that writes image tokens and an understanding
-    branch that reads images and scores text. `module` holds every trainable weight (for the optimizer, LoRA,
-    DDP and checkpoints); everything else goes through the methods."""
+    branch that reads images and scores text. Everything the trainer, the reward and the evaluation use is here,
+    so no caller needs to know the concrete class."""
 
     module: torch.nn.Module
+    """Every trainable weight (for the optimizer, LoRA, DDP/FSDP2 and checkpoints); may be replaced by a PEFT
+    wrapper of itself."""
+    tokenizer: object
+    """encode(text) -> ids without special tokens, decode(ids) -> text (the prompt vocabulary check uses it)."""
+    kind: str
+    """What gvu.json records and load_model dispatches on: builtin, janus, emu3, causal-lm, xomni."""
+    world: str | None
+    """'shapes' when images are shapes-world renders (the exact judge applies), None for natural images."""
+    supports_fsdp2: bool
+    """Whether every pass goes through the root module's forward (what FSDP2's hooks need)."""
+    lora_scope: str
+    """Module path of the language model: LoRA targets are matched inside it only."""
+    reads_pixels: bool
+    """Whether the understanding branch reads pixels (the trainer then hands the reward the decoded images)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def save_pretrained(self, directory, extra: dict | None = None):
+        """Write the model (a LoRA adapter or full weights) with a gvu.json that load_model reads back; `extra`
+        goes into gvu.json."""
+        ...
 
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
                generator) -> Rollout:

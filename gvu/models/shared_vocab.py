@@ -7,8 +7,15 @@ are LEFT-padded, with position ids = cumsum(mask) - 1 so a token's position neve
 neighbours; the teacher-forced pass builds the same positions, which is why the two paths agree to float
 rounding. With guidance the conditional and unconditional rows ride in one batch of 2N.
 
+Images written as rows with fixed row-end tokens (Emu3's end-of-line): those positions allow exactly one token, so
+under the per-position vocabulary mask they have probability 1; the sampler feeds them without drawing and neither
+path reports a log-prob for them (log 1 = 0, no gradient). At code positions both paths softmax over the code
+range only, then filter_logits: the same renormalisation, so `exp(logp - old_logp) == 1` at step 0. With
+`logits_chunk` the teacher-forced pass computes the code columns of the output head only, a chunk of positions at
+a time (vocabularies of 100k+ ids).
+
 Left out: micro-batching (callers pass batches that fit), stopping early on <eoi> (every image has exactly T
-tokens). Chunked logits for large vocabularies: GridSharedVocabUMM's `logits_chunk` (gvu.models.causal_lm).
+tokens).
 
 Letters: P prompts, G group size, N rows, S sequence length, T image tokens, C image codes, V vocabulary,
 L target (prompt) tokens.
@@ -16,14 +23,15 @@ L target (prompt) tokens.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
+from gvu.models.forward import (ForwardView, cache_kwarg, cache_of, eval_mode, logits_kwarg, pad_batch, positions,
+                                span_logprobs, takes_kwargs)
+from gvu.models.hf import base_model
 from gvu.models.protocol import Rollout, SamplingConfig, check_sample_args, checked_codes
 from gvu.models.sampling import draw, guided_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
@@ -65,9 +73,28 @@ class SharedVocabLayout:
     """Image codes [..., T] -> uint8 pixels [..., H, W, 3]."""
     encoder: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False)
     """uint8 pixels -> image codes, for models that can re-encode (reward via pixels)."""
+    row_width: int = 0
+    row_end: tuple[int, ...] = ()
+    """Ids written after every row of `row_width` codes, the last row included (Emu3's end-of-line); empty for a
+    flat sequence of codes. Those positions allow one token only: fed without drawing, no log-prob."""
+
+    def __post_init__(self):
+        if self.row_end and (self.row_width < 1 or self.num_image_tokens % self.row_width):
+            raise ValueError(f"{self.num_image_tokens} image tokens do not fill rows of {self.row_width}")
 
     def image_ids(self, codes) -> list[int]:
-        return [self.image_token_offset + int(c) for c in codes]
+        ids = [self.image_token_offset + int(c) for c in codes]
+        if not self.row_end:
+            return ids
+        out = []
+        for r in range(0, len(ids), self.row_width):
+            out += ids[r:r + self.row_width] + list(self.row_end)
+        return out
+
+    def code_positions(self, T: int) -> torch.Tensor:
+        """Index of each code inside `image_ids`: t + (rows before it) x len(row_end)."""
+        t = torch.arange(T)
+        return t + (t // self.row_width) * len(self.row_end) if self.row_end else t
 
     def generation_prefix(self, prompt_ids: list[int]) -> list[int]:
         return [*self.gen_prefix, *prompt_ids, *self.gen_suffix]
@@ -87,114 +114,24 @@ class SharedVocabLayout:
         return [*prefix, *answer_ids, *self.und_suffix], (len(prefix), len(prefix) + len(answer_ids))
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, side: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids_NS, mask_NS) with pads on the given side ("left" or "right")."""
-    S = max(len(s) for s in seqs)
-    ids_NS = torch.full((len(seqs), S), pad_id, dtype=torch.long)
-    mask_NS = torch.zeros((len(seqs), S), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        sl = slice(S - len(s), S) if side == "left" else slice(0, len(s))
-        ids_NS[i, sl] = torch.tensor(s, dtype=torch.long)
-        mask_NS[i, sl] = 1
-    return ids_NS.to(device), mask_NS.to(device)
-
-
-def positions(mask_NS: torch.Tensor) -> torch.Tensor:
-    """Position ids that count real tokens only, so padding never shifts a token's rotary position."""
-    return (mask_NS.cumsum(-1) - 1).clamp(min=0)
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
-def _cache_kwarg(lm: torch.nn.Module) -> str:
-    """transformers >= 5.x names the KV cache argument `cache` (past_key_values is deprecated); older: the latter."""
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # PEFT wrappers take **kwargs
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _takes(fn, *names: str) -> bool:
-    """Whether `fn` accepts all these keyword arguments."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return all(n in params for n in names) or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _logits_kwarg(lm: torch.nn.Module) -> str | None:
-    """How the model's forward is told to compute only the last logits: `logits_to_keep` (transformers >= 4.50),
-    `num_logits_to_keep` (older, and remote code written for it, such as X-Omni's), or not at all (None)."""
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    params = inspect.signature(base.forward).parameters
-    return next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
-
-
-class _Forward:
-    """A model's forward seen through SharedVocabUMM._forward (for functions that take a module, such as
-    span_logprobs): parameters() and call."""
-
-    def __init__(self, umm):
-        self.umm = umm
-
-    def parameters(self):
-        return self.umm.lm.parameters()
-
-    def __call__(self, **kw):
-        return self.umm._forward(**kw)
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def span_logprobs(lm: torch.nn.Module, seqs: list[list[int]], spans: list[tuple[int, int]],
-                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced log p(seq[j] | seq[:j]) over the full vocabulary for j in each row's [start, end) span, in
-    ONE right-padded forward (causal attention keeps pads from touching real tokens). Returns (logp_NL, mask_NL)
-    with L the longest span, left-aligned, and 0.0 where the mask is False. Grad flows if enabled."""
-    device = next(lm.parameters()).device
-    ids_NS, mask_NS = pad_batch(seqs, pad_id, "right", device)
-    S = ids_NS.shape[1]
-    start_N = torch.tensor([a for a, _ in spans], device=device)
-    len_N = torch.tensor([b - a for a, b in spans], device=device)
-    if (start_N < 1).any():
-        raise ValueError("a target span must start after the first token (nothing predicts token 0)")
-    L = max(int(len_N.max()), 1)
-    keep = S - int(start_N.min()) + 1  # logits only from the earliest predicting position on
-    out = lm(input_ids=ids_NS, attention_mask=mask_NS, use_cache=False, logits_to_keep=keep)
-    logits_NKV = out.logits
-    j_L = torch.arange(L, device=device)
-    mask_NL = j_L[None] < len_N[:, None]
-    tgt_pos_NL = (start_N[:, None] + j_L[None]).clamp(max=S - 1)
-    pred_pos_NL = tgt_pos_NL - 1 - (S - keep)  # index into the kept logits
-    logits_NLV = logits_NKV.gather(1, pred_pos_NL[..., None].expand(-1, -1, logits_NKV.shape[-1]))
-    logp_NLV = torch.log_softmax(logits_NLV.float(), dim=-1)
-    logp_NL = logp_NLV.gather(-1, ids_NS.gather(1, tgt_pos_NL)[..., None])[..., 0]
-    return logp_NL.masked_fill(~mask_NL, 0.0), mask_NL
-
-
 class SharedVocabUMM:
     """UnifiedModel over a causal LM with image codes in its vocabulary. `lm` may be swapped for a PEFT wrapper
     of itself (assign to `.lm` or `.module`)."""
 
+    kind = "shared-vocab"
+    world: str | None = None  # "shapes" for the built-in model; None for models of natural images
     lora_scope = "model"  # module path of the language model (LoRA targets stay inside it)
+    reads_pixels = False  # the understanding branch reads these image codes, not pixels
     supports_fsdp2 = True  # every pass goes through the root module's forward, which FSDP2's hooks need
 
     def __init__(self, lm: torch.nn.Module, tokenizer: TextTokenizer, layout: SharedVocabLayout):
         self.lm = lm
         self.tokenizer = tokenizer
         self.layout = layout
-        self._cache_arg = _cache_kwarg(lm)
-        self._logits_arg = _logits_kwarg(lm)
+        self._cache_arg = cache_kwarg(lm)
+        self._logits_arg = logits_kwarg(lm)
+        self.uncond_ids: list[int] = []  # the prompt of the guidance rows (empty: unconditional)
+        self.logits_chunk = 0  # > 0: image_logprobs computes code logits this many positions at a time
 
     def _forward(self, **kw):
         """The model's forward with `logits_to_keep` passed under the name the model takes (or dropped)."""
@@ -230,7 +167,7 @@ class SharedVocabUMM:
     def _generation_prefixes(self, prompt_ids: list[list[int]], guided: bool) -> list[list[int]]:
         seqs = [self.layout.generation_prefix(ids) for ids in prompt_ids]
         if guided:
-            seqs += [self.layout.generation_prefix([])] * len(prompt_ids)
+            seqs += [self.layout.generation_prefix(self.uncond_ids)] * len(prompt_ids)
         return seqs
 
     def _code_logits(self, logits_BV: torch.Tensor) -> torch.Tensor:
@@ -244,23 +181,24 @@ class SharedVocabUMM:
     def sample(self, prompts: list[str], group_size: int, sampling: SamplingConfig,
                generator) -> Rollout:
         check_sample_args(prompts, group_size)
-        P, G, T = len(prompts), group_size, self.layout.num_image_tokens
+        lay = self.layout
+        P, G, T = len(prompts), group_size, lay.num_image_tokens
         N, guided, device = P * G, sampling.uses_guidance, self.device
         prompt_ids = [ids for ids in self._encode_prompts(list(prompts)) for _ in range(G)]
-        ids_BS, mask_BS = pad_batch(self._generation_prefixes(prompt_ids, guided), self.layout.pad_id, "left",
-                                    device)
-        pos_BS = positions(mask_BS)
+        ids_BS, mask_BS = pad_batch(self._generation_prefixes(prompt_ids, guided), lay.pad_id, "left", device)
         B, S = ids_BS.shape
-        # The whole mask and a preallocated KV cache up front: each step slices them instead of concatenating
-        # (a growing cache copies itself at every step).
-        mask_BL = torch.cat([mask_BS, mask_BS.new_ones((B, T))], dim=1)
-        cache = self._static_cache(S + T)
+        pos_BK = positions(mask_BS)
+        row_end_BR = torch.tensor(lay.row_end, dtype=torch.long, device=device).expand(B, -1)
+        L = S + T + (T // lay.row_width * len(lay.row_end) if lay.row_end else 0)  # every position fed
+        mask_BL = torch.cat([mask_BS, mask_BS.new_ones((B, L - S))], dim=1)
+        cache = self._static_cache(L)
         codes_NT = torch.empty((N, T), dtype=torch.long, device=device)
         logp_NT = torch.empty((N, T), dtype=torch.float32, device=device)
         with eval_mode(self.lm):
-            out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=pos_BS, use_cache=True,
+            out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=pos_BK, use_cache=True,
                           logits_to_keep=1, cache_position=torch.arange(S, device=device),
                           **({} if cache is None else {self._cache_arg: cache}))
+            seen = S
             for t in range(T):
                 logp_NC = self._step_logprobs(self._code_logits(out.logits[:, -1]), N, sampling)
                 codes_N = draw(logp_NC.exp(), generator, G).to(device)
@@ -268,16 +206,18 @@ class SharedVocabUMM:
                 logp_NT[:, t] = logp_NC.gather(1, codes_N[:, None])[:, 0]
                 if t + 1 == T:
                     break
-                next_B = codes_N + self.layout.image_token_offset
-                if guided:
-                    next_B = next_B.repeat(2)
-                pos_BS = pos_BS[:, -1:] + 1  # only the new token's position from here on
-                out = self._forward(input_ids=next_B[:, None], attention_mask=mask_BL[:, :S + t + 1], position_ids=pos_BS,
-                              use_cache=True, cache_position=torch.tensor([S + t], device=device),
-                              **{self._cache_arg: _cache_of(out)})
-        prompt_index_N = torch.arange(P, device=device).repeat_interleave(G)
-        return Rollout(image_tokens_NT=codes_NT, logp_NT=logp_NT, prompt_index_N=prompt_index_N,
-                       prompts=list(prompts))
+                step_BK = (codes_N + lay.image_token_offset).repeat(2 if guided else 1)[:, None]
+                if lay.row_end and (t + 1) % lay.row_width == 0:  # forced: the only token the mask allows
+                    step_BK = torch.cat([step_BK, row_end_BR], dim=1)
+                K = step_BK.shape[1]
+                pos_BK = pos_BK[:, -1:] + torch.arange(1, K + 1, device=device)
+                out = self._forward(input_ids=step_BK, attention_mask=mask_BL[:, :seen + K], position_ids=pos_BK,
+                              use_cache=True, logits_to_keep=1,
+                              cache_position=torch.arange(seen, seen + K, device=device),
+                              **{self._cache_arg: cache_of(out)})
+                seen += K
+        return Rollout(image_tokens_NT=codes_NT, logp_NT=logp_NT,
+                       prompt_index_N=torch.arange(P, device=device).repeat_interleave(G), prompts=list(prompts))
 
     def _static_cache(self, length: int):
         """A preallocated KV cache of `length` positions for this model (None where transformers has none for
@@ -297,22 +237,57 @@ class SharedVocabUMM:
 
     def image_logprobs(self, prompts_N: list[str], image_tokens_NT: torch.Tensor,
                        sampling: SamplingConfig) -> torch.Tensor:
-        """One teacher-forced forward over [prefix, image codes[:-1]] (+ unconditional rows), with grad. Does
-        not touch train/eval mode: any dropout active in the model would break agreement with the sampler."""
+        """One teacher-forced forward over [prefix, image block up to the last code], with grad; logits are read
+        at the code positions only (row ends are forced, see the module docstring)."""
+        lay = self.layout
         N, T = image_tokens_NT.shape
         device, guided = self.device, sampling.uses_guidance
-        codes_NT = checked_codes(prompts_N, image_tokens_NT, self.layout.num_image_tokens, self.layout.num_codes, self.device)
+        codes_NT = checked_codes(prompts_N, image_tokens_NT, lay.num_image_tokens, lay.num_codes, self.device)
         prefix_BS, pmask_BS = pad_batch(self._generation_prefixes(self._encode_prompts(list(prompts_N)), guided),
-                                        self.layout.pad_id, "left", device)
-        img_BT = (codes_NT[:, :-1] + self.layout.image_token_offset).repeat(2 if guided else 1, 1)
-        ids_BS = torch.cat([prefix_BS, img_BT], dim=1)
-        mask_BS = torch.cat([pmask_BS, torch.ones_like(img_BT)], dim=1)
+                                        lay.pad_id, "left", device)
+        block_NI = codes_NT + lay.image_token_offset
+        if lay.row_end:
+            ends = torch.tensor(lay.row_end, dtype=torch.long, device=device)
+            block_NI = torch.cat([block_NI.view(N, -1, lay.row_width),
+                                  ends.expand(N, T // lay.row_width, -1)], dim=2).reshape(N, -1)
+        pos_T = lay.code_positions(T).to(device)
+        block_BI = block_NI[:, :int(pos_T[-1])].repeat(2 if guided else 1, 1)  # nothing follows the last code
+        ids_BS = torch.cat([prefix_BS, block_BI], dim=1)
+        mask_BS = torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
+        if self.logits_chunk:
+            return self._chunked_logprobs(ids_BS, mask_BS, pos_T, block_BI.shape[1] + 1, codes_NT, sampling)
         out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS), use_cache=False,
-                      logits_to_keep=T)
-        logits_BTC = self._code_logits(out.logits)
+                            logits_to_keep=block_BI.shape[1] + 1)
+        logits_BTC = self._code_logits(out.logits[:, pos_T])  # kept logit k predicts block token k
         C = logits_BTC.shape[-1]
         logp_QC = self._step_logprobs(logits_BTC.reshape(-1, C), N * T, sampling)
         return logp_QC.gather(1, codes_NT.reshape(-1, 1)).reshape(N, T)
+
+    def _chunked_logprobs(self, ids_BS, mask_BS, pos_T, keep: int, codes_NT, sampling) -> torch.Tensor:
+        """image_logprobs for large vocabularies: the decoder's hidden states once, then the code rows of the
+        output head only (C of V columns), `logits_chunk` positions at a time, each chunk recomputed in the
+        backward pass rather than stored, so no [B, T, V] (or [B, T, C]) logits tensor is ever held."""
+        from torch.utils.checkpoint import checkpoint
+
+        N, T = codes_NT.shape
+        base = base_model(self.lm)
+        hidden_BSD = base.model(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS),
+                                use_cache=False).last_hidden_state
+        h_BTD = hidden_BSD[:, -keep:][:, pos_T]
+        head = base.get_output_embeddings()
+        off, C = self.layout.image_token_offset, self.layout.num_codes
+        w_CD = head.weight[off:off + C]
+        b_C = head.bias[off:off + C] if getattr(head, "bias", None) is not None else None
+
+        def chunk(h_BtD, codes_Nt):
+            logits_BtC = torch.nn.functional.linear(h_BtD, w_CD, b_C)
+            t = codes_Nt.shape[1]
+            logp_QC = self._step_logprobs(logits_BtC.reshape(-1, C), N * t, sampling)
+            return logp_QC.gather(1, codes_Nt.reshape(-1, 1)).reshape(N, t)
+
+        step = self.logits_chunk
+        return torch.cat([checkpoint(chunk, h_BTD[:, s:s + step], codes_NT[:, s:s + step], use_reentrant=False)
+                          for s in range(0, T, step)], dim=1)
 
     # ------------------------------------------------------------------------------------------ understanding
 
@@ -343,7 +318,7 @@ class SharedVocabUMM:
             seq, span = self.layout.understanding_sequence(codes_T, inst_ids, ids)
             seqs.append(seq)
             spans.append(span)
-        return span_logprobs(_Forward(self), seqs, spans, self.layout.pad_id)
+        return span_logprobs(ForwardView(self), seqs, spans, self.layout.pad_id)
 
     @torch.no_grad()
     def caption(self, images, instruction: str = DEFAULT_INSTRUCTION, max_len: int = 32) -> list[str]:
@@ -370,7 +345,7 @@ class SharedVocabUMM:
                 mask_NS = torch.cat([mask_NS, mask_NS.new_ones((N, 1))], dim=1)
                 pos_NS = pos_NS[:, -1:] + 1
                 out = self._forward(input_ids=next_N[:, None], attention_mask=mask_NS, position_ids=pos_NS,
-                              use_cache=True, **{self._cache_arg: _cache_of(out)})
+                              use_cache=True, **{self._cache_arg: cache_of(out)})
         return [self.tokenizer.decode(w) for w in words]
 
     # ------------------------------------------------------------------------------------------------ pixels
@@ -380,7 +355,7 @@ class SharedVocabUMM:
         if isinstance(image_tokens_NT, torch.Tensor):
             image_tokens_NT = image_tokens_NT.detach().cpu().numpy()
         codes = np.asarray(image_tokens_NT)
-        if _takes(self.layout.decoder, "prompts", "seeds"):
+        if takes_kwargs(self.layout.decoder, "prompts", "seeds"):
             return self.layout.decoder(codes, prompts=prompts, seeds=seeds)
         return self.layout.decoder(codes)
 

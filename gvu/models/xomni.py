@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import (GridSharedVocabUMM, PlainTokenizer, SequenceFormat, base_model, build_grid_layout,
-                                  dtype_kwargs, dtype_name, finish_loading, flag, resolve_dtype,
-                                  save_transformers_model)
+from gvu.models.causal_lm import GridSharedVocabUMM, SequenceFormat, build_grid_layout
+from gvu.models.hf import (PlainTokenizer, base_model, finish_loading, flag, load_options, load_pretrained,
+                           save_transformers_model)
 from gvu.models.emu3 import parse_grid
 
 XOMNI_TRANSFORMERS = "4.51.3"
@@ -183,16 +183,11 @@ def load_xomni(name: str, device=None, dtype="auto", gradient_checkpointing=Fals
     """X-Omni (X-Omni/X-Omni-En or a local copy) through its own modelling code (trust_remote_code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(name)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"xomni:{name}: the folder holds no config.json (not an X-Omni checkpoint)")
     check_transformers_pin(name)
-    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
-        lm = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True, **dtype_kwargs(resolve_dtype(dtype)),
-                                                  **extra)
-    except (OSError, TypeError, AttributeError, ImportError) as err:
+        tok = load_pretrained(AutoTokenizer, name, "xomni", trust_remote_code=True)
+        lm = load_pretrained(AutoModelForCausalLM, name, "xomni", dtype, attn_implementation, trust_remote_code=True)
+    except (ValueError, TypeError, AttributeError, ImportError) as err:
         raise ValueError(f"xomni:{name}: could not load the model with its own code ({type(err).__name__}: {err}); "
                          f"X-Omni's code is written for transformers {XOMNI_TRANSFORMERS}: pip install "
                          f"'transformers=={XOMNI_TRANSFORMERS}'") from err
@@ -203,7 +198,7 @@ def load_xomni(name: str, device=None, dtype="auto", gradient_checkpointing=Fals
     lm = finish_loading(lm, device, flag(gradient_checkpointing))
     umm = XOmniUMM(lm, tok, grid=parse_grid(grid) if grid else DEFAULT_GRID, code_pixels=int(code_pixels))
     umm.source = str(name)
-    umm.options = {"dtype": dtype_name(dtype), "grid": "x".join(map(str, umm.grid)), **({"flux": flux} if flux else {}),
-                   **({"code_pixels": str(umm.code_pixels)} if umm.code_pixels != PIXELS_PER_CODE else {}), **extra}
+    umm.options = load_options(dtype, attn_implementation, grid="x".join(map(str, umm.grid)), flux=flux,
+                               code_pixels=umm.code_pixels if umm.code_pixels != PIXELS_PER_CODE else None)
     return umm
 
