@@ -1,5 +1,5 @@
 """The benchmarks' plumbing on the tiny preset, one repeat: the JSON's structure and that every equality check
-inside ran and passed. Timings are never asserted (DESIGN.md section 7)."""
+inside ran and passed. Timings are never asserted (docs/design.md, "Tests and benchmarks")."""
 
 import argparse
 import json

@@ -1,5 +1,6 @@
-"""Performance benchmarks (DESIGN.md section 7): each one runs a BASELINE and OURS in the same process, asserts they
-compute the same numbers, and reports medians and every repeat time as JSON. Never timed in tests.
+"""Performance benchmarks (docs/design.md, "Tests and benchmarks"): each one runs a BASELINE and OURS in the same
+process, asserts they compute the same numbers, and reports medians and every repeat time as JSON. Never timed in
+tests.
 
 1. reward:  our one batched, log-space pass (gvu.reward.intrinsic_reward) vs the PUBLISHED loop (per prompt token a
             full forward over [understanding prefix, x_<j], one image at a time, raw probabilities multiplied,

@@ -1,4 +1,4 @@
-"""GRPO as pure functions, reading like the paper (DESIGN.md section 1). Each returns (value, stats).
+"""GRPO as pure functions, reading like the paper (docs/design.md, "The method"). Each returns (value, stats).
 
 Letters: P prompts, G generations per prompt, N = P * G rows, T image tokens per row.
 
