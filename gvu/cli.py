@@ -3,27 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 from gvu.argcheck import COUNT, SEED, THREADS, at_least, finite
 
 
-def _rows_from(source: str, world: str = "shapes") -> list[dict]:
-    """A metadata file, or the name of a built-in prompt set."""
-    from gvu.bench import prompts
+# The one lazy-import place (docs/design.md, "The layers"): `gvu --help` and argument errors must not import torch,
+# so the parser imports nothing of gvu's library, and each command imports its module when it runs.
 
-    builders = {"geneval": prompts.build_geneval, "genevalpp": prompts.build_genevalpp}
-    if source in builders:
-        return builders[source](world)
-    from gvu.bench.metadata import read_metadata
+def _lazy(module: str, name: str):
+    """A command function in `module`, imported when the command runs."""
+    def run(a: argparse.Namespace):
+        return getattr(importlib.import_module(module), name)(a)
+    return run
 
-    return read_metadata(source)
+
+def _member(module: str, name: str):
+    """An argument type: one of the names in `module.name` (read from the library when the flag is given)."""
+    def parse(text: str) -> str:
+        allowed = getattr(importlib.import_module(module), name)
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(map(str, allowed))})")
+        return text
+    return parse
+
+
+def _members(module: str, name: str):
+    """An argument type: a comma-separated subset of `module.name`."""
+    def parse(text: str) -> tuple[str, ...]:
+        allowed = getattr(importlib.import_module(module), name)
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = [n for n in names if n not in allowed]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"unknown name(s) {unknown or [text]}; choose from {', '.join(allowed)}")
+        return names
+    return parse
 
 
 def cmd_prompts(a: argparse.Namespace) -> None:
-    from gvu.bench import prompts
-    from gvu.bench.metadata import write_metadata, write_prompts
+    from gvu.eval import prompts
+    from gvu.eval.metadata import write_metadata, write_prompts
 
     if a.set == "geneval":
         rows = prompts.build_geneval(a.world, seed=43 if a.seed is None else a.seed, n=a.n or 100)
@@ -38,8 +59,8 @@ def cmd_prompts(a: argparse.Namespace) -> None:
 
 
 def cmd_world_render(a: argparse.Namespace) -> None:
-    from gvu.bench.check import read_checked
-    from gvu.bench.groundtruth import render_ground_truth
+    from gvu.eval.check import read_checked
+    from gvu.eval.groundtruth import render_ground_truth
     from gvu.rl.runfolder import claim_image_folder
 
     rows = read_checked(a.metadata)  # the world's classes, colours, counts: every row before the first image
@@ -49,7 +70,7 @@ def cmd_world_render(a: argparse.Namespace) -> None:
 
 
 def cmd_judge(a: argparse.Namespace) -> None:
-    from gvu.bench.judging import format_summary, judge_folder, write_results
+    from gvu.eval.judging import format_summary, judge_folder, write_results
 
     results, summary = judge_folder(a.dir, mode="strict" if a.strict else "geneval", unclean=a.unclean)
     if a.out:
@@ -88,10 +109,12 @@ def _check_pretrain_out(out: str, overwrite: bool) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from gvu.bench.evaluate import evaluate_model
+    from gvu.eval.evaluate import evaluate_model
+    from gvu.models.load import load_model
+    from gvu.models.protocol import SamplingConfig
 
-    summary = evaluate_model(a.model, a.benchmark, per_prompt=a.per_prompt, seed=a.seed, out=a.out,
-                             guidance=a.guidance)
+    summary = evaluate_model(load_model(a.model), a.benchmark, sampling=SamplingConfig(guidance=a.guidance),
+                             per_prompt=a.per_prompt, seed=a.seed, out=a.out)
     print(summary["table"])
     if a.out:
         print(f"wrote {Path(a.out) / 'summary.json'}")
@@ -158,8 +181,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def cmd_generate(a: argparse.Namespace) -> None:
-    from gvu.bench.check import check_rows, file_lines, read_checked
-    from gvu.bench.evaluate import generate_layout
+    from gvu.eval.check import check_rows, file_lines, read_checked
+    from gvu.eval.evaluate import generate_layout
     from gvu.models.load import load_model
     from gvu.models.protocol import SamplingConfig
     from gvu.rl.runfolder import claim_image_folder
@@ -285,14 +308,54 @@ def build_parser() -> argparse.ArgumentParser:
                     "fraction of the oracle's gain")
     rp.set_defaults(func=cmd_report)
 
-    from gvu.analysis import lead, score, sensitivity
+    ld = sub.add_parser("lead", help="per-tag judge's lead (reward AUC on the base's own samples) against "
+                        "per-tag gain, for one or more demo runs: a table, JSON and a scatter plot")
+    ld.add_argument("runs", nargs="+", help="`gvu demo` output folders")
+    ld.add_argument("--label", action="append", help="a name per run, in order (default: the folder names)")
+    ld.add_argument("--out", default="runs/lead", help="output path without suffix (default runs/lead: "
+                    "runs/lead.png and runs/lead.json)")
+    ld.set_defaults(func=_lazy("gvu.analysis.lead", "cmd_lead"))
 
-    lead.register(sub)
-    score.register(sub)
-    sensitivity.register(sub)
-    from gvu.bench import perf
+    sc = sub.add_parser("score", help="score every image of a GenEval-layout folder with the intrinsic reward; AUC "
+                        "against the exact judge on shapes-world folders")
+    sc.add_argument("dir", help="GenEval-layout folder (00000/metadata.jsonl, 00000/samples/0000.png, ...)")
+    sc.add_argument("--model", required=True, help="model folder (`gvu pretrain` or `gvu train` output)")
+    sc.add_argument("--scorer", type=_member("gvu.reward", "SCORERS"), default="policy",
+                    help="policy: the model; reference: the base a `gvu train` output started from (a plain "
+                         "model folder is its own reference)")
+    sc.add_argument("--variant", type=_member("gvu.reward", "VARIANTS"), default="geomean",
+                    help="geomean, content or contrastive")
+    sc.add_argument("--out", help="write one JSON line per image here (filename, prompt, tag, reward, correct)")
+    sc.add_argument("--micro-batch", dest="micro_batch", type=COUNT, default=64, help="images per forward pass")
+    sc.add_argument("--seed", type=SEED, default=0, help="draws the contrastive variant's negatives")
+    sc.set_defaults(func=_lazy("gvu.analysis.score", "cmd_score"))
 
-    perf.register(sub)
+    se = sub.add_parser("sensitivity", help="the paper's Fig. 8: reward with count/colour/region words removed "
+                        "from the prompts")
+    se.add_argument("--model", required=True, help="model folder (`gvu pretrain` or `gvu train` output)")
+    se.add_argument("--out", help="folder for sensitivity.json, sensitivity_details.json and sensitivity.png "
+                    "(without it, only the table is printed)")
+    se.add_argument("--per-prompt", dest="per_prompt", type=int, default=2,
+                    help="ground-truth scenes and model samples per prompt")
+    se.add_argument("--prompts-per-tag", dest="prompts_per_tag", type=int, default=40,
+                    help="GenEval++-shapes prompts per tag (7 tags)")
+    se.add_argument("--variant", choices=("geomean", "content"), default="geomean")
+    se.add_argument("--micro-batch", dest="micro_batch", type=int, default=128, help="images per forward pass")
+    se.add_argument("--seed", type=int, default=0)
+    se.set_defaults(func=_lazy("gvu.analysis.sensitivity", "cmd_sensitivity"))
+
+    be = sub.add_parser("bench", help="speed benchmarks: ours vs the published baselines, checked equal (JSON)")
+    be.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke run, not a measurement)")
+    be.add_argument("--out", help="write the JSON here")
+    be.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    be.add_argument("--size", choices=["default", "tiny"], default="default", help="built-in model preset")
+    be.add_argument("--repeats", type=int, default=None, help="override every repeat count")
+    be.add_argument("--only", type=_members("gvu.perf.run", "BENCHMARKS"), default=None, metavar="NAME[,NAME]",
+                    help="run only these of reward, rollout, step, limit (default: all)")
+    be.add_argument("--full-size", type=_member("gvu.perf.fullsize", "ARCHS"), metavar="ARCH",
+                    help="instead: one complete GvU training step of this architecture (janus-pro-1b, or tiny) with "
+                    "random weights, each phase timed once (gvu.perf.fullsize)")
+    be.set_defaults(func=_lazy("gvu.perf.run", "cmd_bench"))
     return p
 
 

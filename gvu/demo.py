@@ -15,7 +15,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gvu.analysis.lead import SCORES
+from gvu.analysis.report import QUICK_NOTE, write_report
+from gvu.analysis.score import score_folder, write_scores
+from gvu.analysis.sensitivity import run_sensitivity
+from gvu.eval import evaluate as evaluation
+from gvu.models.builtin import is_model_dir
+from gvu.models.load import load_model
+from gvu.models import pretrain as pretraining
 from gvu.models.pretrain import PretrainConfig
+from gvu.models.protocol import SamplingConfig
+from gvu.rl import runfolder
+from gvu.rl.config import TrainConfig
+from gvu.rl.trainer import Trainer
 
 
 @dataclass
@@ -82,8 +94,6 @@ def base_dir_for(cfg: DemoConfig) -> Path:
 def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     import torch
 
-    from gvu.rl import runfolder
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = runfolder.check_path(cfg.out, "--out")
@@ -95,32 +105,22 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
 
 
 def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
-    from gvu.analysis.report import write_report
-    from gvu.bench.evaluate import evaluate_model
-    from gvu.models.builtin import is_model_dir
-    from gvu.models.pretrain import pretrain
-    from gvu.rl.config import TrainConfig
-    from gvu.rl.trainer import Trainer
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
     base = base_dir_for(cfg)
     if not is_model_dir(base):
-        pretrain(pretrain_config(cfg), base, progress=progress)
+        pretraining.pretrain(pretrain_config(cfg), base, progress=progress)
     timings["pretrain"] = time.perf_counter() - t
 
     tcfg = TrainConfig(**train_overrides(cfg, base, out))
-    eval_kw = dict(per_prompt=cfg.eval_per_prompt, seed=tcfg.eval_seed, limit=tcfg.eval_limit or None,
-                   progress=progress)
+    eval_kw = dict(sampling=SamplingConfig(), per_prompt=cfg.eval_per_prompt, seed=tcfg.eval_seed,
+                   limit=tcfg.eval_limit or None, progress=progress)
 
     t = time.perf_counter()
-    evaluate_model(str(base), "all", out=out / "eval_before", **eval_kw)
+    evaluation.evaluate_model(load_model(str(base)), "all", out=out / "eval_before", **eval_kw)
     timings["eval_before"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from gvu.analysis.lead import SCORES
-    from gvu.analysis.score import score_folder, write_scores
-    from gvu.models.load import load_model
 
     # The judge's lead per tag: the base's reward on its own GenEval samples against their exact verdicts.
     write_scores(out / SCORES, score_folder(load_model(str(base)), out / SCORES.parent, progress=progress))
@@ -131,11 +131,10 @@ def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    evaluate_model(str(final), "all", out=out / "eval_after", **eval_kw)
+    evaluation.evaluate_model(load_model(str(final)), "all", out=out / "eval_after", **eval_kw)
     timings["eval_after"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from gvu.analysis.sensitivity import run_sensitivity
 
     # On the base, as the paper's Fig. 8: which descriptors the untrained judge is sensitive to.
     sens = {"per_prompt": 1 if cfg.quick else 2, "prompts_per_tag": 4 if cfg.quick else 40}
@@ -170,8 +169,6 @@ def terminal_summary(run: Path) -> str:
     if u:
         lines += [f"Understanding (matching accuracy)  {u['overall']['before']:.3f} -> {u['overall']['after']:.3f}"]
     if ((report.get("demo") or {}).get("demo") or {}).get("quick"):
-        from gvu.analysis.report import QUICK_NOTE
-
         lines += [QUICK_NOTE]
     return "\n".join(lines)
 

@@ -11,8 +11,8 @@ prompts). Variants, each an option measured against the plain geometric mean:
 - `contrastive`: the probability of the true prompt among itself and hard negatives built through the
   grammar (one fact changed: a colour, a count, a relation, an object), i.e. softmax over total log-probs.
 
-Also here: TRL-style reward functions `f(prompts, images, **metadata) -> list[float | None]`, a weighted
-combiner, and the shapes world's oracle rewards from the exact judge (the yardstick).
+Also here: TRL-style reward functions `f(prompts, images, **metadata) -> list[float | None]` (the intrinsic reward
+as one, for TRL's `reward_funcs`) and the shapes world's oracle rewards from the exact judge (the yardstick).
 
 Letters: N images, L prompt tokens, K candidates (true prompt + negatives).
 """
@@ -28,7 +28,13 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from gvu.models.forward import eval_mode
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
+from gvu.world import spec
+from gvu.world.detect import detect
+from gvu.world.grammar import render_prompt
+from gvu.world.judge import evaluate
+from gvu.world.render import decode
 
 VARIANTS = ("geomean", "content", "contrastive")
 SCORERS = ("policy", "reference")
@@ -84,8 +90,6 @@ def _images_for(model, images, path: str):
 def _eval_mode(model):
     """Score with dropout off even when called between training steps (the built-in model has none; real UMMs
     may), and put the module back as it was."""
-    from gvu.models.forward import eval_mode
-
     module = getattr(model, "module", None)
     return eval_mode(module) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
 
@@ -146,9 +150,6 @@ def intrinsic_reward(model, image_tokens_NT: torch.Tensor, prompts: list[str], c
 
 def hard_negatives(row: dict, rng: np.random.Generator, classes: tuple[str, ...] | None = None) -> list[dict]:
     """One-fact changes of a row, through the grammar: colour, count, relation/region/size, object."""
-    from gvu.world import spec
-    from gvu.world.grammar import render_prompt
-
     classes = classes or spec.SHAPES
     flip = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
             "left": "right", "right": "left", "larger": "smaller", "smaller": "larger"}
@@ -216,30 +217,6 @@ class RewardFunction(Protocol):
     def __call__(self, prompts: list[str], images, **metadata) -> list[float | None]: ...
 
 
-def combine(funcs: list[RewardFunction], weights: list[float] | None = None) -> RewardFunction:
-    """Weighted sum of reward functions; a None from one function is left out of that image's sum (as TRL does
-    with NaN), and an image that every function leaves out gets None."""
-    if not funcs:
-        raise ValueError("combine() needs at least one reward function")
-    weights = [1.0] * len(funcs) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(funcs):
-        raise ValueError(f"{len(weights)} weights for {len(funcs)} reward functions")
-
-    def combined(prompts, images, **metadata):
-        outs = [list(f(prompts, images, **metadata)) for f in funcs]
-        for k, out in enumerate(outs):
-            if len(out) != len(prompts):
-                raise ValueError(f"reward function {k} returned {len(out)} values for {len(prompts)} prompts")
-        total = []
-        for vals in zip(*outs):
-            # NaN is TRL's "no opinion"; treat it as None rather than letting it poison the sum
-            parts = [w * float(v) for w, v in zip(weights, vals) if v is not None and not math.isnan(v)]
-            total.append(float(sum(parts)) if parts else None)
-        return total
-
-    return combined
-
-
 def intrinsic_reward_function(model, cfg: RewardConfig = RewardConfig()) -> RewardFunction:
     """The GvU reward as a TRL-style function over image tokens [N, T]."""
     def f(prompts, images, rows=None, **_):
@@ -257,10 +234,6 @@ def oracle_reward_function(kind: str = "binary") -> RewardFunction:
     whole row passes in strict mode, else 0.9 x the fraction of its separate checks that pass (one per include
     item, judged alone without its position, and one per exclude), so a near miss never ties a full pass.
     Images are uint8 pixels [N, H, W, 3] or image codes [N, T] (rendered first)."""
-    from gvu.world.detect import detect
-    from gvu.world.judge import evaluate
-    from gvu.world.render import decode
-
     if kind not in ORACLES:
         raise ValueError(f"oracle kind must be one of {ORACLES}, got {kind!r}")
 

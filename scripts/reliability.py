@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.bench.metadata import write_metadata
-from gvu.bench.prompts import build_geneval, build_train
+from gvu.eval.metadata import write_metadata
+from gvu.eval.prompts import build_geneval, build_train
 from gvu.cli import main as gvu_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,15 +9,16 @@ import sys
 from pathlib import Path
 
 
-from gvu.bench.layout import load_image, read_layout
-from gvu.bench.metadata import read_metadata, write_metadata
-from gvu.bench.prompts import build_geneval, prompt_key
-from gvu.bench.prompts import test_keys as held_out_keys  # renamed: pytest would collect test_keys
+from gvu.eval.layout import load_image, read_layout
+from gvu.eval.metadata import read_metadata, write_metadata
+from gvu.eval.prompts import build_geneval
+from gvu.world.kinds import prompt_key
+from gvu.eval.prompts import test_keys as held_out_keys  # renamed: pytest would collect test_keys
 from gvu.models.load import SPEC_FORMS
 from gvu.world.render import blank_tokens, decode
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "gvu" / "bench" / "data" / "geneval"
+DATA = ROOT / "gvu" / "eval" / "data" / "geneval"
 _EXE = Path(sys.executable).parent / "gvu"
 GVU = [str(_EXE)] if _EXE.is_file() else [sys.executable, "-m", "gvu.cli"]
 # one torch thread: the shared CPU is busy, and spinning OpenMP threads there are ten times slower
@@ -141,8 +142,8 @@ def test_pretrain_then_eval_a_metadata_file(tmp_path):
 
 def test_generate_writes_a_valid_layout(tmp_path):
     """`gvu generate` on a tiny model: GenEval's layout, readable by our reader and judged by `gvu judge`."""
-    from gvu.bench.layout import read_layout
-    from gvu.bench.metadata import write_metadata
+    from gvu.eval.layout import read_layout
+    from gvu.eval.metadata import write_metadata
     from gvu.models.builtin import build_builtin, save_builtin
 
     save_builtin(build_builtin("tiny", seed=0), tmp_path / "m")

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from gvu.bench.coco import (GENEVAL_COLORS, build_geneval_coco, load_coco_classes, make_plural,
+from gvu.eval.coco import (GENEVAL_COLORS, build_geneval_coco, load_coco_classes, make_plural,
                             with_article)
-from gvu.bench.metadata import read_metadata, validate_row, write_metadata, write_prompts
+from gvu.eval.metadata import read_metadata, validate_row, write_metadata, write_prompts
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "gvu" / "bench" / "data" / "geneval"
+OFFICIAL = Path(__file__).resolve().parents[1] / "gvu" / "eval" / "data" / "geneval"
 
 
 def test_byte_identical_to_official(tmp_path):

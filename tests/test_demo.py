@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gvu.bench.evaluate as evaluate_module
+import gvu.eval.evaluate as evaluate_module
+from gvu.models.load import load_model
+from gvu.models.protocol import SamplingConfig
 import gvu.models.pretrain as pretrain_module
 from gvu.demo import DemoConfig, base_dir_for, pretrain_config, run_demo, train_overrides
 from gvu.models.builtin import is_model_dir
@@ -172,7 +174,7 @@ def test_a_second_run_reuses_the_cached_base(cached_base, cli_run, workdir):
     # "before" is the cached base: evaluating it here with the demo's evaluation settings gives the same rows
     cfg = DemoConfig(quick=True, out=str(run), threads=1)
     tcfg = TrainConfig(**train_overrides(cfg, base, run))
-    evaluate_module.evaluate_model(str(base), "geneval", per_prompt=2,
+    evaluate_module.evaluate_model(load_model(str(base)), "geneval", sampling=SamplingConfig(), per_prompt=2,
                                    seed=tcfg.eval_seed, limit=tcfg.eval_limit, out=workdir / "check", progress=False)
     assert read_jsonl(workdir / "check" / "geneval" / "results.jsonl") == \
         read_jsonl(run / "eval_before" / "geneval" / "results.jsonl")
@@ -214,7 +216,7 @@ def test_overall_standard_error_and_demo_evaluation_size():
 
 def test_lead_joins_runs_from_their_files(cli_run, tmp_path):
     # per tag: the reward AUC from the base's own scored samples, and after - before from the two summaries
-    from gvu.analysis.quality import auc_by_tag
+    from gvu.eval.quality import auc_by_tag
 
     run, _, _ = cli_run
     r = subprocess.run([sys.executable, "-m", "gvu.cli", "lead", str(run), str(run), "--label", "a", "--label", "b",
@@ -238,7 +240,7 @@ def test_lead_joins_runs_from_their_files(cli_run, tmp_path):
 def test_the_quick_demo_tells_the_truth(cli_run, workdir, monkeypatch):
     """The terminal shows the before/after table and what the tiny model is for; the recorded evaluation size is
     the one used; the before/after grids carry their prompts."""
-    import gvu.analysis.plots as plots
+    import gvu.eval.plots as plots
     from gvu.analysis.report import QUICK_NOTE, _grid
 
     run, _, _ = cli_run
@@ -269,7 +271,7 @@ def test_demo_records_the_evaluation_size_it_uses():
 def test_an_empty_panel_says_why(tmp_path):
     from PIL import Image
 
-    from gvu.analysis.plots import metrics_plot
+    from gvu.eval.plots import metrics_plot
 
     log = [{"step": s, "reward": 0.1 * s, "reward_auc": None} for s in range(1, 4)]
     a = metrics_plot(log, ["reward", "reward_auc"], tmp_path / "a.png", empty_notes={"reward_auc": "why A"})

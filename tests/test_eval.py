@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from gvu.bench.evaluate import benchmark_rows, evaluate_model, spread
-from gvu.bench.judging import judge_folder
-from gvu.bench.layout import load_image, read_layout
-from gvu.bench.metadata import write_metadata
-from gvu.bench.prompts import build_geneval, build_genevalpp
+from gvu.eval import evaluate as evaluation
+from gvu.eval.evaluate import benchmark_rows
+from gvu.eval.prompts import spread
+from gvu.models.load import load_model
+from gvu.models.protocol import SamplingConfig
+from gvu.eval.judging import judge_folder
+from gvu.eval.layout import load_image, read_layout
+from gvu.eval.metadata import write_metadata
+from gvu.eval.prompts import build_geneval, build_genevalpp
 from gvu.models.builtin import build_builtin, save_builtin
 from gvu.models.protocol import Rollout
 from gvu.world.render import blank_tokens, decode
@@ -22,6 +26,12 @@ from gvu.world.scene import realise, scene_tokens
 
 LIMIT, PER_PROMPT = 7, 2  # 7 = GenEval++'s number of tags, so every tag appears (see test_spread_keeps_every_tag)
 GENEVAL_FIELDS = {"filename", "tag", "prompt", "correct", "reason", "metadata", "details"}
+
+
+def evaluate_model(model, *args, **kw):
+    """`gvu eval`'s call: a model folder loaded, unguided sampling."""
+    return evaluation.evaluate_model(load_model(model) if isinstance(model, str) else model, *args,
+                                     sampling=SamplingConfig(), **kw)
 
 
 @pytest.fixture(scope="module")

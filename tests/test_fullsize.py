@@ -1,15 +1,15 @@
-"""The full-size step benchmark (gvu.bench.fullsize) on its scaled-down `tiny` preset: the same path (a random
+"""The full-size step benchmark (gvu.perf.fullsize) on its scaled-down `tiny` preset: the same path (a random
 Janus saved as a transformers checkpoint, loaded by `janus:`, one Trainer.train() step with guidance, min_p, LoRA,
 beta > 0 and the checkpoint writes), checked for every phase's time and memory in the JSON. The Janus-Pro-1B
 preset is checked against the published architecture without building its weights (meta device)."""
 
-import argparse
 import json
 
 import pytest
 import torch
 
-from gvu.bench import fullsize, perf
+from gvu.cli import build_parser
+from gvu.perf import fullsize
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +83,11 @@ def test_cli_runs_only_the_full_size_step(monkeypatch, capsys, run):
     res, tmp = run
     calls = []
     monkeypatch.setattr(fullsize, "run_fullsize", lambda arch, out=None, **kw: calls.append((arch, out, kw)) or res)
-    a = perf.add_arguments(argparse.ArgumentParser()).parse_args(["--full-size", "tiny", "--out", str(tmp / "x")])
-    perf.cmd_bench(a)
+    a = build_parser().parse_args(["bench", "--full-size", "tiny", "--out", str(tmp / "x")])
+    a.func(a)
     assert calls == [("tiny", str(tmp / "x"), {})]
     out = capsys.readouterr().out
     for phase in fullsize.STEP_PHASES:
         assert f"\n{phase} " in out
     with pytest.raises(SystemExit):
-        perf.add_arguments(argparse.ArgumentParser()).parse_args(["--full-size", "janus-pro-7b"])
+        build_parser().parse_args(["bench", "--full-size", "janus-pro-7b"])

@@ -7,12 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gvu.bench.metadata import read_metadata
-from gvu.bench.prompts import KIND_TAG, TRAIN_KINDS, draw, world_classes, world_lexicon
+from gvu.eval.metadata import read_metadata
+from gvu.eval.prompts import world_classes, world_lexicon
+from gvu.world.kinds import KIND_TAG, TRAIN_KINDS, draw
 from gvu.world.grammar import (SHAPES_LEXICON, GrammarError, coco_lexicon, join_list, parse_prompt, render_prompt,
                                vocabulary, words_of)
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "gvu" / "bench" / "data" / "geneval" / "evaluation_metadata.jsonl"
+OFFICIAL = Path(__file__).resolve().parents[1] / "gvu" / "eval" / "data" / "geneval" / "evaluation_metadata.jsonl"
 WORLDS = {w: (world_classes(w), world_lexicon(w)) for w in ("shapes", "coco")}
 
 

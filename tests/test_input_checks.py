@@ -1,4 +1,4 @@
-"""Inputs checked before compute (gvu.bench.check, gvu.argcheck): one validator for every command that reads
+"""Inputs checked before compute (gvu.eval.check, gvu.argcheck): one validator for every command that reads
 prompt metadata, each error with file and line; command-line values refused with a message naming the flag;
 file errors naming the file. In-process through gvu.cli.main on a two-step tiny base."""
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gvu.bench.check import check_rows, read_checked
-from gvu.bench.metadata import MetadataError, write_metadata
-from gvu.bench.prompts import build_geneval, build_genevalpp, build_train
+from gvu.eval.check import check_rows, read_checked
+from gvu.eval.metadata import MetadataError, write_metadata
+from gvu.eval.prompts import build_geneval, build_genevalpp, build_train
 from gvu.cli import main
 from gvu.models.tokenizer import WordTokenizer
 

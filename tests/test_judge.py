@@ -10,8 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gvu.bench.prompts import (GENEVALPP_KINDS, TRAIN_KINDS, build_geneval, build_genevalpp, build_train, draw,
-                               world_classes, world_lexicon)
+from gvu.eval.prompts import build_geneval, build_genevalpp, build_train, world_classes, world_lexicon
+from gvu.world.kinds import GENEVALPP_KINDS, TRAIN_KINDS, draw
 from gvu.world.detect import Detection, Detections, detect
 from gvu.world.judge import evaluate, in_region, judge_image, relative_position
 from gvu.world.render import decode

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gvu.bench.groundtruth import render_ground_truth
-from gvu.bench.judging import UNCLEAN, judge_folder, off_palette, summarise
-from gvu.bench.prompts import build_geneval
+from gvu.eval.groundtruth import render_ground_truth
+from gvu.eval.judging import UNCLEAN, judge_folder, off_palette, summarise
+from gvu.eval.prompts import build_geneval
 from gvu.cli import main
 
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from gvu.bench.layout import LayoutSample, iter_layout, load_image, read_layout, write_prompt_dir
-from gvu.bench.metadata import MetadataError
+from gvu.eval.layout import LayoutSample, iter_layout, load_image, read_layout, write_prompt_dir
+from gvu.eval.metadata import MetadataError
 
 ROWS = [
     {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"},

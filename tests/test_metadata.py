@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from gvu.bench.coco import GENEVAL_COLORS, load_coco_classes
-from gvu.bench.metadata import (MetadataError, atomic_write_text, read_metadata, validate_row, write_metadata,
+from gvu.eval.coco import GENEVAL_COLORS, load_coco_classes
+from gvu.eval.metadata import (MetadataError, atomic_write_text, read_metadata, validate_row, write_metadata,
                                 write_prompts)
 
-DATA = Path(__file__).resolve().parents[1] / "gvu" / "bench" / "data"
+DATA = Path(__file__).resolve().parents[1] / "gvu" / "eval" / "data"
 GENEVAL = DATA / "geneval" / "evaluation_metadata.jsonl"
 GENEVALPP = DATA / "genevalpp" / "Geneval++.jsonl"
 

@@ -8,7 +8,7 @@ import torch
 
 from gvu.models.load import load_model
 from gvu.models.protocol import SamplingConfig, UnifiedModel
-from gvu.rl.trainer import lora_targets
+from gvu.rl.setup import lora_targets
 
 PROMPTS = ["a photo of a red circle", "two blue squares"]
 KINDS = ["builtin", "janus", "emu3", "causal-lm", "xomni"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gvu.bench.metadata import write_metadata
-from gvu.bench.prompts import build_geneval
+from gvu.eval.metadata import write_metadata
+from gvu.eval.prompts import build_geneval
 from gvu.cli import main
 from gvu.rl import runfolder
 

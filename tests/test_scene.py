@@ -5,7 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gvu.bench.prompts import KIND_TAG, KINDS, build_geneval, draw, world_classes, world_lexicon
+from gvu.eval.prompts import build_geneval, world_classes, world_lexicon
+from gvu.world.kinds import KIND_TAG, KINDS, draw
 from gvu.world.describe import describe
 from gvu.world.grammar import parse_prompt
 from gvu.world.judge import evaluate, in_region, judge_image

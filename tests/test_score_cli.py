@@ -1,7 +1,6 @@
 """`gvu score` and the AUC helpers: ranking statistics against brute force, scoring a ground-truth folder with
 corrupted images, which model scores, and the command through argparse (and through the real CLI once wired)."""
 
-import argparse
 import json
 import math
 import os
@@ -13,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from gvu.analysis.quality import auc, auc_by_tag, within_group_auc
-from gvu.analysis.score import (is_shapes_benchmark, register, resolve_scorer, score_folder, summarise_scores)
-from gvu.bench.groundtruth import render_ground_truth
-from gvu.bench.layout import load_image, write_prompt_dir
-from gvu.bench.prompts import build_genevalpp
+from gvu.eval.quality import auc, auc_by_tag, within_group_auc
+from gvu.cli import build_parser
+from gvu.analysis.score import is_shapes_benchmark, resolve_scorer, score_folder, summarise_scores
+from gvu.eval.groundtruth import render_ground_truth
+from gvu.eval.layout import load_image, write_prompt_dir
+from gvu.eval.prompts import build_genevalpp
 from gvu.models.builtin import build_builtin, save_builtin
 from gvu.reward import RewardConfig, intrinsic_reward
 from gvu.world.render import blank_tokens, decode, encode
@@ -114,11 +114,17 @@ def test_score_folder_records(tiny_dir, bench_dir):
     assert summary["tags"]["counting"]["auc"] is None  # one class only
 
 
-def test_cli_choices_mirror_the_reward():
-    import gvu.analysis.score as score
+def test_cli_choices_are_the_rewards(capsys):
     import gvu.reward as reward
 
-    assert score.SCORERS == reward.SCORERS and score.VARIANTS == reward.VARIANTS
+    for scorer in reward.SCORERS:
+        for variant in reward.VARIANTS:
+            a = build_parser().parse_args(["score", "d", "--model", "m", "--scorer", scorer, "--variant", variant])
+            assert (a.scorer, a.variant) == (scorer, variant)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["score", "d", "--model", "m", "--variant", "bogus"])
+    err = capsys.readouterr().err
+    assert "invalid choice 'bogus'" in err and all(v in err for v in reward.VARIANTS)
 
 
 def test_is_shapes_benchmark():
@@ -153,9 +159,7 @@ def test_resolve_scorer(tiny_dir, tmp_path):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="gvu")
-    register(p.add_subparsers(dest="command", required=True))
-    return p
+    return build_parser()
 
 
 def test_score_command_through_argparse(tiny_dir, bench_dir, tmp_path, capsys):
@@ -172,20 +176,8 @@ def test_score_command_through_argparse(tiny_dir, bench_dir, tmp_path, capsys):
         _parser().parse_args(["score", str(bench_dir), "--model", str(tiny_dir), "--scorer", "teacher"])
 
 
-def _wired(command: str) -> bool:
-    from gvu.cli import build_parser
-
-    try:
-        build_parser().parse_args([command, "--help"])
-    except SystemExit as e:
-        return e.code == 0
-    return False
-
-
 @pytest.mark.slow  # a fresh interpreter imports torch + transformers: 5-20 s on two busy cores
 def test_score_cli_subprocess(tiny_dir, bench_dir, tmp_path):
-    if not _wired("score"):
-        pytest.skip("`gvu score` is not wired into gvu/cli.py yet")
     out = tmp_path / "s.jsonl"
     proc = subprocess.run([sys.executable, "-m", "gvu.cli", "score", str(bench_dir), "--model", str(tiny_dir),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120,

@@ -196,9 +196,10 @@ def test_rows_per_step():
 def test_prompt_weights_set_the_built_in_training_mix():
     from collections import Counter
 
-    from gvu.bench.prompts import prompt_key, test_keys
+    from gvu.eval.prompts import test_keys
+    from gvu.world.kinds import prompt_key
     from gvu.models.tokenizer import WordTokenizer
-    from gvu.rl.trainer import load_prompt_rows
+    from gvu.rl.setup import load_prompt_rows
 
     weights = {"color_counting": 3.0, "position": 1.0}
     cfg = load_config(None, {"num_prompts": 400, "prompt_weights": weights})

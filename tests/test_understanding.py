@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gvu.bench.understanding import (PERTURBATIONS, build_understanding_set, negatives, run_understanding,
+from gvu.eval.understanding import (PERTURBATIONS, build_understanding_set, negatives, run_understanding,
                                      sequence_logprob)
 from gvu.models.builtin import build_builtin
 from gvu.world import spec

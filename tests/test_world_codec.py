@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gvu.bench.prompts import build_train
+from gvu.eval.prompts import build_train
 from gvu.world.detect import detect
 from gvu.world.render import blank_tokens, decode, encode, patch_table
 from gvu.world.scene import Obj, realise, scene_detections, scene_tokens

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gvu.analysis.plots import labelled_scatter
 from gvu.analysis.score import summarise_scores
-from gvu.bench.metadata import atomic_write_text
+from gvu.eval.metadata import atomic_write_text
+from gvu.eval.plots import labelled_scatter
 
 SCORES = Path("eval_before") / "geneval" / "scores.jsonl"
 
@@ -84,14 +84,3 @@ def cmd_lead(a: argparse.Namespace) -> None:
     out = Path(a.out)
     atomic_write_text(out.with_suffix(".json"), json.dumps(leads, indent=1) + "\n")
     print(f"wrote {lead_plot(leads, out.with_suffix('.png'))} and {out.with_suffix('.json')}")
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("lead", help="per-tag judge's lead (reward AUC on the base's own samples) against "
-                              "per-tag gain, for one or more demo runs: a table, JSON and a scatter plot")
-    p.add_argument("runs", nargs="+", help="`gvu demo` output folders")
-    p.add_argument("--label", action="append", help="a name per run, in order (default: the folder names)")
-    p.add_argument("--out", default="runs/lead", help="output path without suffix (default runs/lead: "
-                   "runs/lead.png and runs/lead.json)")
-    p.set_defaults(func=cmd_lead)
-    return p

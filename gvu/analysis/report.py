@@ -12,8 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from gvu.analysis.lead import SCORES, lead_plot, run_lead
-from gvu.bench.metadata import atomic_write_text
+from gvu.analysis.lead import lead_plot, run_lead, SCORES
+from gvu.eval.layout import load_image
+from gvu.eval.metadata import atomic_write_text
+from gvu.eval import plots
 
 
 def _load(path: Path):
@@ -79,9 +81,6 @@ def _log(path: Path) -> list[dict]:
 
 def _grid(run: Path, bench: str, n: int = 12) -> Path | None:
     """Before/after grid of the same prompts and seeds (sample 0 of the first n prompts)."""
-    from gvu.analysis.plots import image_grid
-    from gvu.bench.layout import load_image
-
     imgs, oks, caps = [], [], []
     for stage in ("eval_before", "eval_after"):
         res = {r["filename"]: r for r in _log(run / stage / bench / "results.jsonl")}
@@ -100,7 +99,7 @@ def _grid(run: Path, bench: str, n: int = 12) -> Path | None:
     k = min(len(imgs[0]), len(imgs[1]))
     if k == 0:
         return None
-    return image_grid(imgs[0][:k] + imgs[1][:k], run / f"grid_{bench}.png", captions=caps[0][:k] + caps[1][:k],
+    return plots.image_grid(imgs[0][:k] + imgs[1][:k], run / f"grid_{bench}.png", captions=caps[0][:k] + caps[1][:k],
                       correct=oks[0][:k] + oks[1][:k], ncols=k, caption_width=20)
 
 
@@ -167,9 +166,15 @@ def _pct(x) -> str:
 
 
 def _markdown(report: dict, pictures: dict[str, Path]) -> str:
-    c = report["comparison"]
-    lines = ["# GvU on the shapes world", ""]
-    d = report.get("demo") or {}
+    lines = ["# GvU on the shapes world", ""] + _md_settings(report.get("demo") or {})
+    lines += _md_scores(report["comparison"]) + _md_lead(report) + _md_reward(report["reward"]) + _md_oracle(report)
+    for name, path in pictures.items():
+        lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
+    return "\n".join(lines)
+
+
+def _md_settings(d: dict) -> list[str]:
+    lines = []
     if d.get("demo", {}).get("quick"):
         lines += [QUICK_NOTE, ""]
     if d:
@@ -183,6 +188,11 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
         if d.get("timings"):
             lines += ["Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in d["timings"].items())
                       + (f"; peak resident memory {d['peak_rss_mib']:.0f} MiB." if d.get("peak_rss_mib") else "."), ""]
+    return lines
+
+
+def _md_scores(c: dict) -> list[str]:
+    lines = []
     for bench, title in (("geneval", "GenEval-shapes"), ("genevalpp", "GenEval++-shapes")):
         if bench not in c:
             continue
@@ -206,6 +216,11 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
         lines += [f"| **overall** | **{u['overall']['before']:.3f}** | **{u['overall']['after']:.3f}** |",
                   f"| caption truthfulness | {u['caption_truthfulness']['before']:.3f} | "
                   f"{u['caption_truthfulness']['after']:.3f} |", ""]
+    return lines
+
+
+def _md_lead(report: dict) -> list[str]:
+    lines = []
     if report.get("lead"):
         lead = report["lead"]
         corr = lead["auc_gain_correlation"]
@@ -217,7 +232,11 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
         lines += [f"| {t} | {'n/a' if v['auc'] is None else format(v['auc'], '.3f')} | {v['before']:.3f} | "
                   f"{v['after']:.3f} | {v['gain']:+.3f} |" for t, v in lead["tags"].items()]
         lines += [""]
-    r = report["reward"]
+    return lines
+
+
+def _md_reward(r: dict) -> list[str]:
+    lines = []
     if r["steps"]:
         lines += [f"Training reward ({r['name']}), mean of steps 1-{r['window']} -> steps "
                   f"{r['steps'] - r['window'] + 1}-{r['steps']}: {r['first']:.4f} -> {r['last']:.4f}."]
@@ -225,6 +244,11 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
             lines += [f"Intrinsic reward (logged, not trained on), same steps: {r['intrinsic_first']:.4f} -> "
                       f"{r['intrinsic_last']:.4f}."]
         lines += [""]
+    return lines
+
+
+def _md_oracle(report: dict) -> list[str]:
+    lines = []
     if report.get("oracle"):
         q = report["oracle"]
         lines += ["## Against the oracle", "", f"The oracle run ({q['run']}) trains the same base with the exact "
@@ -236,14 +260,10 @@ def _markdown(report: dict, pictures: dict[str, Path]) -> str:
                 frac = "n/a" if v["fraction"] is None else f"{100 * v['fraction']:.0f}%"
                 lines += [f"| {title} | {v['gain']:+.3f} | {v['oracle_gain']:+.3f} | {frac} |"]
         lines += [""]
-    for name, path in pictures.items():
-        lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None, **demo_info) -> Path:
-    from gvu.analysis.plots import metrics_plot
-
     run = Path(run)
     if demo_info:
         atomic_write_text(run / "demo.json", json.dumps(demo_info, indent=1) + "\n")
@@ -253,7 +273,7 @@ def write_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None
     if log:
         keys = [k for k in ("reward", "accuracy", "reward_auc", "kl", "eval_geneval", "eval_genevalpp",
                             "eval_understanding") if any(k in m for m in log)]
-        pictures["Reward and evaluation over training steps"] = metrics_plot(log, keys, run / "curves.png",
+        pictures["Reward and evaluation over training steps"] = plots.metrics_plot(log, keys, run / "curves.png",
                                                                               empty_notes=EMPTY_PANELS)
     for bench in ("geneval", "genevalpp"):
         g = _grid(run, bench)

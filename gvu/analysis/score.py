@@ -20,30 +20,28 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gvu.reward import RewardConfig
+from gvu.eval.check import check_layout_rows
+from gvu.eval.judging import judge_pixels, off_palette
+from gvu.eval.layout import iter_layout, load_image
+from gvu.eval.metadata import atomic_write_text
+from gvu.eval.quality import auc_by_tag, format_auc, within_group_auc
+from gvu.models.builtin import GVU_FILE
+from gvu.models.load import load_model
+from gvu.reward import SCORERS, RewardConfig, intrinsic_reward
+from gvu.world import spec
 
-# Stdlib only at import time: gvu.cli builds its parser from `register` below, and `gvu --help` must not pay
-# for torch. These mirror gvu.reward.SCORERS / VARIANTS (tests check they agree).
-SCORERS = ("policy", "reference")
-VARIANTS = ("geomean", "content", "contrastive")
 SCORE_FIELDS = ("filename", "prompt", "tag", "reward", "correct")
 
 
 # ------------------------------------------------------------------------------------------ which model
 
 def _is_model(path: Path) -> bool:
-    from gvu.models.builtin import GVU_FILE
-
     return (path / GVU_FILE).is_file() or (path / "final" / GVU_FILE).is_file()
 
 
 def _recorded_base(run: Path, model_dir: Path) -> list[str]:
     """Paths a train output records as its starting model, most explicit first."""
-    from gvu.models.builtin import GVU_FILE
-
     found = []
     info = json.loads((model_dir / GVU_FILE).read_text()) if (model_dir / GVU_FILE).is_file() else {}
     found += [info[k] for k in ("trained_from", "base") if isinstance(info.get(k), str) and info[k]]
@@ -58,8 +56,6 @@ def _recorded_base(run: Path, model_dir: Path) -> list[str]:
 
 def resolve_scorer(spec: str | os.PathLike, scorer: str = "policy") -> tuple[str, str]:
     """(model spec to load, one line saying what it is) for a scorer of a model spec."""
-    from gvu.models.builtin import GVU_FILE
-
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
     run = Path(spec)
@@ -86,8 +82,6 @@ def resolve_scorer(spec: str | os.PathLike, scorer: str = "policy") -> tuple[str
 
 def load_scorer(spec: str | os.PathLike, scorer: str = "policy", device: str | None = None):
     """(model, description) for `gvu score --model SPEC --scorer SCORER`."""
-    from gvu.models.load import load_model
-
     path, what = resolve_scorer(spec, scorer)
     return load_model(path, device=device), what
 
@@ -96,8 +90,6 @@ def load_scorer(spec: str | os.PathLike, scorer: str = "policy", device: str | N
 
 def is_shapes_benchmark(row: dict, pixels) -> bool:
     """True where the exact judge can read the image: a 96x96 shapes-world render of a prompt about shapes."""
-    from gvu.world import spec
-
     items = list(row.get("include", [])) + list(row.get("exclude", []))
     return pixels.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3) and all(it.get("class") in spec.SHAPES
                                                                         for it in items)
@@ -111,11 +103,6 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
     scored at a time. `seed` draws the contrastive variant's negatives."""
     import numpy as np
     from tqdm import tqdm
-
-    from gvu.bench.check import check_layout_rows
-    from gvu.bench.judging import judge_pixels, off_palette
-    from gvu.bench.layout import iter_layout, load_image
-    from gvu.reward import RewardConfig, intrinsic_reward
 
     cfg = dataclasses.replace(cfg or RewardConfig(), image_path="pixels")
     outdir = Path(outdir)
@@ -138,7 +125,7 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
             rec = {"filename": s.path.relative_to(outdir).as_posix(), "prompt": s.row["prompt"],
                    "tag": s.row["tag"], "reward": float(r), "index": s.index, "sample": s.sample_index}
             if is_shapes_benchmark(s.row, px) and off_palette(px):
-                rec["clean"] = False  # not an exact render: no verdict, counted apart (gvu.bench.judging)
+                rec["clean"] = False  # not an exact render: no verdict, counted apart (gvu.eval.judging)
             elif is_shapes_benchmark(s.row, px):
                 rec["correct"] = bool(judge_pixels(px, s.row, "geneval")["correct"])
             records.append(rec)
@@ -150,8 +137,6 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
 def summarise_scores(records: list[dict]) -> dict:
     """Mean reward; where judged: accuracy, pooled AUC overall and per tag, and within-prompt AUC."""
     import numpy as np
-
-    from gvu.analysis.quality import auc_by_tag, within_group_auc
 
     rewards = np.array([r["reward"] for r in records], dtype=float)
     out: dict = {"images": len(records), "mean_reward": float(rewards.mean()) if len(records) else None}
@@ -178,8 +163,6 @@ def summarise_scores(records: list[dict]) -> dict:
 
 
 def format_scores(summary: dict, title: str = "") -> str:
-    from gvu.analysis.quality import format_auc
-
     lines = [title] if title else []
     if not summary["images"]:
         return "\n".join(lines + ["  no images"])
@@ -203,16 +186,12 @@ def format_scores(summary: dict, title: str = "") -> str:
 
 
 def write_scores(path: str | os.PathLike, records: list[dict]) -> None:
-    from gvu.bench.metadata import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
 def cmd_score(a: argparse.Namespace) -> None:
-    from gvu.reward import RewardConfig
-
     model, what = load_scorer(a.model, a.scorer)
     cfg = RewardConfig(variant=a.variant, scorer=a.scorer, image_path="pixels", micro_batch=a.micro_batch)
     records = score_folder(model, a.dir, cfg, seed=a.seed, progress=True)
@@ -221,21 +200,3 @@ def cmd_score(a: argparse.Namespace) -> None:
     print(format_scores(summarise_scores(records), f"{a.dir}: intrinsic reward ({a.variant}), scored by {what}"))
     if a.out:
         print(f"wrote {len(records)} scores to {a.out}")
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    from gvu.argcheck import COUNT, SEED
-
-    s = subparsers.add_parser("score", help="score every image of a GenEval-layout folder with the intrinsic "
-                                            "reward; AUC against the exact judge on shapes-world folders")
-    s.add_argument("dir", help="GenEval-layout folder (00000/metadata.jsonl, 00000/samples/0000.png, ...)")
-    s.add_argument("--model", required=True, help="model folder (`gvu pretrain` or `gvu train` output)")
-    s.add_argument("--scorer", choices=SCORERS, default="policy",
-                   help="policy: the model; reference: the base a `gvu train` output started from (a plain "
-                        "model folder is its own reference)")
-    s.add_argument("--variant", choices=VARIANTS, default="geomean")
-    s.add_argument("--out", help="write one JSON line per image here (filename, prompt, tag, reward, correct)")
-    s.add_argument("--micro-batch", dest="micro_batch", type=COUNT, default=64, help="images per forward pass")
-    s.add_argument("--seed", type=SEED, default=0, help="draws the contrastive variant's negatives")
-    s.set_defaults(func=cmd_score)
-    return s

@@ -27,10 +27,17 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gvu.eval.metadata import atomic_write_text
+from gvu.eval.plots import bar_chart
+from gvu.eval.prompts import build_genevalpp
+from gvu.models.load import load_model
+from gvu.models.protocol import SamplingConfig
+from gvu.reward import intrinsic_reward, RewardConfig
+from gvu.world.grammar import COUNTED_TAGS, render_prompt
+from gvu.world.scene import realise, scene_tokens
+
 if TYPE_CHECKING:  # stdlib only at import time: gvu.cli builds its parser from `register` below
     import torch
-
-    from gvu.reward import RewardConfig
 
 FIELDS = ("count", "color", "region")
 # 'none', the single fields, then pairs and the triple; a combination is named by its sorted fields joined by '+'
@@ -41,8 +48,6 @@ SOURCES = ("ground_truth", "samples")
 def ablate(row: dict, fields: tuple[str, ...] | list[str]) -> dict:
     """The row with `fields` removed from every include item (see the module docstring for counts), with its
     `prompt` re-rendered. `tag` is kept; the returned row is for scoring text, not for judging."""
-    from gvu.world.grammar import COUNTED_TAGS, render_prompt
-
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown ablation fields {sorted(unknown)}; known: {FIELDS}")
@@ -64,8 +69,6 @@ def ablate(row: dict, fields: tuple[str, ...] | list[str]) -> dict:
 
 def ablated_prompts(row: dict) -> dict[str, str]:
     """{ablation name: prompt text} for the ablations that change this row's text ('none' always)."""
-    from gvu.world.grammar import render_prompt
-
     original = render_prompt(row)
     out = {"none": original}
     for name in ABLATIONS[1:]:
@@ -81,9 +84,6 @@ def study_images(model, rows: list[dict], per_prompt: int = 2, seed: int = 0,
     ground-truth scenes (row i's depend only on (seed, i), as `gvu world render`) and the model's samples."""
     import numpy as np
     import torch
-
-    from gvu.models.protocol import SamplingConfig
-    from gvu.world.scene import realise, scene_tokens
 
     gt = []
     for i, row in enumerate(rows):
@@ -101,8 +101,6 @@ def study_images(model, rows: list[dict], per_prompt: int = 2, seed: int = 0,
 def score_ablations(model, rows: list[dict], images: dict[str, torch.Tensor], per_prompt: int,
                     cfg: RewardConfig | None = None) -> list[dict]:
     """One record per image: source, row index, tag, and the reward under every ablation that applies."""
-    from gvu.reward import RewardConfig, intrinsic_reward
-
     cfg = cfg or RewardConfig()
     if cfg.variant == "contrastive":
         raise ValueError("the contrastive variant needs metadata for its hard negatives, which ablated prompts "
@@ -191,8 +189,6 @@ def format_table(summary: dict, title: str = "") -> str:
 
 
 def plot(summary: dict, path: str | os.PathLike, title: str = "") -> Path:
-    from gvu.analysis.plots import bar_chart
-
     names = [n for n in ABLATIONS if summary[n]["mean"] is not None]
     values = [summary[n]["mean"] for n in names]
     reference = [None if n == "none" else summary[n]["none_same_prompts"] for n in names]
@@ -209,17 +205,12 @@ def run_sensitivity(model, out: str | os.PathLike | None = None, per_prompt: int
                     prompts_per_tag: int = 40, cfg: RewardConfig | None = None) -> dict:
     """The whole study on GenEval++-shapes. Writes DIR/sensitivity.json ({ablation: mean reward}),
     DIR/sensitivity_details.json and DIR/sensitivity.png when `out` is given. Returns the summary."""
-    from gvu.bench.prompts import build_genevalpp
-    from gvu.reward import RewardConfig
-
     cfg = cfg or RewardConfig()
 
     rows = build_genevalpp("shapes", n=prompts_per_tag)
     images = study_images(model, rows, per_prompt=per_prompt, seed=seed)
     summary = summarise(score_ablations(model, rows, images, per_prompt, cfg))
     if out is not None:
-        from gvu.bench.metadata import atomic_write_text
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "sensitivity.json",
@@ -236,9 +227,6 @@ def run_sensitivity(model, out: str | os.PathLike | None = None, per_prompt: int
 # ---------------------------------------------------------------------------------------------------- CLI
 
 def cmd_sensitivity(a: argparse.Namespace) -> None:
-    from gvu.models.load import load_model
-    from gvu.reward import RewardConfig
-
     model = load_model(a.model)
     cfg = RewardConfig(variant=a.variant, micro_batch=a.micro_batch)
     summary = run_sensitivity(model, a.out, per_prompt=a.per_prompt, seed=a.seed,
@@ -247,20 +235,3 @@ def cmd_sensitivity(a: argparse.Namespace) -> None:
                                 f"and samples, {a.per_prompt} per prompt)"))
     if a.out:
         print(f"wrote {Path(a.out) / 'sensitivity.json'}, sensitivity_details.json and sensitivity.png")
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser("sensitivity", help="the paper's Fig. 8: reward with count/colour/region words "
-                                                  "removed from the prompts")
-    s.add_argument("--model", required=True, help="model folder (`gvu pretrain` or `gvu train` output)")
-    s.add_argument("--out", help="folder for sensitivity.json, sensitivity_details.json and sensitivity.png "
-                                 "(without it, only the table is printed)")
-    s.add_argument("--per-prompt", dest="per_prompt", type=int, default=2,
-                   help="ground-truth scenes and model samples per prompt")
-    s.add_argument("--prompts-per-tag", dest="prompts_per_tag", type=int, default=40,
-                   help="GenEval++-shapes prompts per tag (7 tags)")
-    s.add_argument("--variant", choices=("geomean", "content"), default="geomean")
-    s.add_argument("--micro-batch", dest="micro_batch", type=int, default=128, help="images per forward pass")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_sensitivity)
-    return s

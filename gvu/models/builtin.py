@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from gvu.models.grid import GRID_KEY, GridLlamaForCausalLM, ordinal_init
+from gvu.models.hf import replace_dir
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM
 from gvu.models.tokenizer import WordTokenizer
 from gvu.world import render, spec
@@ -90,8 +92,6 @@ def llama_config(size: str, tok: WordTokenizer, grid: bool = True, bidirectional
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(PRESETS)}")
     p = PRESETS[size]
     if grid:
-        from gvu.models.grid import GRID_KEY
-
         p = {**p, GRID_KEY: dict(rows=spec.GRID, cols=spec.GRID, image_token_offset=tok.image_token_offset,
                                  num_codes=tok.num_codes, open_id=tok.see_id,
                                  bidirectional=bidirectional)}
@@ -132,7 +132,6 @@ def align_embeddings(lm: torch.nn.Module, tok: WordTokenizer) -> None:
 
 def _model_class(grid: bool):
     if grid:
-        from gvu.models.grid import GridLlamaForCausalLM
         return GridLlamaForCausalLM
     from transformers import LlamaForCausalLM
     return LlamaForCausalLM
@@ -154,25 +153,12 @@ def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer
         if aligned:
             align_embeddings(lm, tok)
         if grid:
-            from gvu.models.grid import ordinal_init
             ordinal_init(lm, {w: tok.word_offset + i for i, w in enumerate(tok.words)} if aligned else None)
     return BuiltinUMM(lm.eval(), tok, size)
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
     return all((Path(path) / f).is_file() for f in REQUIRED_FILES)
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place. A non-empty folder cannot be renamed over, so the old one is moved
-    aside first; only the instant between the two renames has no folder at `target`."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / "model")
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | None = None) -> Path:

@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gvu.models.hf import (PlainTokenizer, finish_loading, flag, import_callable, load_options, load_pretrained,
+from gvu.models.hf import (finish_loading, flag, import_callable, load_options, load_pretrained, PlainTokenizer,
                            save_transformers_model)
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM
 

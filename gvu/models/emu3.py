@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import GridSharedVocabUMM, SequenceFormat, build_grid_layout
-from gvu.models.hf import (PlainTokenizer, base_model, finish_loading, flag, load_options, load_pretrained,
+from gvu.models.causal_lm import build_grid_layout, GridSharedVocabUMM, SequenceFormat
+from gvu.models.hf import (base_model, finish_loading, flag, load_options, load_pretrained, PlainTokenizer,
                            save_transformers_model, tiny_byte_tokenizer)
 
 EOL, EOF = "<|extra_200|>", "<|extra_201|>"

@@ -124,13 +124,23 @@ def save_transformers_model(umm, directory: str | os.PathLike, extra: dict | Non
                 "options": {k: v for k, v in umm.options.items() if k not in ("device", "gradient_checkpointing")},
                 **(extra or {})}
         (tmp / GVU_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
-        from gvu.models.builtin import replace_dir
-
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place. A non-empty folder cannot be renamed over, so the old one is moved
+    aside first; only the instant between the two renames has no folder at `target`."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / "model")
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def import_callable(spec: str, search_dir: str | os.PathLike | None = None) -> Callable:

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.hf import (PlainTokenizer, base_model, finish_loading, flag, load_options, load_pretrained,
-                           save_transformers_model, tiny_byte_tokenizer)
-from gvu.models.protocol import Rollout, SamplingConfig, check_sample_args, checked_codes
-from gvu.models.sampling import draw, guided_logprobs
 from gvu.models.forward import cache_kwarg, cache_of, eval_mode, pad_batch, positions, span_logprobs
+from gvu.models.hf import (base_model, finish_loading, flag, load_options, load_pretrained, PlainTokenizer,
+                           save_transformers_model, tiny_byte_tokenizer)
+from gvu.models.protocol import check_sample_args, checked_codes, Rollout, SamplingConfig
+from gvu.models.sampling import draw, guided_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
 BOI, EOI, IMAGE = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"

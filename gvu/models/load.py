@@ -24,6 +24,12 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from gvu.models.builtin import load_builtin
+from gvu.models.causal_lm import load_causal_lm
+from gvu.models.emu3 import load_emu3
+from gvu.models.janus import load_janus
+from gvu.models.xomni import load_xomni
+
 SPEC_FORMS = (
     "DIR (a folder written by `gvu pretrain` or `gvu train`)",
     "janus:PATH_OR_NAME (a transformers Janus / Janus-Pro checkpoint, e.g. janus:deepseek-community/Janus-Pro-1B)",
@@ -46,15 +52,11 @@ def _accepted() -> str:
 
 def _loader(kind: str):
     if kind == "janus":
-        from gvu.models.janus import load_janus
         return load_janus
     if kind == "emu3":
-        from gvu.models.emu3 import load_emu3
         return load_emu3
     if kind == "xomni":
-        from gvu.models.xomni import load_xomni
         return load_xomni
-    from gvu.models.causal_lm import load_causal_lm
     return load_causal_lm
 
 
@@ -79,8 +81,6 @@ def parse_spec(spec: str) -> tuple[str | None, str, dict]:
 
 def load_saved(path: Path, device: str | None = None):
     """A folder with a gvu.json: the built-in model, or a trained transformers model (full weights or LoRA)."""
-    from gvu.models.builtin import load_builtin
-
     info = json.loads((path / "gvu.json").read_text())
     kind = info.get("kind")
     if kind == "builtin":

@@ -26,14 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.bench.prompts import KINDS, check_weights, draw, world_classes, world_lexicon
-from gvu.bench.understanding import negatives
-from gvu.models.builtin import BuiltinUMM, build_builtin, save_builtin
+from gvu.eval.prompts import world_classes, world_lexicon
+from gvu.eval.understanding import negatives
+from gvu.models.builtin import build_builtin, BuiltinUMM, save_builtin
 from gvu.models.forward import pad_batch
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
+from gvu.world.kinds import check_weights, draw, KINDS
 from gvu.world.scene import realise, scene_tokens
-from gvu.world.spec import COLORS, EMPTY, GRID, SHAPES, code_of
+from gvu.world.spec import code_of, COLORS, EMPTY, GRID, SHAPES
 
 STATE_FILE = "pretrain_state.pt"
 LOG_FILE = "pretrain_log.jsonl"
@@ -307,6 +308,32 @@ def _save_state(path: Path, model, opt, sched, step: int, rng: np.random.Generat
     os.replace(tmp, path)
 
 
+def _restore(state_path: Path, cfg: PretrainConfig, lm, opt, sched, rng) -> int:
+    """Load a saved run's state into the given objects; the step to resume at (0 without a state)."""
+    if not state_path.exists():
+        return 0
+    state = torch.load(state_path, weights_only=False)
+    if state["config"] != asdict(cfg):
+        raise ValueError(f"{state_path} was written with another configuration; delete it or use the same "
+                         "options to resume")
+    lm.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    rng.bit_generator.state = state["rng"]
+    return state["step"]
+
+
+def _update(lm, b: Batch, cfg: PretrainConfig, opt, sched):
+    """One optimizer step on a batch; (loss, its parts)."""
+    loss, parts = lm_loss(lm, b.ids, b.mask, b.labels, b.is_gen, b.neg_rows, b.true_rows, cfg.negative_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss, parts
+
+
 def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True) -> BuiltinUMM:
     """Pretrain (or resume) and write the model to `out`; returns the model."""
     from tqdm import tqdm
@@ -325,17 +352,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     rng = np.random.default_rng([cfg.seed, 2])
-    step = 0
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        if state["config"] != asdict(cfg):
-            raise ValueError(f"{state_path} was written with another configuration; delete it or use the same "
-                             "options to resume")
-        lm.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        rng.bit_generator.state = state["rng"]
-        step = state["step"]
+    step = _restore(state_path, cfg, lm, opt, sched, rng)
     lm.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain {cfg.preset}", unit="step", disable=not progress)
     log = open(work / LOG_FILE, "a")
@@ -349,13 +366,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
             # updated, step not counted), a window of a millisecond.
             began = (step, rng.bit_generator.state)
             b = make_batch(model, pool, cfg, rng, relation_phase=step < cfg.relation_steps)
-            loss, parts = lm_loss(lm, b.ids, b.mask, b.labels, b.is_gen, b.neg_rows, b.true_rows,
-                                  cfg.negative_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            loss, parts = _update(lm, b, cfg, opt, sched)
             step += 1
             tokens_seen += int(b.mask.sum())
             tps = tokens_seen / (time.perf_counter() - t0)

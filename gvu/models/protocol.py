@@ -1,6 +1,6 @@
 """The one interface every model is driven through (docs/design.md, "The model interface"), so the trainer never
-knows which model it holds: the built-in shapes-world model, a shared-vocabulary transformers model (X-Omni, Emu3) or a decoupled
-one (Janus-Pro).
+knows which model it holds: the built-in shapes-world model, a shared-vocabulary transformers model (X-Omni, Emu3)
+or a decoupled one (Janus-Pro).
 
 Letters: N rows (prompts x group size), T image tokens per image, L prompt tokens, H x W pixels.
 """

@@ -29,10 +29,10 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from gvu.models.forward import (ForwardView, cache_kwarg, cache_of, eval_mode, logits_kwarg, pad_batch, positions,
+from gvu.models.forward import (cache_kwarg, cache_of, eval_mode, ForwardView, logits_kwarg, pad_batch, positions,
                                 span_logprobs, takes_kwargs)
 from gvu.models.hf import base_model
-from gvu.models.protocol import Rollout, SamplingConfig, check_sample_args, checked_codes
+from gvu.models.protocol import check_sample_args, checked_codes, Rollout, SamplingConfig
 from gvu.models.sampling import draw, guided_logprobs
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 

@@ -58,12 +58,6 @@ class WordTokenizer:
     def word_ids(self) -> range:
         return range(self.word_offset, self.image_token_offset)
 
-    def token_id(self, token: str) -> int:
-        try:
-            return self._id[token]
-        except KeyError:
-            raise ValueError(f"token {token!r} is not in the model's vocabulary") from None
-
     def encode(self, text: str) -> list[int]:
         ids = []
         for w in split_words(text):

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import GridSharedVocabUMM, SequenceFormat, build_grid_layout
-from gvu.models.hf import (PlainTokenizer, base_model, finish_loading, flag, load_options, load_pretrained,
-                           save_transformers_model)
+from gvu.models.causal_lm import build_grid_layout, GridSharedVocabUMM, SequenceFormat
 from gvu.models.emu3 import parse_grid
+from gvu.models.hf import (base_model, finish_loading, flag, load_options, load_pretrained, PlainTokenizer,
+                           save_transformers_model)
 
 XOMNI_TRANSFORMERS = "4.51.3"
 SOM, EOM, IMAGE = "<SOM>", "<EOM>", "<IMAGE>"

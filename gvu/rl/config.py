@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from gvu.reward import RewardConfig
 from gvu.rl.grpo import LOSS_AGGREGATIONS, SCALE_REWARDS
+from gvu.world.kinds import check_weights
 
 REWARDS = ("intrinsic", "oracle_binary", "oracle_strict", "oracle_partial")
 
@@ -172,7 +174,6 @@ class TrainConfig:
         need(self.strategy in ("ddp", "fsdp2"), f"strategy must be 'ddp' or 'fsdp2', got {self.strategy!r}")
         need(self.max_steps >= 1, "max_steps must be >= 1")
         if self.prompt_weights:
-            from gvu.bench.prompts import check_weights
             check_weights(self.prompt_weights, "prompt_weights")
         need(not self.prompt_weights or self.prompts == "train",
              "prompt_weights mixes the built-in training set; leave it empty when `prompts` is a file")
@@ -195,7 +196,6 @@ class TrainConfig:
         need(self.epsilon_high is None or self.epsilon_high >= self.epsilon,
              f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon}): it widens the upper clip "
              "range (DAPO's clip-higher); leave it null for the same range as epsilon")
-        from gvu.reward import RewardConfig  # validates variant, scorer and image path with its own messages
         RewardConfig(instruction=self.instruction, variant=self.reward_variant, scorer=self.reward_scorer,
                      image_path=self.reward_image_path)
         need(self.monitor in ("auto", "shapes", "reward"),

@@ -9,56 +9,56 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 from pathlib import Path
 
-GENEVAL_METADATA = Path(__file__).resolve().parents[1] / "bench" / "data" / "geneval" / "evaluation_metadata.jsonl"
+from gvu.eval.evaluate import benchmark_rows, run_benchmark
+from gvu.eval.layout import write_prompt_dir
+from gvu.eval.metadata import read_metadata
+from gvu.eval.plots import image_grid
+from gvu.eval.prompts import spread
+from gvu.models.sampling import prompt_generators
+
+GENEVAL_METADATA = Path(__file__).resolve().parents[1] / "eval" / "data" / "geneval" / "evaluation_metadata.jsonl"
 
 
 def _grid(trainer, images, captions, correct=None) -> None:
     if not images or not trainer.dist.is_main:
         return
-    from gvu.analysis.plots import image_grid
-
     (trainer.out / "grids").mkdir(parents=True, exist_ok=True)
     image_grid(images, trainer.out / "grids" / f"step_{trainer.step:05d}.png", captions=captions, correct=correct,
                title=f"step {trainer.step}")
 
 
 def evaluate_shapes(trainer) -> dict:
-    from gvu.bench.evaluate import benchmark_rows, generate_and_judge, spread
-    from gvu.bench.understanding import build_understanding_set, run_understanding
-
     cfg, out, sets = trainer.cfg, {}, trainer._eval_sets
     grid_imgs, grid_caps, grid_ok = [], [], []
     for name in cfg.eval_benchmarks:
-        if name == "understanding":
-            if name not in sets:
-                sets[name] = build_understanding_set(limit=cfg.eval_limit or None)
-            u = run_understanding(trainer.policy, sets[name], captions=True)
-            out["eval_understanding"] = u["overall"]
-            out["eval_caption_truthfulness"] = u["caption_truthfulness"]
-            out.update({f"eval_understanding/{k}": v for k, v in u["by_perturbation"].items()})
-            continue
-        if name not in sets:
+        if name not in sets and name != "understanding":
             sets[name] = spread(benchmark_rows(name), cfg.eval_limit)
 
         def keep(i, row, imgs, rs, name=name):
             if i % max(1, len(sets[name]) // 8) == 0 and len(grid_imgs) < 16:
                 grid_imgs.append(imgs[0]); grid_caps.append(row["prompt"]); grid_ok.append(rs[0]["correct"])
 
-        _, summary = generate_and_judge(trainer.policy, sets[name], cfg.eval_per_prompt, cfg.eval_seed,
-                                        trainer.sampling, progress=False, on_images=keep)
-        out[f"eval_{name}"] = summary["overall"]
-        out[f"eval_{name}_strict"] = summary["strict_overall"]
-        out.update({f"eval_{name}/{tag}": v for tag, v in summary["tags"].items()})
+        s = run_benchmark(trainer.policy, name, trainer.sampling, cfg.eval_per_prompt, cfg.eval_seed,
+                          cfg.eval_limit or None, progress=False, rows=sets.get(name), on_images=keep)
+        out.update(_metrics(name, s))
     _grid(trainer, grid_imgs, grid_caps, grid_ok)
     return out
 
 
-def eval_prompt_rows(cfg) -> list[dict]:
-    from gvu.bench.evaluate import spread
-    from gvu.bench.metadata import read_metadata
+def _metrics(name: str, s: dict) -> dict:
+    """A benchmark's summary as flat eval_* log metrics."""
+    if name == "understanding":
+        return {"eval_understanding": s["overall"], "eval_caption_truthfulness": s["caption_truthfulness"],
+                **{f"eval_understanding/{k}": v for k, v in s["by_perturbation"].items()}}
+    return {f"eval_{name}": s["overall"], f"eval_{name}_strict": s["strict_overall"],
+            **{f"eval_{name}/{tag}": v for tag, v in s["tags"].items()}}
 
+
+def eval_prompt_rows(cfg) -> list[dict]:
     rows = read_metadata(cfg.eval_prompts or GENEVAL_METADATA)
     return spread(rows, cfg.eval_limit or 16)
 
@@ -66,10 +66,6 @@ def eval_prompt_rows(cfg) -> list[dict]:
 def evaluate_prompts(trainer) -> dict:
     """Images of the fixed evaluation prompts in GenEval's layout (+ grid, + eval_command). Every process samples
     the same prompts under FSDP2 (its passes are collectives); only the main process writes."""
-    from gvu.bench.layout import write_prompt_dir
-    from gvu.models.sampling import prompt_generators
-    from gvu.rl.monitor import run_eval_command
-
     cfg = trainer.cfg
     if "prompts" not in trainer._eval_sets:
         trainer._eval_sets["prompts"] = eval_prompt_rows(cfg)
@@ -93,3 +89,16 @@ def evaluate_prompts(trainer) -> dict:
         out.update(run_eval_command(cfg.eval_command, folder))
     return out
 
+
+def run_eval_command(template: str, folder: Path) -> dict:
+    """Run `template` with {dir} replaced by the GenEval-layout folder; its output goes to eval_command.log there.
+    Returns eval_command_rc (and never raises: an evaluator failing must not stop training)."""
+    cmd = template.replace("{dir}", shlex.quote(str(folder)))
+    log = folder / "eval_command.log"
+    try:
+        done = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        log.write_text(f"$ {cmd}\n{done.stdout}{done.stderr}")
+        return {"eval_command_rc": done.returncode}
+    except OSError as err:
+        log.write_text(f"$ {cmd}\n{err}\n")
+        return {"eval_command_rc": -1}

@@ -5,7 +5,7 @@ image, and asks it for the step's metrics. Every `eval_steps` it asks the monito
 
 - ShapesMonitor (the built-in shapes-world model): the exact judge on every image -> `accuracy`, and the ROC AUC
   of the intrinsic reward against correctness (`reward_auc`, the reward-hacking alarm); evaluation on the
-  shapes-world benchmarks (gvu.bench.evaluate).
+  shapes-world benchmarks (gvu.eval.evaluate).
 - RewardMonitor (real models on natural images, where the shapes judge sees nothing): reward statistics every
   step; every `eval_steps` the images of fixed prompts (`eval_prompts`, fixed seeds) written in GenEval's folder
   layout under `evals/step_NNNNN/`, an image grid of them under `grids/`, and, when `eval_command` is set, that
@@ -18,15 +18,15 @@ allocated memory on a GPU, the process's peak resident memory on CPU).
 from __future__ import annotations
 
 import contextlib
-import shlex
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gvu.analysis.quality import auc
+from gvu.eval.quality import auc
+from gvu.rl.evaluation import evaluate_prompts, evaluate_shapes
+from gvu.world.judge import judge_image
 
 
 class PhaseClock:
@@ -76,16 +76,12 @@ class ShapesMonitor:
     name = "shapes"
 
     def per_image(self, pixels, rows: list[dict]) -> list[bool]:
-        from gvu.world.judge import judge_image
-
         return [judge_image(px, row)[0].correct for px, row in zip(pixels, rows)]
 
     def step_metrics(self, values: list, intrinsic_N: torch.Tensor) -> dict:
         return {"accuracy": float(np.mean(values)), "reward_auc": auc(intrinsic_N.tolist(), values)}
 
     def evaluate(self, trainer) -> dict:
-        from gvu.rl.evaluation import evaluate_shapes
-
         return evaluate_shapes(trainer)
 
 
@@ -104,8 +100,6 @@ class RewardMonitor:
                 "intrinsic_reward_min": r.min().item(), "intrinsic_reward_max": r.max().item()}
 
     def evaluate(self, trainer) -> dict:
-        from gvu.rl.evaluation import evaluate_prompts
-
         return evaluate_prompts(trainer)
 
 
@@ -114,17 +108,3 @@ def pick_monitor(name: str, policy):
     if name == "auto":
         name = "shapes" if getattr(policy, "world", None) == "shapes" else "reward"
     return ShapesMonitor() if name == "shapes" else RewardMonitor()
-
-
-def run_eval_command(template: str, folder: Path) -> dict:
-    """Run `template` with {dir} replaced by the GenEval-layout folder; its output goes to eval_command.log there.
-    Returns eval_command_rc (and never raises: an evaluator failing must not stop training)."""
-    cmd = template.replace("{dir}", shlex.quote(str(folder)))
-    log = folder / "eval_command.log"
-    try:
-        done = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-        log.write_text(f"$ {cmd}\n{done.stdout}{done.stderr}")
-        return {"eval_command_rc": done.returncode}
-    except OSError as err:
-        log.write_text(f"$ {cmd}\n{err}\n")
-        return {"eval_command_rc": -1}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gvu.bench.prompts import KIND_TAG, KINDS
-from gvu.world.grammar import SHAPES_LEXICON, GrammarError, render_prompt
+from gvu.world.grammar import GrammarError, render_prompt, SHAPES_LEXICON
 from gvu.world.judge import evaluate, in_region, relative_position
+from gvu.world.kinds import KIND_TAG, KINDS
 from gvu.world.scene import Obj, scene_detections
 
 
@@ -56,13 +56,7 @@ def _candidates(kind: str, objs: list[Obj], rng: np.random.Generator) -> list[di
         cs = take(single, 2, 2) if kind == "color_attr" else take(single, 3, 4)
         return cs and [{"class": c, "count": 1, "color": by_cls[c][0].color} for c in cs]
     if kind == "position":
-        for i, a in enumerate(single):
-            for b in single[i + 1:]:
-                rels = relative_position(by_cls[a][0], by_cls[b][0])
-                if len(rels) == 1 and rels <= relative_position(by_cls[a][0], by_cls[b][0], threshold=0.2):
-                    rel = next(iter(rels))
-                    return [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}]
-        return None
+        return _position_pair(single, by_cls)
     if kind == "multi_object_count_attr":
         cs = take(classes, 2, 3)
         return cs and [{"class": c, "count": len(by_cls[c])} for c in cs]
@@ -81,13 +75,29 @@ def _candidates(kind: str, objs: list[Obj], rng: np.random.Generator) -> list[di
         return cs and [{"class": c, "count": 1, "color": by_cls[c][0].color,
                         "region": str(rng.choice(_regions_of(by_cls[c])))} for c in cs]
     if kind == "size_spatial_attr":
-        large = [c for c in single if by_cls[c][0].size == "large" and _regions_of(by_cls[c])]
-        small = [c for c in single if by_cls[c][0].size == "small" and _regions_of(by_cls[c])]
-        if not large or not small:
-            return None
-        return [{"class": large[0], "count": 1, "size": "larger", "region": str(rng.choice(_regions_of(by_cls[large[0]])))},
-                {"class": small[0], "count": 1, "size": "smaller", "region": str(rng.choice(_regions_of(by_cls[small[0]])))}]
+        return _size_pair(single, by_cls, rng)
     raise ValueError(f"unknown prompt kind {kind!r}")
+
+
+def _position_pair(single: list[str], by_cls: dict) -> list[dict] | None:
+    """Two single objects in exactly one clear relative position (still true with GenEval's wider threshold)."""
+    for i, a in enumerate(single):
+        for b in single[i + 1:]:
+            rels = relative_position(by_cls[a][0], by_cls[b][0])
+            if len(rels) == 1 and rels <= relative_position(by_cls[a][0], by_cls[b][0], threshold=0.2):
+                rel = next(iter(rels))
+                return [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}]
+    return None
+
+
+def _size_pair(single: list[str], by_cls: dict, rng: np.random.Generator) -> list[dict] | None:
+    """A large and a small single object, each in a region it lies in."""
+    large = [c for c in single if by_cls[c][0].size == "large" and _regions_of(by_cls[c])]
+    small = [c for c in single if by_cls[c][0].size == "small" and _regions_of(by_cls[c])]
+    if not large or not small:
+        return None
+    return [{"class": c, "count": 1, "size": size, "region": str(rng.choice(_regions_of(by_cls[c])))}
+            for c, size in ((large[0], "larger"), (small[0], "smaller"))]
 
 
 def weighted_order(kinds: tuple[str, ...], rng: np.random.Generator,

@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from gvu.world.render import LARGE_BOX, SMALL_BOX, shape_mask
+from gvu.world.render import LARGE_BOX, shape_mask, SMALL_BOX
 from gvu.world.spec import BACKGROUND, COLORS, PALETTE, SHAPES
 
 # Clean renders give IoU 1; the closest pair of distinct templates (small circle vs small hexagon) is far

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gvu.world.detect import Detection, Detections, detect
+from gvu.world.detect import detect, Detection, Detections
 from gvu.world.spec import COLORS, IMAGE_SIZE
 
 POSITION_THRESHOLD = 0.1  # GenEval's value
@@ -109,14 +109,9 @@ def evaluate(dets: Detections, row: dict, mode: str = "geneval") -> Verdict:
             if groups[target] is None:
                 matched = False
                 fail("position", f"no target for {cls} to be {rel}")
-            else:
-                for obj in found:
-                    bad = next((relative_position(obj, t) for t in groups[target]
-                                if rel not in relative_position(obj, t)), None)
-                    if bad is not None:
-                        matched = False
-                        fail("position", f"expected {cls} {rel} target, found {' and '.join(sorted(bad)) or 'no relation to'} target")
-                        break
+            elif (reason := _position_failure(found, groups[target], cls, rel)) is not None:
+                matched = False
+                fail("position", reason)
         if matched and "region" in req:
             outside = [d for d in found if not in_region(d, req["region"])]
             if outside:
@@ -124,7 +119,25 @@ def evaluate(dets: Detections, row: dict, mode: str = "geneval") -> Verdict:
                 fail("region", f"expected {cls} in the {req['region']} half, found {len(outside)} outside it")
         groups.append(found if matched else None)
 
-    # GenEval++'s size: every object of a "larger" include is larger (by area) than every "smaller" one.
+    _check_sizes(row, groups, fail)
+    for req in row.get("exclude", []):
+        cls = req["class"]
+        if len(objects.get(cls, [])) >= req["count"]:
+            fail("exclude", f"expected {cls}<{req['count']}, found {len(objects[cls])}")
+    return v
+
+
+def _position_failure(found: list[Detection], targets: list[Detection], cls: str, rel: str) -> str | None:
+    """Why the first of `found` that is not `rel` of every target fails, or None when all are."""
+    for obj in found:
+        bad = next((relative_position(obj, t) for t in targets if rel not in relative_position(obj, t)), None)
+        if bad is not None:
+            return f"expected {cls} {rel} target, found {' and '.join(sorted(bad)) or 'no relation to'} target"
+    return None
+
+
+def _check_sizes(row: dict, groups: list, fail) -> None:
+    """GenEval++'s size: every object of a "larger" include is larger (by area) than every "smaller" one."""
     larger = [g for req, g in zip(row["include"], groups) if req.get("size") == "larger" and g]
     smaller = [g for req, g in zip(row["include"], groups) if req.get("size") == "smaller" and g]
     for gl in larger:
@@ -132,12 +145,6 @@ def evaluate(dets: Detections, row: dict, mode: str = "geneval") -> Verdict:
             if min(d.area for d in gl) <= max(d.area for d in gs):
                 fail("size", f"expected {gl[0].cls} larger than {gs[0].cls}, found areas "
                              f"{min(d.area for d in gl)} <= {max(d.area for d in gs)}")
-
-    for req in row.get("exclude", []):
-        cls = req["class"]
-        if len(objects.get(cls, [])) >= req["count"]:
-            fail("exclude", f"expected {cls}<{req['count']}, found {len(objects[cls])}")
-    return v
 
 
 def judge_image(pixels: np.ndarray, row: dict, mode: str = "geneval") -> tuple[Verdict, Detections]:

@@ -14,8 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from gvu.world.spec import (BACKGROUND, CELL, COLORS, EMPTY, GRID, IMAGE_SIZE, NUM_CODES, NUM_TOKENS, PALETTE,
-                            PART_OFFSETS, SHAPES, code_of)
+from gvu.world.spec import (BACKGROUND, CELL, code_of, COLORS, EMPTY, GRID, IMAGE_SIZE, NUM_CODES, NUM_TOKENS, PALETTE,
+                            PART_OFFSETS, SHAPES)
 
 MARGIN = 2
 SMALL_BOX = CELL - 2 * MARGIN  # 12

@@ -16,8 +16,8 @@ from functools import lru_cache
 
 from gvu.world.detect import Detection, Detections
 from gvu.world.judge import evaluate, relative_position
-from gvu.world.render import LARGE_BOX, MARGIN, SMALL_BOX, shape_mask
-from gvu.world.spec import CELL, COLORS, EMPTY, GRID, NUM_TOKENS, PART_OFFSETS, SHAPES, code_of
+from gvu.world.render import LARGE_BOX, MARGIN, shape_mask, SMALL_BOX
+from gvu.world.spec import CELL, code_of, COLORS, EMPTY, GRID, NUM_TOKENS, PART_OFFSETS, SHAPES
 
 MAX_TRIES = 400
 

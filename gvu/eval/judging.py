@@ -14,10 +14,11 @@ from typing import Iterable
 
 import numpy as np
 
-from gvu.bench.layout import iter_layout, load_image
-from gvu.bench.metadata import atomic_write_text
-from gvu.world.judge import evaluate
+from gvu.eval.check import check_layout_rows
+from gvu.eval.layout import iter_layout, load_image
+from gvu.eval.metadata import atomic_write_text
 from gvu.world.detect import detect
+from gvu.world.judge import evaluate
 from gvu.world.spec import BACKGROUND, COLORS, IMAGE_SIZE, PALETTE
 
 _CLEAN = np.array([(r << 16) | (g << 8) | b for r, g, b in [PALETTE[c] for c in COLORS] + [BACKGROUND]])
@@ -76,8 +77,6 @@ def judge_folder(outdir: str | os.PathLike, mode: str = "geneval", progress: boo
                  unclean: str = "refuse") -> tuple[list[dict], dict]:
     """Judge every image; one that is not an exact render is refused (`unclean="refuse"`, naming the file) or
     gets the verdict 'not a clean render' (`"report"`), counted in the summary and never scored."""
-    from gvu.bench.check import check_layout_rows
-
     if unclean not in UNCLEAN_MODES:
         raise ValueError(f"unclean must be one of {UNCLEAN_MODES}, got {unclean!r}")
     samples = list(iter_layout(outdir))

@@ -26,7 +26,7 @@ ROW_KEYS = ("tag", "include", "exclude", "prompt")
 INCLUDE_KEYS = ("class", "count", "color", "position", "region", "size")
 EXCLUDE_KEYS = ("class", "count")
 
-_DEFAULT_HINT = "see the row format in gvu/bench/metadata.py"
+_DEFAULT_HINT = "see the row format in gvu/eval/metadata.py"
 
 
 class MetadataError(ValueError):

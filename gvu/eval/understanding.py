@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gvu.bench.prompts import build_geneval, build_genevalpp
+from gvu.eval.prompts import build_geneval, build_genevalpp, spread
 from gvu.world import spec
-from gvu.world.grammar import GrammarError, SHAPES_LEXICON, parse_prompt, render_prompt
+from gvu.world.grammar import GrammarError, parse_prompt, render_prompt, SHAPES_LEXICON
 from gvu.world.judge import evaluate
 from gvu.world.scene import Obj, realise, scene_detections, scene_tokens
 
@@ -40,6 +40,23 @@ def _finish(row: dict) -> dict:
         row["exclude"] = [{"class": it["class"], "count": it["count"] + 1}]
     row["prompt"] = render_prompt(row, SHAPES_LEXICON)
     return row
+
+
+def _relation_flips(row: dict, i: int):
+    """Copies of `row` with item i's position, region or size flipped, in that order."""
+    it = row["include"][i]
+    for key in ("position", "region", "size"):
+        if key in it:
+            neg = copy.deepcopy(row)
+            if key == "position":
+                neg["include"][i]["position"] = [_FLIP[it["position"][0]], it["position"][1]]
+            elif key == "region":
+                neg["include"][i]["region"] = _FLIP[it["region"]]
+            else:  # both sizes flip together, or the prompt would say two larger objects
+                for item in neg["include"]:
+                    if "size" in item:
+                        item["size"] = _FLIP[item["size"]]
+            yield neg
 
 
 def negatives(row: dict, objs: list[Obj], rng: np.random.Generator) -> dict[str, dict]:
@@ -74,19 +91,9 @@ def negatives(row: dict, objs: list[Obj], rng: np.random.Generator) -> dict[str,
                     if keep("count", neg):
                         break
         if "relation" not in out:
-            for key in ("position", "region", "size"):
-                if key in it:
-                    neg = copy.deepcopy(row)
-                    if key == "position":
-                        neg["include"][i]["position"] = [_FLIP[it["position"][0]], it["position"][1]]
-                    elif key == "region":
-                        neg["include"][i]["region"] = _FLIP[it["region"]]
-                    else:  # both sizes flip together, or the prompt would say two larger objects
-                        for item in neg["include"]:
-                            if "size" in item:
-                                item["size"] = _FLIP[item["size"]]
-                    if keep("relation", neg):
-                        break
+            for neg in _relation_flips(row, i):
+                if keep("relation", neg):
+                    break
         if "object" not in out:
             others = [c for c in spec.SHAPES if c not in present]
             if others:
@@ -114,10 +121,7 @@ class UnderstandingSet:
 
 
 def build_understanding_set(seed: int = 0, limit: int | None = None) -> UnderstandingSet:
-    rows = build_geneval("shapes") + build_genevalpp("shapes")
-    from gvu.bench.evaluate import spread
-
-    rows = spread(rows, limit)
+    rows = spread(build_geneval("shapes") + build_genevalpp("shapes"), limit)
     rng = np.random.default_rng([seed, 7])
     objs = [realise(r, rng) for r in rows]
     negs = [negatives(r, o, rng) for r, o in zip(rows, objs)]

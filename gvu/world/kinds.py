@@ -1,27 +1,16 @@
-"""Prompt-set builders: GenEval (exact for COCO), GenEval++-style, and training sets without test overlap.
-
-Each builder works for two worlds: `coco` (GenEval's 80 class names and its English quirks) and `shapes` (the
-eight shapes and correct English). GenEval-shapes reuses GenEval's own draw order over the eight shapes, so it
-inherits GenEval's task mix and duplicate rule; with only eight classes some tasks have few distinct prompts
-(eight single objects, 24 counting prompts), which is the world's size, not a bug.
-
-GenEval++ publishes its prompt file but no generator; `build_genevalpp` draws prompts of its seven tags with
-the same structure as the published file (3-4 coloured objects, counts 4-7, opposite regions, counts 1-3, a
-larger and a smaller object), `n` distinct prompts per tag where the world has that many.
-"""
+"""The kinds of prompt the worlds draw (GenEval's six, GenEval++'s seven, and one more for training sets) and how
+one prompt's metadata row of a kind is drawn, given a world's classes and lexicon. Prompt sets are built from these
+in gvu.eval.prompts; descriptions (gvu.world.describe) and pretraining draw from them too."""
 
 from __future__ import annotations
 
 import json
-from typing import Callable
 
 import numpy as np
 
-from gvu.bench.coco import build_geneval_coco, load_coco_classes
 from gvu.world import spec
-from gvu.world.grammar import SHAPES_LEXICON, Lexicon, coco_lexicon, render_prompt
+from gvu.world.grammar import Lexicon, render_prompt
 
-WORLDS = ("shapes", "coco")
 # The thirteen kinds of prompt: GenEval's six, then GenEval++'s seven. Two GenEval++ kinds share a tag name
 # with GenEval's (counting, color_attr) and differ in their numbers, so kinds are named apart here.
 GENEVAL_KINDS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -35,18 +24,6 @@ KINDS = GENEVAL_KINDS + GENEVALPP_KINDS
 TRAIN_KINDS = KINDS + ("color_counting",)
 KIND_TAG = {k: k.removesuffix("_pp") for k in KINDS} | {"color_counting": "counting"}
 _OPPOSITE = (("left", "right"), ("above", "below"))
-
-
-def world_classes(world: str) -> list[str]:
-    if world == "shapes":
-        return list(spec.SHAPES)
-    if world == "coco":
-        return load_coco_classes()
-    raise ValueError(f"unknown world {world!r}; use one of {WORLDS}")
-
-
-def world_lexicon(world: str) -> Lexicon:
-    return SHAPES_LEXICON if world == "shapes" else coco_lexicon(world_classes(world))
 
 
 def _row(kind: str, include: list[dict], lex: Lexicon) -> dict:
@@ -122,35 +99,6 @@ def prompt_key(row: dict) -> str:
                        sorted(json.dumps(e, sort_keys=True) for e in row.get("exclude", []))])
 
 
-def build_geneval(world: str = "shapes", seed: int = 43, n: int = 100) -> list[dict]:
-    rows = build_geneval_coco(seed=seed, n=n, classes=world_classes(world))
-    if world == "shapes":  # same draws, correct English
-        for r in rows:
-            r["prompt"] = render_prompt(r, SHAPES_LEXICON)
-    return rows
-
-
-def build_genevalpp(world: str = "shapes", seed: int = 0, n: int = 40, max_tries: int = 2000) -> list[dict]:
-    classes, lex = world_classes(world), world_lexicon(world)
-    rng = np.random.default_rng(seed)
-    rows: list[dict] = []
-    for kind in GENEVALPP_KINDS:
-        seen: set[str] = set()
-        for _ in range(max_tries):  # the world may have fewer than n distinct prompts of a kind
-            if len(seen) == n:
-                break
-            row = draw(kind, rng, classes, lex)
-            if prompt_key(row) not in seen:
-                seen.add(prompt_key(row))
-                rows.append(row)
-    return rows
-
-
-def test_keys(world: str) -> set[str]:
-    """Keys of the default GenEval and GenEval++ test prompts of a world."""
-    return {prompt_key(r) for r in build_geneval(world) + build_genevalpp(world)}
-
-
 def check_weights(weights: dict, name: str = "prompt weights") -> None:
     """A training mix is valid when it names known kinds only, with numbers >= 0 and at least one > 0."""
     unknown = sorted(set(weights) - set(TRAIN_KINDS))
@@ -159,35 +107,3 @@ def check_weights(weights: dict, name: str = "prompt weights") -> None:
     numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights.values())
     if not numbers or not all(w >= 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
         raise ValueError(f"{name} must be >= 0 with at least one > 0, got {weights}")
-
-
-def build_train(world: str = "shapes", seed: int = 0, n: int = 50_000, weights: dict[str, float] | None = None,
-                exclude_keys: set[str] | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
-    """A weighted mix of prompt kinds (`weights`: kind -> relative weight; default: the thirteen test kinds
-    equally), with no prompt that matches a test prompt (ignoring object order).
-
-    Kinds whose every prompt is a test prompt (in the shapes world: single objects, two objects, counting)
-    run dry and are dropped from the mix; prompts may repeat, since the world is finite.
-    """
-    classes, lex = world_classes(world), world_lexicon(world)
-    weights = dict(weights or {k: 1.0 for k in KINDS})
-    check_weights(weights)
-    exclude_keys = test_keys(world) if exclude_keys is None else exclude_keys
-    rng = np.random.default_rng(seed)
-    misses = {k: 0 for k in weights}
-    rows: list[dict] = []
-    while len(rows) < n:
-        live = [k for k, w in weights.items() if w > 0 and misses[k] < 500]
-        if not live:
-            raise ValueError("every prompt kind in the mix is covered by the test sets")
-        p = np.array([weights[k] for k in live], dtype=float)
-        kind = live[rng.choice(len(live), p=p / p.sum())]
-        row = draw(kind, rng, classes, lex)
-        if prompt_key(row) in exclude_keys:
-            misses[kind] += 1
-            continue
-        misses[kind] = 0
-        rows.append(row)
-        if progress is not None:
-            progress(len(rows))
-    return rows

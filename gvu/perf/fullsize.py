@@ -30,7 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from gvu.bench.perf import machine_info, matmul_gflops, peak_rss_since_reset, reset_peak_rss, ru_maxrss_mib
+from gvu.eval.metadata import write_metadata
+from gvu.models.hf import base_model, tiny_byte_tokenizer
+from gvu.models.janus import BOI, EOI, IMAGE, TINY_CHAT_TEMPLATE
+from gvu.perf.measure import machine_info, peak_rss_since_reset, reset_peak_rss, ru_maxrss_mib
+from gvu.perf.step import matmul_gflops
+from gvu.rl.config import load_config
+from gvu.rl.trainer import Trainer
 
 STEP_PHASES = ("sample", "decode", "reward", "reference", "update")
 """Phases of the training step that every run must report (the trainer may log more)."""
@@ -73,8 +79,6 @@ def janus_config(arch: str, tok):
     """transformers' JanusConfig of `arch`, with the tokenizer's special token ids."""
     from transformers import JanusConfig
 
-    from gvu.models.janus import IMAGE
-
     a = ARCHS[arch]
     if len(tok) > a["text"]["vocab_size"]:
         raise ValueError(f"{arch}: the tokenizer has {len(tok)} tokens, the vocabulary {a['text']['vocab_size']}")
@@ -90,9 +94,6 @@ def build_checkpoint(arch: str, folder: str, seed: int = 0) -> dict:
     import torch
     from transformers import JanusForConditionalGeneration
     from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
-
-    from gvu.models.hf import tiny_byte_tokenizer
-    from gvu.models.janus import BOI, EOI, IMAGE, TINY_CHAT_TEMPLATE
 
     t = time.perf_counter()
     tok = tiny_byte_tokenizer(["<pad>", "<bos>", "<eos>", BOI, EOI, IMAGE, "<|User|>", "<|Assistant|>"],
@@ -153,8 +154,6 @@ def _timed_method(obj, name: str, record: dict) -> None:
 
 def _progress(trainer, every: int):
     """Log every `every` calls of the generation head (one per sampled code): a projection of the sampling time."""
-    from gvu.models.hf import base_model
-
     head = base_model(trainer.policy.lm).model.generation_head
     state = {"n": 0, "t": time.perf_counter()}
 
@@ -167,10 +166,6 @@ def _progress(trainer, every: int):
 
 def train_one_step(arch: str, folder: Path, threads: int) -> tuple[dict, dict, dict]:
     """(phase record, step metrics, config) of one `Trainer.train()` step on the checkpoint in `folder`."""
-    from gvu.bench.metadata import write_metadata
-    from gvu.rl.config import load_config
-    from gvu.rl.trainer import Trainer
-
     write_metadata(folder / "prompts.jsonl", [PROMPT_ROW])
     overrides = dict(STEP_CONFIG, model=f"janus:{folder / 'model'}?dtype=bfloat16&device=cpu",
                      output_dir=str(folder / "run"), prompts=str(folder / "prompts.jsonl"), threads=threads)

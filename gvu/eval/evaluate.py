@@ -6,46 +6,25 @@ ran before; evaluation during training and `gvu eval` therefore see identical dr
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from gvu.bench.judging import judge_pixels, summarise
-from gvu.bench.layout import write_prompt_dir
-from gvu.models.protocol import SamplingConfig
+from gvu.eval.check import read_checked
+from gvu.eval.judging import format_summary, judge_pixels, summarise, write_results
+from gvu.eval.layout import write_prompt_dir
+from gvu.eval.metadata import atomic_write_text
+from gvu.eval.prompts import build_geneval, build_genevalpp, spread
+from gvu.eval.understanding import build_understanding_set, run_understanding
 
 BENCHMARKS = ("geneval", "genevalpp", "understanding")
 
 
-def spread(rows: list, limit: int | None) -> list:
-    """`limit` rows spread evenly over the list, or all of them. Every tag keeps its share, and at least one row
-    while `limit` is at least the number of tags (even spacing over the whole list skips small tags: 8 of
-    GenEval-shapes' 319 rows missed `counting`, so its per-tag table and overall lost a tag)."""
-    if not limit or limit >= len(rows):
-        return rows
-    by_tag: dict = {}
-    for i, r in enumerate(rows):
-        by_tag.setdefault(r.get("tag") if isinstance(r, dict) else None, []).append(i)
-    if limit < len(by_tag):
-        return [rows[int(i)] for i in np.linspace(0, len(rows) - 1, limit).round()]
-    share = {t: limit * len(idx) / len(rows) for t, idx in by_tag.items()}
-    take = {t: max(1, int(s)) for t, s in share.items()}
-    while sum(take.values()) > limit:  # the minimum of one pushed the total over: trim the most over-served
-        t = max((t for t in take if take[t] > 1), key=lambda t: take[t] - share[t])
-        take[t] -= 1
-    while sum(take.values()) < limit:  # largest remainders first
-        t = max((t for t in take if take[t] < len(by_tag[t])), key=lambda t: share[t] - take[t])
-        take[t] += 1
-    keep = sorted(by_tag[t][int(j)] for t, idx in by_tag.items()
-                  for j in np.linspace(0, len(idx) - 1, take[t]).round())
-    return [rows[i] for i in keep]
-
-
 def benchmark_rows(name: str) -> list[dict]:
-    from gvu.bench.prompts import build_geneval, build_genevalpp
-
     if name == "geneval":
         return build_geneval("shapes")
     if name == "genevalpp":
@@ -55,14 +34,15 @@ def benchmark_rows(name: str) -> list[dict]:
 
 @torch.no_grad()
 def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int = 0,
-                       sampling: SamplingConfig | None = None, prompts_per_batch: int = 16,
+                       sampling=None, prompts_per_batch: int = 16,
                        outdir: str | os.PathLike | None = None, progress: bool = True,
                        on_images: Callable[[int, dict, np.ndarray, list[dict]], None] | None = None
                        ) -> tuple[list[dict], dict]:
     """Sample `per_prompt` images per row, judge each in geneval mode (and strict, as `correct_strict`)."""
     from tqdm import tqdm
 
-    sampling = sampling or SamplingConfig()
+    if sampling is None:
+        raise ValueError("pass the model's SamplingConfig (gvu.models.protocol) as sampling=")
     results: list[dict] = []
     bar = tqdm(total=len(rows), desc="generating", unit="prompt", disable=not progress, leave=False)
     for start in range(0, len(rows), prompts_per_batch):
@@ -90,66 +70,65 @@ def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int =
     return results, summary
 
 
-def evaluate_model(model_spec, benchmark: str = "all", per_prompt: int = 4, seed: int = 0,
-                   out: str | os.PathLike | None = None, guidance: float = 1.0, progress: bool = True,
-                   limit: int | None = None) -> dict:
-    """`gvu eval`: run one benchmark, all three, or a shapes-world metadata file; write summary.json.
-    `limit` keeps that many prompts of each benchmark, spread over its tags (see `spread`), for quick runs."""
-    import json
-    from pathlib import Path
+def run_benchmark(model, name: str, sampling, per_prompt: int = 4, seed: int = 0, limit: int | None = None,
+                  outdir: str | os.PathLike | None = None, progress: bool = True, rows: list[dict] | None = None,
+                  on_images: Callable | None = None) -> dict:
+    """One benchmark on a model of the interface: `understanding` (matching accuracy, captions), or GenEval-,
+    GenEval++-style or a metadata file's `rows`, generated and judged. The summary `gvu eval` writes and the
+    trainer's evaluation logs. `sampling` is the model's SamplingConfig."""
+    if name == "understanding":
+        return run_understanding(model, build_understanding_set(limit=limit), captions=True)
+    if rows is None:
+        rows = benchmark_rows(name)
+    results, summary = generate_and_judge(model, spread(rows, limit), per_prompt=per_prompt, seed=seed,
+                                          sampling=sampling, outdir=outdir, progress=progress, on_images=on_images)
+    if outdir is not None:
+        write_results(Path(outdir) / "results.jsonl", results)
+    return summary
 
-    from gvu.bench.judging import format_summary, write_results
-    from gvu.bench.metadata import atomic_write_text
-    from gvu.bench.understanding import run_understanding
-    from gvu.models.load import load_model
 
-    model = load_model(model_spec) if isinstance(model_spec, (str, os.PathLike)) else model_spec
+def evaluate_model(model, benchmark: str = "all", *, sampling, per_prompt: int = 4, seed: int = 0,
+                   out: str | os.PathLike | None = None, progress: bool = True, limit: int | None = None) -> dict:
+    """`gvu eval`: one benchmark, all three, or a shapes-world metadata file; summary.json in `out`. `limit` keeps
+    that many prompts of each benchmark, spread over its tags (see gvu.eval.prompts.spread), for quick runs."""
     names = list(BENCHMARKS) if benchmark == "all" else [benchmark]
     summary: dict = {}
     lines = []
-    sampling = SamplingConfig(guidance=guidance)
     for name in names:
-        if name == "understanding":
-            from gvu.bench.understanding import build_understanding_set
-
-            u = run_understanding(model, build_understanding_set(limit=limit))
-            summary["understanding"] = u
-            lines.append("understanding\n  matching accuracy  {:.3f}  ({} pairs)\n".format(u["overall"], u["pairs"])
-                         + "".join(f"    {k:<8} {v:.3f}\n" for k, v in u["by_perturbation"].items())
-                         + f"  caption truthfulness  {u['caption_truthfulness']:.3f}")
-            continue
-        if name in BENCHMARKS:
-            key, rows = name, benchmark_rows(name)
-        elif str(name).endswith(".jsonl"):
-            from gvu.bench.check import read_checked
-
+        rows = None
+        if str(name).endswith(".jsonl"):
             # every row checked (the world, the model's words) before the first image, errors with file:line
-            key, rows = "file", read_checked(name, tokenizer=getattr(model, "tokenizer", None))
-        else:
+            rows = read_checked(name, tokenizer=getattr(model, "tokenizer", None))
+        elif name not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {name!r}; use geneval, genevalpp, understanding, all or a "
                              "shapes-world metadata FILE.jsonl")
-        rows = spread(rows, limit)
-        img_dir = Path(out) / key if out else None
-        results, s = generate_and_judge(model, rows, per_prompt=per_prompt, seed=seed, sampling=sampling,
-                                        outdir=img_dir, progress=progress)
-        if img_dir is not None:
-            write_results(img_dir / "results.jsonl", results)
+        key = "file" if rows is not None else name
+        s = run_benchmark(model, key, sampling, per_prompt, seed, limit, Path(out) / key if out and
+                          key != "understanding" else None, progress, rows)
         summary[key] = s
-        lines.append(format_summary(s, f"{key} ({len(results)} images, seed {seed})"))
+        lines.append(_format_understanding(s) if key == "understanding" else
+                     format_summary(s, f"{key} ({sum(s['images'].values())} images, seed {seed})"))
     if out:
         atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=1) + "\n")
     summary["table"] = "\n".join(lines)
     return summary
 
 
+def _format_understanding(u: dict) -> str:
+    return ("understanding\n  matching accuracy  {:.3f}  ({} pairs)\n".format(u["overall"], u["pairs"])
+            + "".join(f"    {k:<8} {v:.3f}\n" for k, v in u["by_perturbation"].items())
+            + f"  caption truthfulness  {u['caption_truthfulness']:.3f}")
+
+
 @torch.no_grad()
 def generate_layout(model, rows: list[dict], outdir: str | os.PathLike, per_prompt: int = 4, seed: int = 0,
-                    sampling: SamplingConfig | None = None, prompts_per_batch: int = 8, progress: bool = True) -> int:
+                    sampling=None, prompts_per_batch: int = 8, progress: bool = True) -> int:
     """Images of any model in GenEval's folder layout, unjudged (score them with GenEval's or GenEval++'s own
     tools, or with `gvu judge` for the shapes world). Same seeding as generate_and_judge. Returns the count."""
     from tqdm import tqdm
 
-    sampling = sampling or SamplingConfig()
+    if sampling is None:
+        raise ValueError("pass the model's SamplingConfig (gvu.models.protocol) as sampling=")
     n = 0
     for start in tqdm(range(0, len(rows), prompts_per_batch), desc="generating", unit="batch", disable=not progress):
         chunk = rows[start:start + prompts_per_batch]

@@ -1,7 +1,7 @@
 """One validation pass over prompt metadata before any compute, shared by every command that reads it
 (`gvu train`, `generate`, `eval`, `score`, `judge`, `world render`).
 
-`gvu.bench.metadata.read_metadata` checks the GenEval row format. On top of it, each row is checked for:
+`gvu.eval.metadata.read_metadata` checks the GenEval row format. On top of it, each row is checked for:
 
 - a tag the evaluator knows (GenEval's six and GenEval++'s seven); an unknown tag would be scored as its own
   silent column of the summary;
@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 
-from gvu.bench.metadata import MetadataError, read_metadata, validate_row
+from gvu.eval.metadata import MetadataError, read_metadata, validate_row
 from gvu.world import spec
 from gvu.world.grammar import GENEVAL_TAGS, GENEVALPP_TAGS, GrammarError, parse_prompt, render_prompt, words_of
+from gvu.world.scene import _precheck, UnsatisfiableError
 
 KNOWN_TAGS = tuple(dict.fromkeys(GENEVAL_TAGS + GENEVALPP_TAGS))
 
@@ -32,8 +33,6 @@ def _check_tag(row: dict) -> None:
 
 def _check_fits(row: dict) -> None:
     """Counts the world can draw: checked on the totals first, so `count: 10**9` fails at once."""
-    from gvu.world.scene import UnsatisfiableError, _precheck
-
     total = sum(it["count"] for it in row["include"])
     if total > spec.NUM_TOKENS:
         raise MetadataError(f"the row asks for {total} objects; a {spec.GRID}x{spec.GRID} image holds at most "

@@ -32,7 +32,7 @@ _UNCOLORED = "person"  # GenEval avoids "[COLOR] person" prompts
 
 def load_coco_classes() -> list[str]:
     """GenEval's 80 COCO class names (its spelling, e.g. "hair drier"), in file order."""
-    text = resources.files("gvu.bench").joinpath("data/geneval/object_names.txt").read_text(encoding="utf-8")
+    text = resources.files("gvu.eval").joinpath("data/geneval/object_names.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

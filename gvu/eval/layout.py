@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gvu.bench.metadata import (MetadataError, atomic_write_bytes, atomic_write_text, read_metadata,
-                                validate_row)
+from gvu.eval.metadata import atomic_write_bytes, atomic_write_text, MetadataError, read_metadata, validate_row
 
 _SAMPLE_RE = re.compile(r"\d+\.png")  # GenEval's filter for sample files
 
@@ -110,7 +109,7 @@ def iter_layout(outdir: str | os.PathLike) -> Iterator[LayoutSample]:
         prompts = _numbered(it, True, re.compile(r"\d+"))
     if not prompts:
         raise MetadataError("no prompt folders (00000, 00001, ...)", outdir, None,
-                            "write them with gvu.bench.layout.write_prompt_dir")
+                            "write them with gvu.eval.layout.write_prompt_dir")
     return _iter_prompts(prompts)
 
 

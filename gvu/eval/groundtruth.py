@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from gvu.bench.layout import write_prompt_dir
+from gvu.eval.layout import write_prompt_dir
 from gvu.world.render import decode
 from gvu.world.scene import realise, scene_tokens
 

@@ -1,0 +1,113 @@
+"""What every speed benchmark shares (gvu.perf): the plan of what to run, machine information, timing medians and
+peak resident memory. See gvu/perf/run.py for the benchmarks themselves."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REWARD_RTOL = 1e-5  # reward values: ours vs the published loop's probabilities multiplied in float64
+TOKEN_RTOL = 1e-5  # each prompt token's probability (float32 softmax in both, different batch shapes)
+SCORES_PROB_ATOL = 1e-5  # rollout: per-step probabilities, generate's processed scores vs our filter_logits
+SCORES_LOGP_ATOL = 1e-5  # the same as log-probs (on codes with probability > 1e-6), and our replay
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each benchmark runs; `plan(quick, size)` picks one."""
+
+    size: str = "default"
+    repeats: int = 5  # timed repeats of every measurement of ours
+    baseline_repeats: int = 3  # of the slow baselines (the published loop, transformers' generate)
+    reward_lengths: tuple[int, ...] = (8, 16, 32)
+    reward_batches: tuple[int, ...] = (1, 16, 64)
+    rollout_batches: tuple[int, ...] = (16, 64)
+    rollout_guidance: float = 3.0
+    step_prompts: int = 16  # TrainConfig's defaults: 16 prompts x 8 images, minibatches of 64
+    step_generations: int = 8
+    step_minibatch: int = 64
+    step_repeats: int = 5
+    pretrain_batch: int = 64
+    pretrain_steps: int = 10
+    pretrain_scenes: int = 2000
+    janus_batch: int = 4
+
+
+def plan(quick: bool, size: str = "default", repeats: int | None = None) -> Plan:
+    p = Plan(size=size)
+    if quick:
+        p = replace(p, repeats=2, baseline_repeats=1, reward_batches=(1, 16), rollout_batches=(16,), step_repeats=2,
+                    pretrain_steps=3, pretrain_scenes=256)
+    if size == "tiny":  # tests and smoke runs: the smallest cases that still exercise every path
+        p = replace(p, reward_lengths=(16, 32), reward_batches=(4,), rollout_batches=(8,), step_prompts=2,
+                    step_generations=4, step_minibatch=8, pretrain_batch=16, pretrain_scenes=64, janus_batch=1)
+    if repeats is not None:
+        p = replace(p, repeats=repeats, baseline_repeats=repeats, step_repeats=repeats, pretrain_steps=max(2, repeats))
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+def machine_info() -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu, "nproc": nproc,
+            "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def timed(fn, repeats: int, warmup: int = 1):
+    """(last result, {median_s, times_s}) of `fn()` run `warmup` times untimed, then `repeats` times."""
+    for _ in range(warmup):
+        fn()
+    times, out = [], None
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, {"median_s": statistics.median(times), "times_s": times}
+
+
+def ru_maxrss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (2 ** 20 if sys.platform == "darwin" else 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Linux: reset this process's VmHWM so `peak_rss_since_reset` measures one phase; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_reset() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _speedup(base: dict, ours: dict) -> float:
+    return base["median_s"] / ours["median_s"]

@@ -1,0 +1,148 @@
+"""Performance benchmarks, `gvu bench [--only NAME,...]` (docs/design.md, "Tests and benchmarks"): each one runs a
+BASELINE and OURS in the same process, asserts they compute the same numbers, and reports medians and every repeat
+time as JSON. Never timed in tests. `gvu bench --full-size ARCH` runs gvu.perf.fullsize instead.
+
+1. reward:  our one batched, log-space pass (gvu.reward.intrinsic_reward) vs the PUBLISHED loop (per prompt token a
+            full forward over [understanding prefix, x_<j], one image at a time, raw probabilities multiplied,
+            L-th root). Compared against the loop's own per-token probabilities multiplied in float64, because the
+            published float32 product underflows to 0 on long prompts (counted in the JSON).
+2. rollout: our KV-cached sampler (model.sample) vs transformers' `generate` on the same LlamaForCausalLM, with a
+            logits processor masking non-image ids, top_k=0, top_p=1, temperature 1, and for guidance transformers'
+            own UnbatchedClassifierFreeGuidanceLogitsProcessor (the unconditional branch is a second forward per
+            step, as in the published code). Checked: generate's processed scores at every step equal our
+            filter_logits on the same prefix (teacher-forced), and our sampler's recorded log-probs equal its replay.
+3. step:    one GRPO step of gvu.rl.trainer.Trainer on a randomly initialised model: the per-phase times it logs,
+            images/s and peak resident memory.
+4. limit:   torch.matmul GFLOP/s at the model's shapes (the peak is the best of them) and the model FLOPs utilisation
+            (MFU = tokens/s x 6 x params / peak) of pretraining and of the update phase. 6 x params per token is
+            the usual estimate: it leaves out attention's S^2 terms and counts the tied lm_head on every position.
+
+Letters: N rows, T image tokens, C image codes, L prompt tokens, B batch, S sequence length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from gvu.perf import fullsize
+from gvu.perf.measure import machine_info, plan, ru_maxrss_mib
+from gvu.perf.reward import bench_janus_reward, bench_reward
+from gvu.perf.rollout import bench_rollout
+from gvu.perf.step import bench_limit, bench_step
+
+BENCHMARKS = ("reward", "rollout", "step", "limit")
+
+# ---------------------------------------------------------------------------------------------- all of them
+
+def _headline(cases: list[dict], exact: dict, near: dict) -> dict:
+    """The case matching `exact` whose `near` keys are closest (the plan's own case when it has one)."""
+    cases = [c for c in cases if all(c[k] == v for k, v in exact.items())]
+    return min(cases, key=lambda c: sum(abs(math.log(c[k] / v)) for k, v in near.items()))
+
+
+def run_benchmarks(quick: bool = False, out: str | os.PathLike | None = None, threads: int = 0,
+                   size: str = "default", repeats: int | None = None, janus: bool = True,
+                   only: tuple[str, ...] = BENCHMARKS) -> dict:
+    """Run the benchmarks in `only`, write JSON to `out` (when given) and return it. `threads` 0 keeps torch's
+    default; `size` the built-in preset ('tiny' for tests); `repeats` overrides the plan's repeat counts."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        p = plan(quick, size, repeats)
+        heads: dict = {}
+        res: dict = {"machine": machine_info(), "quick": quick, "plan": asdict(p), "headline_cases": heads}
+        t0 = time.perf_counter()
+        walls = res["wall_s_by_benchmark"] = {}
+        if "reward" in only:
+            t = time.perf_counter()
+            res["reward"] = bench_reward(p)
+            c = _headline(res["reward"]["cases"], {}, {"prompt_tokens": 16, "batch": 16})
+            res["reward_speedup"] = c["speedup"]
+            heads["reward_speedup"] = {"prompt_tokens": c["prompt_tokens"], "batch": c["batch"]}
+            walls["reward"], t = time.perf_counter() - t, time.perf_counter()
+            res["janus"] = bench_janus_reward(p) if janus else "not run"
+            walls["janus"] = time.perf_counter() - t
+        if "rollout" in only:
+            t = time.perf_counter()
+            res["rollout"] = bench_rollout(p)
+            for key, g in (("rollout_speedup_nocfg", 1.0), ("rollout_speedup_cfg", p.rollout_guidance)):
+                c = _headline(res["rollout"]["cases"], {"guidance": g}, {"batch": 16})
+                res[key] = c["speedup"]
+                heads[key] = {"batch": c["batch"], "guidance": g}
+            walls["rollout"] = time.perf_counter() - t
+        if "step" in only:
+            t = time.perf_counter()
+            res["step"] = bench_step(p, threads)
+            walls["step"] = time.perf_counter() - t
+        if "limit" in only:
+            t = time.perf_counter()
+            res["limit"] = bench_limit(p, res.get("step"))
+            res["pretrain_mfu"] = res["limit"]["pretrain_mfu"]
+            res["update_mfu"] = res["limit"].get("update_mfu")
+            walls["limit"] = time.perf_counter() - t
+        res["peak_rss_mib"] = ru_maxrss_mib()
+        res["wall_s"] = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+def format_table(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"{m['cpu']} ({m['nproc']} cpus, {m['threads']} threads, load {m['load_average']}), torch {m['torch']}",
+             f"{'benchmark':34s} {'baseline s':>11s} {'ours s':>9s} {'speedup':>8s}  check"]
+
+    def row(name, c, check):
+        lines.append(f"{name:34s} {c['baseline']['median_s']:11.4f} {c['ours']['median_s']:9.4f} "
+                     f"{c['speedup']:7.1f}x  {check}")
+    for c in res.get("reward", {}).get("cases", []):
+        row(f"reward L={c['prompt_tokens']} B={c['batch']}", c,
+            f"rel {c['max_rel_diff']:.1e}; f32 product underflows {c['loop_float32_product_subnormal_or_zero']}"
+            f"/{c['batch']}")
+    j = res.get("janus")
+    if isinstance(j, dict) and "speedup" in j:
+        row(f"reward tiny Janus B={j['batch']}", j, f"rel {j['max_rel_diff']:.1e}")
+    elif j is not None:
+        lines.append(f"{'reward tiny Janus':34s} {j if isinstance(j, str) else j.get('error')}")
+    for c in res.get("rollout", {}).get("cases", []):
+        row(f"rollout B={c['batch']} guidance={c['guidance']:g}", c,
+            f"|dp| {c['max_abs_diff_prob']:.1e}, ours {c['ours_tokens_per_s']:,.0f} tok/s")
+    if "step" in res:
+        s = res["step"]
+        ph = ", ".join(f"{k.removeprefix('time/')} {v:.3f}" for k, v in s["median_s"].items())
+        lines.append(f"RL step ({s['images_per_step']} images): {ph} s; {s['images_per_s']:.1f} images/s; "
+                     f"peak RSS {s['peak_rss_mib']:.0f} MiB")
+    if "limit" in res:
+        li = res["limit"]
+        lines.append(f"limit: peak matmul {li['peak_gflops_per_s']:.1f} GFLOP/s ({li['peak_shape']}); pretrain "
+                     f"{li['pretrain']['tokens_per_s']:,.0f} tok/s, MFU {li['pretrain_mfu']:.1%}"
+                     + (f"; update MFU {li['update_mfu']:.1%}" if li.get("update_mfu") is not None else ""))
+    lines.append(f"peak RSS (process) {res['peak_rss_mib']:.0f} MiB; wall {res['wall_s']:.1f} s")
+    return "\n".join(lines)
+
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    if getattr(a, "full_size", None):
+        res = fullsize.run_fullsize(a.full_size, out=a.out, **({"threads": a.threads} if a.threads else {}))
+        print(fullsize.format_fullsize(res))
+        if a.out:
+            print(f"wrote {a.out}")
+        return
+    res = run_benchmarks(quick=a.quick, out=a.out, threads=a.threads, size=a.size, repeats=a.repeats,
+                         only=a.only or BENCHMARKS)
+    print(format_table(res))
+    if a.out:
+        print(f"wrote {a.out}")

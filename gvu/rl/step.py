@@ -1,0 +1,233 @@
+"""One GRPO step of the trainer, as three named parts (docs/design.md, "The method"):
+
+- rollout: this process's prompts -> sampled codes and their log-probs, decoded images, rewards, what the monitor
+  watches, and the old / reference log-probs (a StepData);
+- gather: every process's StepData, field by field, in rank order (skipped in one process);
+- update: `num_iterations` passes over the rollout in minibatches, each an optimizer step, non-finite ones
+  skipped and counted.
+
+Each phase is timed by a PhaseClock (seconds and peak memory).
+
+Letters: N rows (prompts x group size), T image codes, L prompt tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+
+from gvu.models.sampling import prompt_generators
+from gvu.reward import intrinsic_reward
+from gvu.rl.grpo import group_advantages, grpo_loss, k3_kl
+from gvu.rl.monitor import PhaseClock
+from gvu.rl.setup import pad_cat
+
+
+@dataclasses.dataclass
+class StepData:
+    """One rollout, on one process or gathered from all."""
+
+    tokens_NT: torch.Tensor
+    old_N: torch.Tensor
+    """pi_old: the sampler's log-probs (or their replay)."""
+    sampled_NT: torch.Tensor
+    """The sampler's own log-probs (the entropy estimate)."""
+    reward_N: torch.Tensor
+    intrinsic_N: torch.Tensor
+    watched: list
+    """What the monitor keeps per image (the shapes judge's verdicts; nothing for natural images)."""
+    ref_NT: torch.Tensor | None = None
+    und_ref: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The judge's reference prompt log-probs and mask (the understanding leash), right-padded."""
+
+
+def gather_step(dist, d: StepData) -> StepData:
+    """Every process's StepData in rank order: tensors concatenated (back on this process's device where the
+    update reads them), lists joined, ragged (log-probs, mask) pairs right-padded."""
+    parts = dist.gather(dataclasses.asdict(d))
+    dev = d.tokens_NT.device
+    out = {}
+    for f in dataclasses.fields(StepData):
+        vals = [p[f.name] for p in parts]
+        if vals[0] is None:
+            out[f.name] = None
+        elif isinstance(vals[0], list):
+            out[f.name] = [x for v in vals for x in v]
+        elif isinstance(vals[0], tuple):
+            out[f.name] = tuple(pad_cat([v[i] for v in vals]).to(dev) for i in range(len(vals[0])))
+        else:
+            out[f.name] = torch.cat(vals).to(dev)
+    return StepData(**out)
+
+
+class GRPOStep:
+    """The step, mixed into gvu.rl.trainer.Trainer (which holds the policy, the optimizer and the data order)."""
+
+    MAX_NONFINITE_IN_A_ROW = 5
+
+    def train_step(self) -> dict:
+        cfg, G = self.cfg, self.cfg.num_generations
+        clock, t_step = PhaseClock(self.policy.device), time.perf_counter()
+        rows = self.next_rows()
+        d, stats = self.rollout(rows, clock)
+        if self.dist.enabled:  # the whole rollout on every rank, in rank order (= the order of `rows`)
+            with clock("gather"):
+                d = gather_step(self.dist, d)
+        adv_N, adv_stats = group_advantages(d.reward_N, G, cfg.scale_rewards)
+        stats.update(adv_stats)
+        with clock("update"):
+            means, region_max = self.update(d, [r["prompt"] for r in rows for _ in range(G)], adv_N, stats)
+        self.step += 1
+        return {"step": self.step, **stats, **means, "clip_ratio/region_max": region_max,
+                "entropy": -d.sampled_NT.mean().item(),  # Monte Carlo estimate from the drawn codes
+                "intrinsic_reward": d.intrinsic_N.mean().item(), **self.monitor.step_metrics(d.watched, d.intrinsic_N),
+                "learning_rate": self.sched.get_last_lr()[0], **clock.values,
+                "step_time": time.perf_counter() - t_step}
+
+    def rollout(self, rows: list[dict], clock: PhaseClock) -> tuple[StepData, dict]:
+        """This process's share of the step's prompts, each with its whole group: sample, decode, reward, watch,
+        reference. Decoders that draw (diffusion) get seeds fixed by (seed, prompt position, row), so a resumed
+        run decodes the same pixels."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        first = self.data_pos - len(rows)
+        mine = self.dist.shard(len(rows))
+        local_rows = rows[mine]
+        with clock("sample"):
+            gens = prompt_generators(cfg.seed, range(first + mine.start, first + mine.stop))
+            rollout = self.policy.sample([r["prompt"] for r in local_rows], G, self.sampling, gens)
+        prompts, meta = rollout.row_prompts(), [local_rows[i] for i in rollout.prompt_index_N.tolist()]
+        with clock("decode"):
+            seeds = [cfg.seed * 1_000_003 + (first + mine.start) * G + k for k in range(len(prompts))]
+            pixels = self.policy.decode(rollout.image_tokens_NT, prompts=prompts, seeds=seeds)
+        with clock("reward"):
+            reward_N, intrinsic_N = self.score(rollout.image_tokens_NT, pixels, prompts, meta)
+        with clock("monitor"):
+            watched = self.monitor.per_image(pixels, meta)
+        with clock("reference"):  # and the replay, if any
+            old_N, ref_NT, und_ref, stats = self._reference_pass(rollout, prompts)
+        return StepData(rollout.image_tokens_NT, old_N, rollout.logp_NT, reward_N, intrinsic_N, watched, ref_NT,
+                        und_ref), stats
+
+    def score(self, tokens_NT, pixels, row_prompts, row_meta) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward used for training, intrinsic reward for logging). A model that reads pixels (or the 'pixels'
+        reward path) gets the images decoded once for this step, not decoded again."""
+        scorer_ctx = self.reference_model() if self.cfg.reward_scorer == "reference" else contextlib.nullcontext(self.policy)
+        images = pixels if (self.cfg.reward_image_path == "pixels" or getattr(self.policy, "reads_pixels", False)) \
+            else tokens_NT
+        with scorer_ctx as scorer:
+            intrinsic = intrinsic_reward(scorer, images, row_prompts, self.reward_cfg, rows=row_meta,
+                                         rng=np.random.default_rng([self.cfg.seed, self.step])).reward_N
+        if self.oracle is None:
+            return intrinsic, intrinsic
+        return torch.tensor(self.oracle(row_prompts, pixels, rows=row_meta), dtype=torch.float32), intrinsic
+
+    def _reference_pass(self, rollout, prompts_N):
+        """(old log-probs, reference log-probs or None, the judge's reference prompt log-probs or None, stats)."""
+        cfg, tokens_NT = self.cfg, rollout.image_tokens_NT
+        old_N, stats = rollout.logp_NT, {}
+        if cfg.old_logp_source == "replay":
+            with torch.no_grad():
+                replay = self.policy.image_logprobs(prompts_N, tokens_NT, self.sampling)
+            stats["rollout_replay_max_abs_diff"] = self.dist.all_max((replay - old_N).abs().max().item())
+            old_N = replay
+        ref_NT = und_ref = None
+        if cfg.beta > 0:
+            with torch.no_grad(), self.reference_model() as ref:
+                ref_NT = ref.image_logprobs(prompts_N, tokens_NT, self.sampling)
+        if cfg.beta_understanding > 0:  # the judge's own leash: its prompt log-probs on these images
+            with torch.no_grad(), self.reference_model() as ref:
+                und_ref = ref.prompt_logprobs(tokens_NT, prompts_N, cfg.instruction)
+        return old_N, ref_NT, und_ref, stats
+
+    def update(self, d: "StepData", row_prompts: list[str], adv_N, stats: dict) -> tuple[dict, float]:
+        """num_iterations passes over the rollout in minibatches, one optimizer step each; non-finite ones are
+        skipped (see _skip_minibatch). Returns the minibatch means of the loss statistics and the largest
+        clipped fraction."""
+        cfg, g = self.cfg, self.dist
+        tokens_NT, old_N, ref_NT, und_ref = d.tokens_NT, d.old_N, d.ref_NT, d.und_ref
+        N, T = tokens_NT.shape
+        M = cfg.minibatch_size
+        agg: dict[str, list[float]] = {}
+        for _ in range(cfg.num_iterations):
+            perm = torch.randperm(N, generator=self.update_gen)
+            for s in range(0, N, M):
+                batch = perm[s:s + M]
+                und_count = None if und_ref is None else und_ref[1][batch].sum().clamp(min=1)
+                idx = batch[g.shard(M)]  # this rank's equal shard of the minibatch
+                args = (idx, tokens_NT, [row_prompts[i] for i in idx.tolist()], old_N, adv_N, ref_NT, und_ref,
+                        und_count, N * T // g.world)
+                loss, st = self._ddp(*args) if self._ddp is not None else self.minibatch_loss(*args)
+                self.opt.zero_grad(set_to_none=True)
+                if not self._finite(loss.detach()):  # agreed across ranks, so no rank skips a collective alone
+                    self._skip_minibatch(stats)
+                    continue
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0
+                                                    else float("inf"))
+                gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+                if not math.isfinite(gn):  # a finite loss can still have a non-finite gradient
+                    self.opt.zero_grad(set_to_none=True)
+                    self._skip_minibatch(stats)
+                    continue
+                self._nonfinite_in_a_row = 0
+                st["grad_norm"] = gn
+                self.opt.step()
+                self.sched.step()
+                for k, v in st.items():
+                    agg.setdefault(k, []).append(v)
+        stats.setdefault("skipped_minibatches", 0)
+        means = g.mean_dict({k: float(np.mean(v)) for k, v in agg.items()})
+        return means, (g.all_max(max(agg["clip_ratio/region_mean"])) if agg else 0.0)
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        bad = 0.0 if bool(torch.isfinite(loss)) else 1.0
+        return (self.dist.all_max(bad) if self.dist.enabled else bad) == 0.0
+
+    def _skip_minibatch(self, stats: dict) -> None:
+        """A non-finite loss or gradient never reaches the weights: the minibatch is skipped and counted; several
+        in a row stop the run (the weights are as they were before the first of them)."""
+        stats["skipped_minibatches"] = stats.get("skipped_minibatches", 0) + 1
+        self._nonfinite_in_a_row += 1
+        if self._nonfinite_in_a_row >= self.MAX_NONFINITE_IN_A_ROW:
+            raise RuntimeError(
+                f"{self._nonfinite_in_a_row} minibatches in a row had a non-finite loss or gradient (step "
+                f"{self.step + 1}); the weights were not updated by any of them. Lower learning_rate, use float32 "
+                "(dtype) or drop the sampling filters (top_k/top_p/min_p), then resume from the last checkpoint "
+                f"in {self.cfg.output_dir}")
+
+    def minibatch_loss(self, idx, tokens_NT, prompts, old_N, adv_N, ref_NT, und_ref, und_count,
+                       tokens_in_batch) -> tuple[torch.Tensor, dict]:
+        """The loss of one rank's shard `idx` of a minibatch, normalised so that the average over ranks (what
+        DDP and FSDP2 do to gradients) is the whole minibatch's loss: shards are equal, so per-sequence and
+        per-token means carry over; 'dapo' counts a shard as 1/world of the rollout's tokens; the understanding
+        leash divides by the whole minibatch's prompt-token count (`und_count`) times world."""
+        cfg = self.cfg
+        logp = self.policy.image_logprobs(prompts, tokens_NT[idx], self.sampling)
+        loss, st = grpo_loss(logp, old_N[idx], adv_N[idx], None if ref_NT is None else ref_NT[idx],
+                             beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                             loss_type=cfg.loss_type, tokens_in_batch=tokens_in_batch)
+        if und_ref is not None:
+            und_logp, und_mask = self.policy.prompt_logprobs(tokens_NT[idx], prompts, cfg.instruction)
+            ref_lp = und_ref[0][idx][:, :und_logp.shape[1]]  # right-padded: the shard may be narrower
+            kl_und = (k3_kl(und_logp, ref_lp) * und_mask).sum() / und_count * self.dist.world
+            loss = loss + cfg.beta_understanding * kl_und
+            st["kl_understanding"] = kl_und.item()
+        return loss, st
+
+
+class MinibatchLoss(torch.nn.Module):
+    """What DDP wraps: the policy's weights, and a forward that is one rank's minibatch loss (every pass of it,
+    the understanding leash included, in one forward, so DDP sees one forward per backward)."""
+
+    def __init__(self, trainer):
+        super().__init__()
+        self.lm = trainer.policy.lm
+        self._loss = trainer.minibatch_loss
+
+    def forward(self, *args):
+        return self._loss(*args)
