@@ -170,9 +170,13 @@ def test_validation_messages(override, message):
     assert message in str(err.value) or f"bad config: {next(iter(override))} must be" in str(err.value)
 
 
-def test_valid_edge_values():
-    TrainConfig(num_generations=2, prompts_per_step=1, minibatch_size=1, epsilon_high=0.28, beta=0, eval_steps=0,
-                save_steps=0)
+def test_valid_edge_values(tmp_path):
+    cfg = TrainConfig(num_generations=2, prompts_per_step=1, minibatch_size=1, epsilon_high=0.28, beta=0,
+                      eval_steps=0, save_steps=0)
+    assert (cfg.num_generations, cfg.prompts_per_step, cfg.minibatch_size, cfg.epsilon_high, cfg.beta) == \
+        (2, 1, 1, 0.28, 0)
+    (tmp_path / "edge.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "edge.yaml") == cfg  # the edge values survive a round trip through YAML
 
 
 @pytest.mark.parametrize("kw,needs", [

@@ -226,7 +226,7 @@ class MinibatchLoss(torch.nn.Module):
 
     def __init__(self, trainer):
         super().__init__()
-        self.lm = trainer.policy.lm
+        self.lm = trainer.policy.module
         self._loss = trainer.minibatch_loss
 
     def forward(self, *args):

@@ -68,7 +68,7 @@ class Trainer(GRPOStep):
         self.reward_cfg = RewardConfig(instruction=cfg.instruction, variant=cfg.reward_variant,
                                        scorer=cfg.reward_scorer, image_path=cfg.reward_image_path)
         self.reference = attach_training(self.policy, cfg, self.dist)
-        self.params = [p for p in self.policy.lm.parameters() if p.requires_grad]
+        self.params = [p for p in self.policy.module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda())
         self.update_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same on every rank
@@ -106,7 +106,7 @@ class Trainer(GRPOStep):
     def reference_model(self):
         """The frozen reference: a copy, or the policy with its LoRA adapter disabled."""
         if self.cfg.use_lora:
-            with self.policy.lm.disable_adapter():
+            with self.policy.module.disable_adapter():
                 yield self.policy
         else:
             if self.reference is None:
@@ -129,8 +129,8 @@ class Trainer(GRPOStep):
 
     def save(self) -> Path:
         """A checkpoint with full (unsharded) states, written by rank 0 (a collective: every rank calls it)."""
-        weights = D.full_model_state(self.policy.lm, trainable_only=True)
-        optim = {"optimizer": D.full_optimizer_state(self.policy.lm, self.opt), "scheduler": self.sched.state_dict()}
+        weights = D.full_model_state(self.policy.module, trainable_only=True)
+        optim = {"optimizer": D.full_optimizer_state(self.policy.module, self.opt), "scheduler": self.sched.state_dict()}
         target = self.out / f"checkpoint-{self.step}"
         if self.dist.is_main:
             target = ckpt.save_checkpoint(self.out, self.step, weights, optim, self._rng_state(),
@@ -142,12 +142,12 @@ class Trainer(GRPOStep):
     def _resume(self, path):
         c = ckpt.resolve_checkpoint(path)
         weights, optim, rng, state = ckpt.load_checkpoint(c)
-        names = {n for n, p in self.policy.lm.named_parameters() if p.requires_grad}
+        names = {n for n, p in self.policy.module.named_parameters() if p.requires_grad}
         missing = names ^ set(weights)
         if missing:
             raise ValueError(f"{c} does not match this model/config (parameters differ: {sorted(missing)[:3]}...)")
-        D.load_model_state(self.policy.lm, weights)
-        D.load_optimizer_state(self.policy.lm, self.opt, optim["optimizer"])
+        D.load_model_state(self.policy.module, weights)
+        D.load_optimizer_state(self.policy.module, self.opt, optim["optimizer"])
         self.sched.load_state_dict(optim["scheduler"])
         self.update_gen.set_state(rng["update"])
         torch.set_rng_state(rng["torch"])
@@ -247,14 +247,14 @@ class Trainer(GRPOStep):
         final_dir = self.out / "final"
         policy = self.policy
         if self.dist.fsdp:  # gather the shards into an ordinary (unsharded) copy on rank 0
-            full = D.full_model_state(self.policy.lm, trainable_only=False)
+            full = D.full_model_state(self.policy.module, trainable_only=False)
             if self.dist.is_main:
                 policy = load_model(self.cfg.model, device=D.device_for(self.dist))
                 if self.cfg.use_lora:
                     from peft import get_peft_model
 
-                    policy.lm = get_peft_model(policy.lm, self.policy.lm.peft_config["default"])
-                policy.lm.load_state_dict(full)
+                    policy.module = get_peft_model(policy.module, self.policy.module.peft_config["default"])
+                policy.module.load_state_dict(full)
         if self.dist.is_main:
             final_dir = self._write_final(policy)
         self.dist.barrier()
