@@ -33,7 +33,8 @@ from pathlib import Path
 from gvu.eval.metadata import write_metadata
 from gvu.models.hf import base_model, tiny_byte_tokenizer
 from gvu.models.janus import BOI, EOI, IMAGE, TINY_CHAT_TEMPLATE
-from gvu.perf.measure import machine_info, peak_rss_since_reset, reset_peak_rss, ru_maxrss_mib
+from gvu.perf.measure import machine_info, ru_maxrss_mib
+from gvu.rl.monitor import peak_rss_since_reset, reset_peak_rss
 from gvu.perf.step import matmul_gflops
 from gvu.rl.config import load_config
 from gvu.rl.trainer import Trainer

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+
 REWARD_RTOL = 1e-5  # reward values: ours vs the published loop's probabilities multiplied in float64
 TOKEN_RTOL = 1e-5  # each prompt token's probability (float32 softmax in both, different batch shapes)
 SCORES_PROB_ATOL = 1e-5  # rollout: per-step probabilities, generate's processed scores vs our filter_logits
@@ -90,24 +91,5 @@ def ru_maxrss_mib() -> float:
     return r / (2 ** 20 if sys.platform == "darwin" else 1024)
 
 
-def reset_peak_rss() -> bool:
-    """Linux: reset this process's VmHWM so `peak_rss_since_reset` measures one phase; False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_since_reset() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _speedup(base: dict, ours: dict) -> float:
+def speedup(base: dict, ours: dict) -> float:
     return base["median_s"] / ours["median_s"]

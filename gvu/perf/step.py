@@ -17,7 +17,8 @@ from pathlib import Path
 
 from gvu.models.builtin import build_builtin, save_builtin
 from gvu.models.pretrain import build_pool, lm_loss, make_batch, PretrainConfig
-from gvu.perf.measure import peak_rss_since_reset, Plan, reset_peak_rss, ru_maxrss_mib, timed
+from gvu.perf.measure import Plan, ru_maxrss_mib, timed
+from gvu.rl.monitor import peak_rss_since_reset, reset_peak_rss
 from gvu.rl.config import TrainConfig
 from gvu.rl.trainer import Trainer
 from gvu.world.kinds import KINDS

@@ -42,25 +42,28 @@ class PhaseClock:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            _reset_peak_rss()
+            reset_peak_rss()
         t = time.perf_counter()
         try:
             yield
         finally:
             self.values[f"time/{name}"] = time.perf_counter() - t
-            peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if cuda else _peak_rss_mib()
+            peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if cuda else peak_rss_since_reset()
             if peak is not None:
                 self.values[f"mem/{name}"] = peak
 
 
-def _reset_peak_rss() -> None:
-    try:  # Linux: reset VmHWM so the next reading is this phase's peak
+def reset_peak_rss() -> bool:
+    """Linux: reset this process's VmHWM so `peak_rss_since_reset` measures one phase; False where unsupported."""
+    try:
         Path("/proc/self/clear_refs").write_text("5")
+        return True
     except OSError:
-        pass
+        return False
 
 
-def _peak_rss_mib() -> float | None:
+def peak_rss_since_reset() -> float | None:
+    """The process's peak resident memory (MiB) since the last reset_peak_rss; None where unsupported."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
