@@ -93,3 +93,17 @@ def test_save_and_load_back(model, tmp_path):
         a = model.image_logprobs(r.row_prompts(), r.image_tokens_NT, sampling)
         b = back.image_logprobs(r.row_prompts(), r.image_tokens_NT, sampling)
     assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_transformers_older_than_the_floor_is_refused_with_the_fix(monkeypatch):
+    import transformers
+
+    from gvu.models.hf import TRANSFORMERS_FLOOR, check_transformers
+
+    check_transformers("janus")  # the installed version is at least the floor
+    monkeypatch.setattr(transformers, "__version__", "5.21.0")
+    with pytest.raises(ImportError, match=r"need transformers >= 5\.22, this is 5\.21\.0; upgrade with: pip install"):
+        check_transformers("janus")
+    with pytest.raises(ImportError, match="upgrade with"):
+        load_model("janus:/nonexistent/folder")
+    assert TRANSFORMERS_FLOOR == (5, 22)

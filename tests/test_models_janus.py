@@ -143,7 +143,8 @@ def test_two_grpo_steps_with_lora_change_only_adapters_then_save_and_reload(tmp_
     with torch.no_grad():
         a = model.image_logprobs(r.row_prompts(), r.image_tokens_NT, SAMPLINGS["cfg3"])
         b = reloaded.image_logprobs(r.row_prompts(), r.image_tokens_NT, SAMPLINGS["cfg3"])
-    assert (a - b).abs().max().item() <= 1e-5
+    # the reloaded model has the adapter merged into its weights: float32 rounding, relative to the log-probs' size
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (a - b).abs().max().item()
     assert not hasattr(reloaded.lm, "peft_config")  # merged
 
 

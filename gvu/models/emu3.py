@@ -142,7 +142,7 @@ def load_emu3(name: str, device=None, dtype="auto", gradient_checkpointing=False
     try:
         from transformers import AutoTokenizer, Emu3ForConditionalGeneration
     except ImportError as err:
-        raise ImportError(f"Emu3 needs a transformers version with Emu3ForConditionalGeneration (>= 4.48): {err}")
+        raise ImportError(f"Emu3 needs transformers >= 5.22 (pip install -U 'transformers>=5.22'): {err}")
     lm = load_pretrained(Emu3ForConditionalGeneration, name, "emu3", dtype, attn_implementation)
     tok = load_pretrained(AutoTokenizer, name, "emu3")
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

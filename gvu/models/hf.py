@@ -18,6 +18,9 @@ from typing import Callable
 import torch
 
 GVU_FILE = "gvu.json"
+TRANSFORMERS_FLOOR = (5, 22)
+"""The oldest transformers the whole test suite passes on (checked on 5.22 and 5.23; before 5.22 Janus's
+processor, the PIL image processors, the VQ models' encode and Emu3's pixel path differ)."""
 DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -166,10 +169,23 @@ def import_callable(spec: str, search_dir: str | os.PathLike | None = None) -> C
     return fn
 
 
+def check_transformers(kind: str) -> None:
+    """A clear error on a transformers older than the floor, before any checkpoint is read."""
+    import transformers
+
+    have = tuple(int(x) for x in transformers.__version__.split(".")[:2])
+    if have < TRANSFORMERS_FLOOR:
+        floor = ".".join(map(str, TRANSFORMERS_FLOOR))
+        raise ImportError(f"{kind}: gvu's transformers adapters need transformers >= {floor}, this is "
+                          f"{transformers.__version__}; upgrade with: pip install -U 'transformers>={floor}'")
+
+
 def load_pretrained(cls, name: str, kind: str, dtype=None, attn_implementation: str | None = None, **kwargs):
     """`cls.from_pretrained(name)` (a model, tokenizer or processor class) with gvu's dtype and attention options
     (models only: pass `dtype`); a checkpoint that cannot be read becomes a ValueError naming the spec. A folder
     without config.json is refused first."""
+    if kind != "xomni":  # X-Omni's own code pins its own version (gvu.models.xomni)
+        check_transformers(kind)
     path = Path(name)
     if path.is_dir() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{kind}:{name}: the folder holds no config.json (not a transformers checkpoint)")

@@ -304,7 +304,7 @@ def load_janus(name: str, device=None, dtype="auto", gradient_checkpointing=Fals
     try:
         from transformers import AutoImageProcessor, AutoTokenizer, JanusForConditionalGeneration
     except ImportError as err:
-        raise ImportError(f"Janus needs a transformers version with JanusForConditionalGeneration (>= 4.51): {err}")
+        raise ImportError(f"Janus needs transformers >= 5.22 (pip install -U 'transformers>=5.22'): {err}")
     lm = load_pretrained(JanusForConditionalGeneration, name, "janus", dtype, attn_implementation)
     tok, ip = load_pretrained(AutoTokenizer, name, "janus"), load_pretrained(AutoImageProcessor, name, "janus")
     template = getattr(tok, "chat_template", None)

@@ -100,6 +100,8 @@ def load_saved(path: Path, device: str | None = None):
     model = _loader(kind)(info["base"], **options)
     # merged, so the result is a plain model again (a later LoRA run or evaluation needs nothing special)
     model.lm = PeftModel.from_pretrained(model.lm, str(path)).merge_and_unload()
+    if hasattr(model.lm, "peft_config"):  # older peft leaves it on the merged model, which would save as LoRA
+        del model.lm.peft_config
     return model
 
 

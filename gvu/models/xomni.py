@@ -19,8 +19,8 @@ What the adapter does about X-Omni's interface (from X-Omni's public inference c
   official reward re-encodes at the decoded image's own size; here pixels are resized to the generation grid
   (rows x 16, cols x 16; `code_pixels` for another patch size) first, so the judge reads as many codes as it drew.
 
-X-Omni's modelling code pins transformers 4.51.3; on another version the adapter warns, and a load that fails says
-which version to install (XOMNI_TRANSFORMERS).
+X-Omni's modelling code pins transformers 4.51.3 (older than gvu's floor, gvu.models.hf.TRANSFORMERS_FLOOR); on
+another version the adapter warns, and a load that fails names the pin (XOMNI_TRANSFORMERS; docs/real-models.md).
 """
 
 from __future__ import annotations
