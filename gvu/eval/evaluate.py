@@ -19,7 +19,7 @@ from gvu.eval.judging import format_summary, judge_pixels, summarise, write_resu
 from gvu.eval.layout import write_prompt_dir
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval.prompts import build_geneval, build_genevalpp, spread
-from gvu.eval.understanding import build_understanding_set, run_understanding
+from gvu.eval.understanding import build_understanding_set, run_understanding, UnderstandingSet
 
 BENCHMARKS = ("geneval", "genevalpp", "understanding")
 
@@ -33,16 +33,15 @@ def benchmark_rows(name: str) -> list[dict]:
 
 
 @torch.no_grad()
-def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int = 0,
-                       sampling=None, prompts_per_batch: int = 16,
+def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int = 0, *,
+                       sampling, prompts_per_batch: int = 16,
                        outdir: str | os.PathLike | None = None, progress: bool = True,
                        on_images: Callable[[int, dict, np.ndarray, list[dict]], None] | None = None
                        ) -> tuple[list[dict], dict]:
-    """Sample `per_prompt` images per row, judge each in geneval mode (and strict, as `correct_strict`)."""
+    """Sample `per_prompt` images per row, judge each in geneval mode (and strict, as `correct_strict`). `sampling`
+    is the model's SamplingConfig."""
     from tqdm import tqdm
 
-    if sampling is None:
-        raise ValueError("pass the model's SamplingConfig (gvu.models.protocol) as sampling=")
     results: list[dict] = []
     bar = tqdm(total=len(rows), desc="generating", unit="prompt", disable=not progress, leave=False)
     for start in range(0, len(rows), prompts_per_batch):
@@ -72,12 +71,13 @@ def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int =
 
 def run_benchmark(model, name: str, sampling, per_prompt: int = 4, seed: int = 0, limit: int | None = None,
                   outdir: str | os.PathLike | None = None, progress: bool = True, rows: list[dict] | None = None,
-                  on_images: Callable | None = None) -> dict:
+                  on_images: Callable | None = None, uset: UnderstandingSet | None = None) -> dict:
     """One benchmark on a model of the interface: `understanding` (matching accuracy, captions), or GenEval-,
     GenEval++-style or a metadata file's `rows`, generated and judged. The summary `gvu eval` writes and the
-    trainer's evaluation logs. `sampling` is the model's SamplingConfig."""
+    trainer's evaluation logs. `sampling` is the model's SamplingConfig; `uset` a prebuilt understanding set (the
+    trainer builds its own once)."""
     if name == "understanding":
-        return run_understanding(model, build_understanding_set(limit=limit), captions=True)
+        return run_understanding(model, uset or build_understanding_set(limit=limit), captions=True)
     if rows is None:
         rows = benchmark_rows(name)
     results, summary = generate_and_judge(model, spread(rows, limit), per_prompt=per_prompt, seed=seed,
@@ -120,23 +120,35 @@ def _format_understanding(u: dict) -> str:
             + f"  caption truthfulness  {u['caption_truthfulness']:.3f}")
 
 
+def row_seeds(seed: int, first_row: int, n: int) -> list[int]:
+    """Decoder seeds of `n` image rows from row `first_row` on (rows = prompts x images per prompt, in order):
+    decoders that draw (X-Omni's diffusion decoder) then give the same pixels for the same images, whatever the
+    batch, and a resumed run decodes as the uninterrupted one."""
+    return [seed * 1_000_003 + first_row + k for k in range(n)]
+
+
 @torch.no_grad()
-def generate_layout(model, rows: list[dict], outdir: str | os.PathLike, per_prompt: int = 4, seed: int = 0,
-                    sampling=None, prompts_per_batch: int = 8, progress: bool = True) -> int:
+def generate_layout(model, rows: list[dict], outdir: str | os.PathLike | None, per_prompt: int = 4, seed: int = 0, *,
+                    sampling, prompts_per_batch: int = 8, progress: bool = True,
+                    on_images: Callable[[int, dict, np.ndarray], None] | None = None) -> int:
     """Images of any model in GenEval's folder layout, unjudged (score them with GenEval's or GenEval++'s own
-    tools, or with `gvu judge` for the shapes world). Same seeding as generate_and_judge. Returns the count."""
+    tools, or with `gvu judge` for the shapes world). Same seeding as generate_and_judge. `outdir` None writes
+    nothing (a process that only samples); `on_images(index, row, images)` sees each prompt's images. Returns the
+    count."""
     from tqdm import tqdm
 
-    if sampling is None:
-        raise ValueError("pass the model's SamplingConfig (gvu.models.protocol) as sampling=")
     n = 0
     for start in tqdm(range(0, len(rows), prompts_per_batch), desc="generating", unit="batch", disable=not progress):
         chunk = rows[start:start + prompts_per_batch]
         gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
         rollout = model.sample([r["prompt"] for r in chunk], per_prompt, sampling, gen)
-        seeds = [seed * 1_000_003 + (start + j) * per_prompt + k for j in range(len(chunk)) for k in range(per_prompt)]
+        seeds = row_seeds(seed, start * per_prompt, len(chunk) * per_prompt)
         pixels = model.decode(rollout.image_tokens_NT, prompts=rollout.row_prompts(), seeds=seeds)
         for j, row in enumerate(chunk):
-            write_prompt_dir(outdir, start + j, row, pixels[j * per_prompt:(j + 1) * per_prompt])
+            imgs = pixels[j * per_prompt:(j + 1) * per_prompt]
+            if outdir is not None:
+                write_prompt_dir(outdir, start + j, row, imgs)
+            if on_images is not None:
+                on_images(start + j, row, imgs)
             n += per_prompt
     return n

@@ -180,11 +180,13 @@ def check_transformers(kind: str) -> None:
                           f"{transformers.__version__}; upgrade with: pip install -U 'transformers>={floor}'")
 
 
-def load_pretrained(cls, name: str, kind: str, dtype=None, attn_implementation: str | None = None, **kwargs):
+def load_pretrained(cls, name: str, kind: str, dtype=None, attn_implementation: str | None = None,
+                    check_floor: bool = True, **kwargs):
     """`cls.from_pretrained(name)` (a model, tokenizer or processor class) with gvu's dtype and attention options
     (models only: pass `dtype`); a checkpoint that cannot be read becomes a ValueError naming the spec. A folder
-    without config.json is refused first."""
-    if kind != "xomni":  # X-Omni's own code pins its own version (gvu.models.xomni)
+    without config.json is refused first, and a transformers older than the floor before that (`check_floor`
+    False: a model whose own code pins its version, X-Omni)."""
+    if check_floor:
         check_transformers(kind)
     path = Path(name)
     if path.is_dir() and not (path / "config.json").is_file():

@@ -185,8 +185,9 @@ def load_xomni(name: str, device=None, dtype="auto", gradient_checkpointing=Fals
 
     check_transformers_pin(name)
     try:
-        tok = load_pretrained(AutoTokenizer, name, "xomni", trust_remote_code=True)
-        lm = load_pretrained(AutoModelForCausalLM, name, "xomni", dtype, attn_implementation, trust_remote_code=True)
+        tok = load_pretrained(AutoTokenizer, name, "xomni", check_floor=False, trust_remote_code=True)
+        lm = load_pretrained(AutoModelForCausalLM, name, "xomni", dtype, attn_implementation, check_floor=False,
+                             trust_remote_code=True)
     except (ValueError, TypeError, AttributeError, ImportError) as err:
         raise ValueError(f"xomni:{name}: could not load the model with its own code ({type(err).__name__}: {err}); "
                          f"X-Omni's code is written for transformers {XOMNI_TRANSFORMERS}: pip install "

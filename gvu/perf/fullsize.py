@@ -33,7 +33,7 @@ from pathlib import Path
 from gvu.eval.metadata import write_metadata
 from gvu.models.hf import base_model, tiny_byte_tokenizer
 from gvu.models.janus import BOI, EOI, IMAGE, TINY_CHAT_TEMPLATE
-from gvu.perf.measure import machine_info, ru_maxrss_mib
+from gvu.perf.measure import machine_info, ru_maxrss_mib, write_json
 from gvu.rl.monitor import peak_rss_since_reset, reset_peak_rss
 from gvu.perf.step import matmul_gflops
 from gvu.rl.config import load_config
@@ -257,8 +257,7 @@ def run_fullsize(arch: str = "janus-pro-1b", out: str | os.PathLike | None = Non
            "step_metrics": {k: v for k, v in metrics.items() if not k.startswith(("time/", "mem/"))},
            "kept": str(folder) if keep else None, "missing_phases": missing_phases(phases)}
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(out, res)
     return res
 
 

@@ -3,6 +3,7 @@ peak resident memory. See gvu/perf/run.py for the benchmarks themselves."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -89,6 +90,12 @@ def ru_maxrss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (2 ** 20 if sys.platform == "darwin" else 1024)
+
+
+def write_json(out, res: dict) -> None:
+    """A benchmark's JSON at `out` (its folder made)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=1) + "\n")
 
 
 def speedup(base: dict, ours: dict) -> float:

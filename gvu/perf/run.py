@@ -23,15 +23,13 @@ Letters: N rows, T image tokens, C image codes, L prompt tokens, B batch, S sequ
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from gvu.perf import fullsize
-from gvu.perf.measure import machine_info, plan, ru_maxrss_mib
+from gvu.perf.measure import machine_info, plan, ru_maxrss_mib, write_json
 from gvu.perf.reward import bench_janus_reward, bench_reward
 from gvu.perf.rollout import bench_rollout
 from gvu.perf.step import bench_limit, bench_step
@@ -94,8 +92,7 @@ def run_benchmarks(quick: bool = False, out: str | os.PathLike | None = None, th
     finally:
         torch.set_num_threads(before)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(out, res)
     return res
 
 

@@ -13,12 +13,11 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from gvu.eval.evaluate import benchmark_rows, run_benchmark
-from gvu.eval.layout import write_prompt_dir
+from gvu.eval.evaluate import benchmark_rows, generate_layout, run_benchmark
 from gvu.eval.metadata import read_metadata
 from gvu.eval.plots import image_grid
 from gvu.eval.prompts import spread
-from gvu.models.sampling import prompt_generators
+from gvu.eval.understanding import build_understanding_set
 
 GENEVAL_METADATA = Path(__file__).resolve().parents[1] / "eval" / "data" / "geneval" / "evaluation_metadata.jsonl"
 
@@ -35,15 +34,17 @@ def evaluate_shapes(trainer) -> dict:
     cfg, out, sets = trainer.cfg, {}, trainer._eval_sets
     grid_imgs, grid_caps, grid_ok = [], [], []
     for name in cfg.eval_benchmarks:
-        if name not in sets and name != "understanding":
-            sets[name] = spread(benchmark_rows(name), cfg.eval_limit)
+        if name not in sets:  # built once per run: the same prompts (and understanding pairs) at every evaluation
+            sets[name] = (build_understanding_set(limit=cfg.eval_limit or None) if name == "understanding"
+                          else spread(benchmark_rows(name), cfg.eval_limit))
 
         def keep(i, row, imgs, rs, name=name):
             if i % max(1, len(sets[name]) // 8) == 0 and len(grid_imgs) < 16:
                 grid_imgs.append(imgs[0]); grid_caps.append(row["prompt"]); grid_ok.append(rs[0]["correct"])
 
         s = run_benchmark(trainer.policy, name, trainer.sampling, cfg.eval_per_prompt, cfg.eval_seed,
-                          cfg.eval_limit or None, progress=False, rows=sets.get(name), on_images=keep)
+                          cfg.eval_limit or None, progress=False, rows=sets.get(name), on_images=keep,
+                          uset=sets.get("understanding"))
         out.update(_metrics(name, s))
     _grid(trainer, grid_imgs, grid_caps, grid_ok)
     return out
@@ -64,27 +65,24 @@ def eval_prompt_rows(cfg) -> list[dict]:
 
 
 def evaluate_prompts(trainer) -> dict:
-    """Images of the fixed evaluation prompts in GenEval's layout (+ grid, + eval_command). Every process samples
-    the same prompts under FSDP2 (its passes are collectives); only the main process writes."""
+    """Images of the fixed evaluation prompts in GenEval's layout, drawn as `gvu generate` draws them (+ grid, +
+    eval_command). Every process samples the same prompts under FSDP2 (its passes are collectives); only the main
+    process writes."""
     cfg = trainer.cfg
     if "prompts" not in trainer._eval_sets:
         trainer._eval_sets["prompts"] = eval_prompt_rows(cfg)
-    rows, G = trainer._eval_sets["prompts"], cfg.eval_per_prompt
+    rows = trainer._eval_sets["prompts"]
     folder = trainer.out / "evals" / f"step_{trainer.step:05d}"
     grid_imgs, grid_caps = [], []
-    for start in range(0, len(rows), 8):
-        chunk = rows[start:start + 8]
-        gens = prompt_generators(cfg.eval_seed, range(start, start + len(chunk)))
-        rollout = trainer.policy.sample([r["prompt"] for r in chunk], G, trainer.sampling, gens)
-        seeds = [cfg.eval_seed * 1_000_003 + (start + j) * G + k for j in range(len(chunk)) for k in range(G)]
-        pixels = trainer.policy.decode(rollout.image_tokens_NT, prompts=rollout.row_prompts(), seeds=seeds)
-        for j, row in enumerate(chunk):
-            if trainer.dist.is_main:
-                write_prompt_dir(folder, start + j, row, pixels[j * G:(j + 1) * G])
-            if len(grid_imgs) < 16:
-                grid_imgs.append(pixels[j * G]); grid_caps.append(row["prompt"])
+
+    def keep(i, row, imgs):
+        if len(grid_imgs) < 16:
+            grid_imgs.append(imgs[0]); grid_caps.append(row["prompt"])
+
+    n = generate_layout(trainer.policy, rows, folder if trainer.dist.is_main else None, cfg.eval_per_prompt,
+                        cfg.eval_seed, sampling=trainer.sampling, progress=False, on_images=keep)
     _grid(trainer, grid_imgs, grid_caps)
-    out = {"eval_images": len(rows) * G}
+    out = {"eval_images": n}
     if cfg.eval_command and trainer.dist.is_main:
         out.update(run_eval_command(cfg.eval_command, folder))
     return out

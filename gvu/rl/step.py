@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from gvu.eval.evaluate import row_seeds
 from gvu.models.sampling import prompt_generators
 from gvu.reward import intrinsic_reward
 from gvu.rl.grpo import group_advantages, grpo_loss, k3_kl
@@ -102,7 +103,7 @@ class GRPOStep:
             rollout = self.policy.sample([r["prompt"] for r in local_rows], G, self.sampling, gens)
         prompts, meta = rollout.row_prompts(), [local_rows[i] for i in rollout.prompt_index_N.tolist()]
         with clock("decode"):
-            seeds = [cfg.seed * 1_000_003 + (first + mine.start) * G + k for k in range(len(prompts))]
+            seeds = row_seeds(cfg.seed, (first + mine.start) * G, len(prompts))
             pixels = self.policy.decode(rollout.image_tokens_NT, prompts=prompts, seeds=seeds)
         with clock("reward"):
             reward_N, intrinsic_N = self.score(rollout.image_tokens_NT, pixels, prompts, meta)
@@ -117,8 +118,7 @@ class GRPOStep:
         """(reward used for training, intrinsic reward for logging). A model that reads pixels (or the 'pixels'
         reward path) gets the images decoded once for this step, not decoded again."""
         scorer_ctx = self.reference_model() if self.cfg.reward_scorer == "reference" else contextlib.nullcontext(self.policy)
-        images = pixels if (self.cfg.reward_image_path == "pixels" or getattr(self.policy, "reads_pixels", False)) \
-            else tokens_NT
+        images = pixels if self.cfg.reward_image_path == "pixels" or self.policy.reads_pixels else tokens_NT
         with scorer_ctx as scorer:
             intrinsic = intrinsic_reward(scorer, images, row_prompts, self.reward_cfg, rows=row_meta,
                                          rng=np.random.default_rng([self.cfg.seed, self.step])).reward_N

@@ -62,7 +62,7 @@ class Trainer(GRPOStep):
         if cfg.prompts != "train":  # tags, classes, colours, counts, prompt against include: gvu.eval.check
 
             check_rows(self.rows, cfg.prompts, file_lines(cfg.prompts),
-                       world=getattr(self.policy, "world", None) == "shapes")
+                       world=self.policy.world == "shapes")
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                        min_p=cfg.min_p, guidance=cfg.guidance_scale)
         self.reward_cfg = RewardConfig(instruction=cfg.instruction, variant=cfg.reward_variant,
