@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--full-size", type=_member("gvu.perf.fullsize", "ARCHS"), metavar="ARCH",
                     help="instead: one complete GvU training step of this architecture (janus-pro-1b, or tiny) with "
                     "random weights, each phase timed once (gvu.perf.fullsize)")
+    be.add_argument("--dtype", type=_member("gvu.perf.fullsize", "DTYPES"), default=None, metavar="DTYPE",
+                    help="with --full-size: the weights' dtype, auto, bfloat16 or float32 (auto: bf16 where the "
+                    "CPU computes it natively, float32 elsewhere)")
     be.set_defaults(func=_lazy("gvu.perf.run", "cmd_bench"))
     return p
 

@@ -15,7 +15,7 @@ from gvu.perf import fullsize
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fullsize")
-    res = fullsize.run_fullsize("tiny", out=tmp / "step.json", threads=1, workdir=tmp)
+    res = fullsize.run_fullsize("tiny", out=tmp / "step.json", threads=1, workdir=tmp, dtype="bfloat16")
     return res, tmp
 
 
@@ -36,10 +36,12 @@ def test_every_phase_has_time_and_memory(run):
 def test_the_step_ran_the_recipe(run):
     res, _ = run
     cfg = res["config"]
-    assert cfg["model"].startswith("janus:") and cfg["model"].endswith("?dtype=bfloat16&device=cpu")
+    assert cfg["model"].startswith("janus:")
+    assert cfg["model"].endswith("?dtype=bfloat16&device=cpu&gradient_checkpointing=1")
     assert (cfg["guidance_scale"], cfg["min_p"], cfg["beta"], cfg["num_generations"]) == (5.0, 0.03, 0.03, 2)
     assert cfg["use_lora"] and (cfg["lora_r"], cfg["lora_alpha"]) == (8, 32)
     assert res["checkpoint"]["dtype"] == "bfloat16" and res["checkpoint"]["parameters"] > 0
+    assert res["dtype_choice"] == "asked for"
     assert res["step_metrics"]["step"] == 1 and res["step_metrics"]["skipped_minibatches"] == 0
 
 
@@ -85,9 +87,29 @@ def test_cli_runs_only_the_full_size_step(monkeypatch, capsys, run):
     monkeypatch.setattr(fullsize, "run_fullsize", lambda arch, out=None, **kw: calls.append((arch, out, kw)) or res)
     a = build_parser().parse_args(["bench", "--full-size", "tiny", "--out", str(tmp / "x")])
     a.func(a)
-    assert calls == [("tiny", str(tmp / "x"), {})]
+    assert calls == [("tiny", str(tmp / "x"), {"dtype": "auto"})]
     out = capsys.readouterr().out
     for phase in fullsize.STEP_PHASES:
         assert f"\n{phase} " in out
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--full-size", "janus-pro-7b"])
+    a = build_parser().parse_args(["bench", "--full-size", "tiny", "--dtype", "float32", "--threads", "1"])
+    a.func(a)
+    assert calls[-1] == ("tiny", None, {"dtype": "float32", "threads": 1})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--full-size", "tiny", "--dtype", "float16"])
+    a = build_parser().parse_args(["bench", "--dtype", "float32"])
+    with pytest.raises(ValueError, match="--full-size"):
+        a.func(a)
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_computes_it():
+    assert fullsize.resolve_dtype("auto", {"avx2", "fma"})[0] == "float32"
+    assert fullsize.resolve_dtype("auto", {"avx2", "avx512f", "avx512_bf16"}) == \
+        ("bfloat16", "auto: the CPU computes bf16 natively (avx512_bf16)")
+    assert fullsize.resolve_dtype("auto", {"amx_bf16", "amx_tile"})[0] == "bfloat16"
+    assert fullsize.resolve_dtype("bfloat16", {"avx2"}) == ("bfloat16", "asked for")
+    assert fullsize.resolve_dtype("auto")[0] == ("bfloat16" if fullsize.cpu_flags() & {"avx512_bf16", "amx_bf16"}
+                                                 else "float32")
+    with pytest.raises(ValueError, match="float16"):
+        fullsize.resolve_dtype("float16")

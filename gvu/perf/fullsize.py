@@ -2,12 +2,15 @@
 
 `gvu bench --full-size janus-pro-1b` builds the Janus-Pro-1B architecture with its published configuration values
 (deepseek-ai/Janus-Pro-1B: a 24-layer Llama of width 2048, SigLIP-L/16 at 384x384, the VQ-16 tokenizer with
-16,384 codes on a 24x24 grid) and RANDOM weights (nothing is downloaded), in bf16, and saves it as a transformers
-checkpoint with a byte-level tokenizer that has Janus's special tokens. Then the real training path runs on it:
-`Trainer(load_config(None, overrides))` on `janus:<folder>?dtype=bfloat16&device=cpu` and `Trainer.train()` for
-one step: 576-token sampling with Janus's own guidance (scale 5, min_p 0.03, temperature 1), VQ decode to 384x384
-pixels, the SigLIP understanding pass that scores the reward, the reference pass (beta > 0: the LoRA adapter
-disabled), the LoRA update, and the checkpoint writes (`save`: the resumable checkpoint, `save_final`: `final/`).
+16,384 codes on a 24x24 grid) and RANDOM weights (nothing is downloaded), in bf16 where the CPU computes bf16
+natively (AVX512-BF16 or AMX) and float32 elsewhere (`dtype="auto"`; on a CPU without them a bf16 GEMM at the
+update's shape runs about 6x and a bf16 3x3 convolution about 60x slower than float32), and saves it as a
+transformers checkpoint with a byte-level tokenizer that has Janus's special tokens. Then the real training path
+runs on it: `Trainer(load_config(None, overrides))` on
+`janus:<folder>?dtype=<dtype>&device=cpu&gradient_checkpointing=1` and `Trainer.train()` for one step: 576-token
+sampling with Janus's own guidance (scale 5, min_p 0.03, temperature 1), VQ decode to 384x384 pixels, the SigLIP
+understanding pass that scores the reward, the reference pass (beta > 0: the LoRA adapter disabled), the LoRA
+update, and the checkpoint writes (`save`: the resumable checkpoint, `save_final`: `final/`).
 
 Measured: seconds and peak resident memory (MiB, VmHWM reset at the start of each phase) of every phase the
 trainer logs (`time/<phase>`, `mem/<phase>`), of loading the model (`load`) and of the two writes; the whole wall
@@ -68,11 +71,39 @@ ARCHS = {
     },
 }
 
-# The step: Janus's own guidance and filter, the published LoRA recipe, one prompt x a group of 2, one update.
+# The step: Janus's own guidance and filter, the published LoRA recipe, one prompt x a group of 2, one update;
+# gradient checkpointing on, as in configs/janus-pro-1b.yaml (the model URI in train_one_step).
 STEP_CONFIG = dict(use_lora=True, lora_r=8, lora_alpha=32, lora_dropout=0.0, eval_steps=0, max_steps=1, save_steps=1,
                    prompts_per_step=1, num_generations=2, minibatch_size=2, num_iterations=1, temperature=1.0,
                    top_k=0, top_p=1.0, min_p=0.03, guidance_scale=5.0, beta=0.03, beta_understanding=0.0,
                    learning_rate=1e-6, reward_image_path="pixels", seed=0)
+DTYPES = ("auto", "bfloat16", "float32")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_dtype(dtype: str, flags: set[str] | None = None) -> tuple[str, str]:
+    """(dtype, why): "auto" is bfloat16 where the CPU has a native bf16 instruction, float32 elsewhere."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype, "asked for"
+    native = sorted(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+    if native:
+        return "bfloat16", f"auto: the CPU computes bf16 natively ({', '.join(native)})"
+    return "float32", f"auto: the CPU has no native bf16 ({' or '.join(NATIVE_BF16_FLAGS)}), where bf16 is emulated"
+
+
 PROMPT_ROW = {"tag": "single_object", "include": [{"class": "star", "count": 1}], "prompt": "a photo of a star"}
 
 
@@ -89,8 +120,8 @@ def janus_config(arch: str, tok):
                        image_token_id=tok.convert_tokens_to_ids(IMAGE), tie_word_embeddings=False)
 
 
-def build_checkpoint(arch: str, folder: str, seed: int = 0) -> dict:
-    """Random bf16 weights of `arch` with a byte-level tokenizer and Janus's image processor, saved to `folder`
+def build_checkpoint(arch: str, folder: str, seed: int = 0, dtype: str = "bfloat16") -> dict:
+    """Random weights (in `dtype`) of `arch` with a byte-level tokenizer and Janus's image processor, saved to `folder`
     as a transformers checkpoint. Returns the parameter count and the seconds taken."""
     import torch
     from transformers import JanusForConditionalGeneration
@@ -101,7 +132,7 @@ def build_checkpoint(arch: str, folder: str, seed: int = 0) -> dict:
                               bos="<bos>", eos="<eos>", pad="<pad>", chat_template=TINY_CHAT_TEMPLATE)
     torch.manual_seed(seed)
     before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: half the memory and time of float32
+    torch.set_default_dtype(getattr(torch, dtype))  # built in the dtype directly: no second copy
     try:
         lm = JanusForConditionalGeneration(janus_config(arch, tok)).eval()
     finally:
@@ -165,10 +196,10 @@ def _progress(trainer, every: int):
     return head.register_forward_hook(hook)
 
 
-def train_one_step(arch: str, folder: Path, threads: int) -> tuple[dict, dict, dict]:
+def train_one_step(arch: str, folder: Path, threads: int, dtype: str) -> tuple[dict, dict, dict]:
     """(phase record, step metrics, config) of one `Trainer.train()` step on the checkpoint in `folder`."""
     write_metadata(folder / "prompts.jsonl", [PROMPT_ROW])
-    overrides = dict(STEP_CONFIG, model=f"janus:{folder / 'model'}?dtype=bfloat16&device=cpu",
+    overrides = dict(STEP_CONFIG, model=f"janus:{folder / 'model'}?dtype={dtype}&device=cpu&gradient_checkpointing=1",
                      output_dir=str(folder / "run"), prompts=str(folder / "prompts.jsonl"), threads=threads)
     record: dict = {}
     with _Phase(record, "load"):
@@ -203,8 +234,8 @@ def missing_phases(phases: dict) -> list[str]:
 
 
 def _matmul_rates(arch: str) -> dict:
-    """GFLOP/s of the language model's MLP matmul at the sampling shape (4 rows) and the update shape, in bf16 and
-    float32: CPUs without native bf16 (no AVX512-BF16/AMX) run bf16 GEMMs much slower, which the phases show."""
+    """GFLOP/s of the language model's MLP matmul (an nn.Linear's layout) at the sampling shape (4 rows) and the
+    update shape, in bf16 and float32: CPUs without native bf16 (no AVX512-BF16/AMX) run bf16 GEMMs slower."""
     import torch
 
     h, i = ARCHS[arch]["text"]["hidden_size"], ARCHS[arch]["text"]["intermediate_size"]
@@ -214,7 +245,7 @@ def _matmul_rates(arch: str) -> dict:
         torch.set_default_dtype(dtype)
         try:
             for rows in (4, 1200):
-                r = matmul_gflops((rows, h), (h, i), repeats=3)
+                r = matmul_gflops((rows, h), (h, i), repeats=3, weight_layout=True)
                 out[f"{str(dtype).removeprefix('torch.')} [{rows}x{h}]@[{h}x{i}]"] = round(r["gflops_per_s"], 2)
         finally:
             torch.set_default_dtype(before)
@@ -222,26 +253,28 @@ def _matmul_rates(arch: str) -> dict:
 
 
 def run_fullsize(arch: str = "janus-pro-1b", out: str | os.PathLike | None = None, threads: int = 2,
-                 keep: bool = False, workdir: str | os.PathLike | None = None) -> dict:
+                 keep: bool = False, workdir: str | os.PathLike | None = None, dtype: str = "auto") -> dict:
     """Build `arch` with random weights, run one GvU step on it through the trainer, and return (and write to
     `out`) the JSON: per-phase seconds and peak MiB, the config, the machine, the wall time and peak RSS.
     The checkpoint and the run go to a temporary folder under `workdir` (default runs/bench), removed unless
-    `keep`."""
+    `keep`. `dtype`: the weights' dtype, "auto" (see `resolve_dtype`), "bfloat16" or "float32"."""
     import torch
 
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    dtype, why = resolve_dtype(dtype)
     t0 = time.perf_counter()
     base = Path(workdir or "runs/bench")
     base.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"fullsize-{arch}-", dir=base))
     before = torch.get_num_threads()
     try:
-        _say(f"building {arch} with random weights in {folder}")
+        _say(f"building {arch} with random {dtype} weights ({why}) in {folder}")
         # the tiny model is built here: a child process would cost a test seconds of imports
-        built = (_in_child if arch != "tiny" else lambda f, *a: f(*a))(build_checkpoint, arch, str(folder / "model"))
+        built = (_in_child if arch != "tiny" else lambda f, *a: f(*a))(build_checkpoint, arch, str(folder / "model"), 0,
+                                                                     dtype)
         _say(f"built {built['parameters']:,} parameters in {built['build_s']:.0f} s")
-        record, metrics, cfg = train_one_step(arch, folder, threads)
+        record, metrics, cfg = train_one_step(arch, folder, threads, dtype)
         rates = _matmul_rates(arch) if arch != "tiny" else {}
     finally:
         torch.set_num_threads(before)
@@ -249,7 +282,7 @@ def run_fullsize(arch: str = "janus-pro-1b", out: str | os.PathLike | None = Non
             shutil.rmtree(folder, ignore_errors=True)
     phases = phase_table(metrics, record)
     res = {"arch": arch, "weights": "random (the architecture's published config values; nothing downloaded)",
-           "architecture": ARCHS[arch], "checkpoint": built, "config": cfg, "prompt": PROMPT_ROW,
+           "architecture": ARCHS[arch], "checkpoint": built, "dtype_choice": why, "config": cfg, "prompt": PROMPT_ROW,
            "machine": machine_info(), "phases": phases,
            "step_s": metrics.get("step_time"), "wall_s": time.perf_counter() - t0,
            "peak_rss_mib": ru_maxrss_mib(), "peak_rss_children_mib": resource.getrusage(

@@ -130,14 +130,16 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-
 def cmd_bench(a: argparse.Namespace) -> None:
     if getattr(a, "full_size", None):
-        res = fullsize.run_fullsize(a.full_size, out=a.out, **({"threads": a.threads} if a.threads else {}))
+        res = fullsize.run_fullsize(a.full_size, out=a.out, dtype=getattr(a, "dtype", None) or "auto",
+                                    **({"threads": a.threads} if a.threads else {}))
         print(fullsize.format_fullsize(res))
         if a.out:
             print(f"wrote {a.out}")
         return
+    if getattr(a, "dtype", None):
+        raise ValueError("--dtype sets the weights of the full-size step; give it with --full-size ARCH")
     res = run_benchmarks(quick=a.quick, out=a.out, threads=a.threads, size=a.size, repeats=a.repeats,
                          only=a.only or BENCHMARKS)
     print(format_table(res))

@@ -93,10 +93,13 @@ def model_matmul_shapes(config, B: int, S: int) -> dict[str, tuple[tuple[int, ..
             "attn_values": ((B * H, S, S), (B * H, S, d)), "square_512 (reference)": ((512, 512), (512, 512))}
 
 
-def matmul_gflops(a_shape, b_shape, repeats: int) -> dict:
+def matmul_gflops(a_shape, b_shape, repeats: int, weight_layout: bool = False) -> dict:
+    """GFLOP/s of a @ b. `weight_layout`: b is the transpose of a stored [out, in] matrix, as `nn.Linear` multiplies
+    (the layout matters: without native bf16, a bf16 matmul on a plain [in, out] matrix runs ~20x slower)."""
     import torch
 
-    a, b = torch.randn(a_shape), torch.randn(b_shape)
+    a = torch.randn(a_shape)
+    b = torch.randn(tuple(reversed(b_shape))).T if weight_layout else torch.randn(b_shape)
     flops = 2 * math.prod(a_shape) * b_shape[-1]
     torch.matmul(a, b)  # the first call allocates; time the second
     t0 = time.perf_counter()
