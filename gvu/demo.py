@@ -27,6 +27,7 @@ from gvu.models.pretrain import PretrainConfig
 from gvu.models.protocol import SamplingConfig
 from gvu.rl import runfolder
 from gvu.rl.config import TrainConfig
+from gvu.rl.monitor import process_peak_rss_mib
 from gvu.rl.trainer import Trainer
 
 
@@ -141,10 +142,7 @@ def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
     run_sensitivity(load_model(str(base)), out / "sensitivity", **sens)
     timings["sensitivity"] = time.perf_counter() - t
 
-    import resource
-
-    # ru_maxrss is in KiB on Linux: the peak resident memory of the whole demo process so far.
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_mib = process_peak_rss_mib()  # the whole demo process so far, across the trainer's phase resets
     return write_report(out, demo=dataclasses.asdict(cfg), base_dir=str(base), train_dir=str(tcfg.output_dir),
                         timings=timings, peak_rss_mib=peak_rss_mib, settings={
                             "evaluation": {"per_prompt": cfg.eval_per_prompt, "limit": tcfg.eval_limit or None,

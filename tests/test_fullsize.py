@@ -28,7 +28,9 @@ def test_every_phase_has_time_and_memory(run):
         assert written["phases"][phase]["s"] > 0, phase
         assert written["phases"][phase]["peak_mib"] > 0, phase
     assert written["missing_phases"] == []
-    assert written["peak_rss_mib"] > 0 and written["wall_s"] >= written["step_s"] > 0
+    assert written["wall_s"] >= written["step_s"] > 0
+    # the process's peak covers every phase (the per-phase resets also reset ru_maxrss on Linux)
+    assert written["peak_rss_mib"] >= max(p["peak_mib"] for p in written["phases"].values())
     assert written["machine"]["load_average"] is not None
     assert [p for p in tmp.iterdir() if p.name.startswith("fullsize-")] == []  # the checkpoint is removed
 

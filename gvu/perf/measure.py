@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from gvu.rl.monitor import process_peak_rss_mib
 
 
 REWARD_RTOL = 1e-5  # reward values: ours vs the published loop's probabilities multiplied in float64
@@ -87,9 +87,8 @@ def timed(fn, repeats: int, warmup: int = 1):
 
 
 def ru_maxrss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (2 ** 20 if sys.platform == "darwin" else 1024)
+    """Peak resident memory of this process so far (MiB), across the per-phase resets of the trainer's clock."""
+    return process_peak_rss_mib()
 
 
 def write_json(out, res: dict) -> None:

@@ -18,6 +18,8 @@ allocated memory on a GPU, the process's peak resident memory on CPU).
 from __future__ import annotations
 
 import contextlib
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -53,8 +55,16 @@ class PhaseClock:
                 self.values[f"mem/{name}"] = peak
 
 
+_PEAK_BEFORE_RESETS_MIB = 0.0
+"""The largest VmHWM seen just before a reset: the reset also clears Linux's ru_maxrss, so the process's peak since
+it started is kept here (read it with `process_peak_rss_mib`)."""
+
+
 def reset_peak_rss() -> bool:
-    """Linux: reset this process's VmHWM so `peak_rss_since_reset` measures one phase; False where unsupported."""
+    """Linux: reset this process's VmHWM so `peak_rss_since_reset` measures one phase; False where unsupported.
+    The peak so far is remembered first (for `process_peak_rss_mib`)."""
+    global _PEAK_BEFORE_RESETS_MIB
+    _PEAK_BEFORE_RESETS_MIB = max(_PEAK_BEFORE_RESETS_MIB, peak_rss_since_reset() or 0.0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -71,6 +81,13 @@ def peak_rss_since_reset() -> float | None:
     except OSError:
         pass
     return None
+
+
+def process_peak_rss_mib() -> float:
+    """The process's peak resident memory (MiB) since it started, across `reset_peak_rss` calls (which clear both
+    VmHWM and ru_maxrss on Linux). Linux reports ru_maxrss in KiB, macOS in bytes."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 1024)
+    return max(_PEAK_BEFORE_RESETS_MIB, peak_rss_since_reset() or 0.0, own)
 
 
 class ShapesMonitor:
