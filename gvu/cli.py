@@ -112,7 +112,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from gvu.eval.evaluate import evaluate_model
     from gvu.models.load import load_model
     from gvu.models.protocol import SamplingConfig
+    from gvu.rl.runfolder import claim_eval_folder
 
+    if a.out:
+        claim_eval_folder(a.out, a.overwrite)
     summary = evaluate_model(load_model(a.model), a.benchmark, sampling=SamplingConfig(guidance=a.guidance),
                              per_prompt=a.per_prompt, seed=a.seed, out=a.out)
     print(summary["table"])
@@ -256,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=SEED, default=0)
     ev.add_argument("--guidance", type=finite(0), default=1.0, help="classifier-free guidance scale (1 = off)")
     ev.add_argument("--out", help="folder for images (GenEval layout), results and summary.json")
+    ev.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     ev.set_defaults(func=cmd_eval)
 
     tr = sub.add_parser("train", help="GvU: self-supervised GRPO with the model's own understanding as reward")

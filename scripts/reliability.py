@@ -222,6 +222,10 @@ def generate_probes(t: Table, w: Path, s: dict) -> None:
     rc, text = gvu("generate", "--model", base, "--metadata", good, "--outdir", E, "--per-prompt", 1, "--overwrite")
     t.add("generate --overwrite clears the old prompt folders", rc, first_line(text), rc == 0 and not
           (E / "00007").exists() and (E / "00001").is_dir())
+    shutil.copytree(w / "gt", w / "EV" / "file")  # the images of an earlier evaluation of a metadata file
+    t.refuse("eval into a folder of an earlier evaluation", gvu("eval", "--model", base, "--benchmark", good, "--out",
+                                                                w / "EV", "--per-prompt", 1), "--overwrite",
+             keep={w / "EV": digest(w / "EV")})
     for cmd in (("generate", "--model", base, "--outdir", w / "G1"), ("eval", "--model", base, "--out", w / "G2"),
                 ("train", "--config", s["cfg"], f"output_dir={w / 'G3'}", *s["common"])):
         meta = ("--benchmark" if cmd[0] == "eval" else "--metadata", w / "big.jsonl")

@@ -138,6 +138,15 @@ def test_pretrain_then_eval_a_metadata_file(tmp_path):
     assert all(load_image(s.path).shape == (96, 96, 3) for s in samples)
     assert len((out / "file" / "results.jsonl").read_text().splitlines()) == 8
     assert "overall" in p.stdout and str(out / "summary.json") in p.stdout
+    # the folder holds one evaluation: a second into it is refused, or replaces the first with --overwrite
+    write_metadata(meta, rows[:1])
+    again = gvu("eval", "--model", model, "--benchmark", meta, "--per-prompt", 2, "--out", out, check=False)
+    assert again.returncode == 2 and "earlier evaluation" in again.stderr and "--overwrite" in again.stderr
+    assert len(read_layout(out / "file")) == 8  # untouched
+    gvu("eval", "--model", model, "--benchmark", meta, "--per-prompt", 2, "--out", out, "--overwrite")
+    assert [s.row for s in read_layout(out / "file")] == [rows[0]] * 2  # no prompt folder of the first is left
+    assert len((out / "file" / "results.jsonl").read_text().splitlines()) == 2
+    assert set(json.loads((out / "summary.json").read_text())["file"]["tags"]) == {rows[0]["tag"]}
 
 
 def test_generate_writes_a_valid_layout(tmp_path):

@@ -149,3 +149,20 @@ def claim_image_folder(outdir: str | os.PathLike, overwrite: bool, flag: str = "
             shutil.rmtree(p)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def claim_eval_folder(out: str | os.PathLike, overwrite: bool) -> None:
+    """An evaluation folder holds one evaluation: one that holds an earlier one (its summary.json or prompt
+    folders) is refused, or with --overwrite cleared of them first, so that a judge never reads both."""
+    path = check_path(out, "--out")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file, not a folder")
+    layouts = [path / k for k in ("geneval", "genevalpp", "file") if (path / k).is_dir()]
+    earlier = [p for p in [path / "summary.json", *layouts] if p.exists()]
+    if earlier and not overwrite:
+        raise ValueError(f"--out {path} holds an earlier evaluation ({', '.join(p.name for p in earlier)}); choose "
+                         "an empty folder, or pass --overwrite to replace it")
+    for folder in layouts:
+        claim_image_folder(folder, True, "--out")
+        (folder / "results.jsonl").unlink(missing_ok=True)
+    (path / "summary.json").unlink(missing_ok=True)
