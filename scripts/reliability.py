@@ -114,7 +114,7 @@ def setup(w: Path) -> dict:
     assert gvu("pretrain", "--size", "tiny", "--steps", 2, "--num-scenes", 50, "--batch-size", 8, "--threads", 1,
                "--out", base)[0] == 0
     cfg = w / "tiny.yaml"
-    cfg.write_text((ROOT / "configs" / "tiny.yaml").read_text() + f"\nthreads: 1\n")
+    cfg.write_text((ROOT / "configs" / "tiny.yaml").read_text() + "\nthreads: 1\n")
     common = [f"model={base}", "max_steps=2", "prompts_per_step=2", "num_generations=2", "minibatch_size=4",
               "num_prompts=16", "eval_steps=0", "save_steps=1"]
     rc, text = gvu("train", "--config", cfg, f"output_dir={w / 'A'}", *common)
