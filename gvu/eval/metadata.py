@@ -90,13 +90,18 @@ def _check_choice(item: Mapping, key: str, allowed: tuple[str, ...] | set[str], 
         raise MetadataError(f"unknown {key} {value!r} in {where}", hint=f"known: {_known(allowed)}")
 
 
-def _check_include(item: Any, i: int, classes: set[str] | None, colors: set[str] | None) -> None:
-    where = f"include[{i}]"
+def _check_object(item: Any, where: str, keys: tuple[str, ...], classes: set[str] | None) -> None:
+    """What include and exclude items share: an object of known keys, a known class and a valid count."""
     if not isinstance(item, Mapping):
         raise MetadataError(f"{where} must be an object, got {type(item).__name__}", hint="use {\"class\", \"count\"}")
-    _check_keys(item, INCLUDE_KEYS, where)
+    _check_keys(item, keys, where)
     _check_class(item, where, classes)
     _check_count(item, where)
+
+
+def _check_include(item: Any, i: int, classes: set[str] | None, colors: set[str] | None) -> None:
+    where = f"include[{i}]"
+    _check_object(item, where, INCLUDE_KEYS, classes)
     if "color" in item:
         color = item["color"]
         if not isinstance(color, str) or not color:
@@ -125,12 +130,7 @@ def _check_include(item: Any, i: int, classes: set[str] | None, colors: set[str]
 
 
 def _check_exclude(item: Any, i: int, classes: set[str] | None) -> None:
-    where = f"exclude[{i}]"
-    if not isinstance(item, Mapping):
-        raise MetadataError(f"{where} must be an object, got {type(item).__name__}", hint="use {\"class\", \"count\"}")
-    _check_keys(item, EXCLUDE_KEYS, where)
-    _check_class(item, where, classes)
-    _check_count(item, where)
+    _check_object(item, f"exclude[{i}]", EXCLUDE_KEYS, classes)
 
 
 def validate_row(row: Any, *, classes: set[str] | None = None, colors: set[str] | None = None) -> None:

@@ -36,8 +36,8 @@ from pathlib import Path
 from gvu.eval.metadata import write_metadata
 from gvu.models.hf import base_model, tiny_byte_tokenizer
 from gvu.models.janus import BOI, EOI, IMAGE, TINY_CHAT_TEMPLATE
-from gvu.perf.measure import machine_info, ru_maxrss_mib, write_json
-from gvu.rl.monitor import peak_rss_since_reset, reset_peak_rss
+from gvu.perf.measure import cpuinfo, machine_info, write_json
+from gvu.rl.monitor import PhaseClock, process_peak_rss_mib
 from gvu.perf.step import matmul_gflops
 from gvu.rl.config import load_config
 from gvu.rl.trainer import Trainer
@@ -83,13 +83,7 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo("flags") or "").split())
 
 
 def resolve_dtype(dtype: str, flags: set[str] | None = None) -> tuple[str, str]:
@@ -145,7 +139,7 @@ def build_checkpoint(arch: str, folder: str, seed: int = 0, dtype: str = "bfloat
     ip.save_pretrained(folder)
     return {"parameters": sum(p.numel() for p in lm.parameters()),
             "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "build_s": time.perf_counter() - t,
-            "peak_rss_mib": ru_maxrss_mib()}  # of the child process that built it (of this one for `tiny`)
+            "peak_rss_mib": process_peak_rss_mib()}  # of the child process that built it (of this one for `tiny`)
 
 
 def _in_child(fn, *args):
@@ -159,28 +153,12 @@ def _say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-class _Phase:
-    """`with _Phase(record, "load"):` records time/<name> and mem/<name> (peak RSS MiB during it)."""
-
-    def __init__(self, record: dict, name: str):
-        self.record, self.name = record, name
-
-    def __enter__(self):
-        reset_peak_rss()
-        self.t = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.record[f"time/{self.name}"] = time.perf_counter() - self.t
-        self.record[f"mem/{self.name}"] = peak_rss_since_reset() or ru_maxrss_mib()
-
-
-def _timed_method(obj, name: str, record: dict) -> None:
+def _timed_method(obj, name: str, clock: PhaseClock) -> None:
     """Wrap obj.<name> so that each call is a measured phase of that name."""
     inner = getattr(obj, name)
 
     def wrapped(*args, **kw):
-        with _Phase(record, name):
+        with clock(name):
             return inner(*args, **kw)
     setattr(obj, name, wrapped)
 
@@ -202,12 +180,12 @@ def train_one_step(arch: str, folder: Path, threads: int, dtype: str) -> tuple[d
     write_metadata(folder / "prompts.jsonl", [PROMPT_ROW])
     overrides = dict(STEP_CONFIG, model=f"janus:{folder / 'model'}?dtype={dtype}&device=cpu&gradient_checkpointing=1",
                      output_dir=str(folder / "run"), prompts=str(folder / "prompts.jsonl"), threads=threads)
-    record: dict = {}
-    with _Phase(record, "load"):
+    clock = PhaseClock()  # the trainer's own clock: seconds and peak resident MiB per phase
+    with clock("load"):
         trainer = Trainer(load_config(None, overrides))
-    _say(f"loaded in {record['time/load']:.0f} s; one step: sampling, decode, reward, reference, update, save")
+    _say(f"loaded in {clock.values['time/load']:.0f} s; one step: sampling, decode, reward, reference, update, save")
     for name in ("save", "save_final"):
-        _timed_method(trainer, name, record)
+        _timed_method(trainer, name, clock)
     hook = _progress(trainer, every=48 if arch != "tiny" else 10 ** 9)
     try:
         trainer.train(progress=False)
@@ -215,7 +193,7 @@ def train_one_step(arch: str, folder: Path, threads: int, dtype: str) -> tuple[d
         hook.remove()
     lines = (folder / "run" / "log.jsonl").read_text().splitlines()
     metrics = next(m for m in map(json.loads, lines) if m.get("step") == 1)
-    return record, metrics, dict(overrides)
+    return clock.values, metrics, dict(overrides)
 
 
 def phase_table(metrics: dict, record: dict) -> dict:
@@ -286,7 +264,7 @@ def run_fullsize(arch: str = "janus-pro-1b", out: str | os.PathLike | None = Non
            "architecture": ARCHS[arch], "checkpoint": built, "dtype_choice": why, "config": cfg, "prompt": PROMPT_ROW,
            "machine": machine_info(), "phases": phases,
            "step_s": metrics.get("step_time"), "wall_s": time.perf_counter() - t0,
-           "peak_rss_mib": ru_maxrss_mib(), "matmul_gflops_per_s": rates,
+           "peak_rss_mib": process_peak_rss_mib(), "matmul_gflops_per_s": rates,
            "step_metrics": {k: v for k, v in metrics.items() if not k.startswith(("time/", "mem/"))},
            "kept": str(folder) if keep else None, "missing_phases": missing_phases(phases)}
     if out:

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gvu.rl.monitor import process_peak_rss_mib
-
 
 REWARD_RTOL = 1e-5  # reward values: ours vs the published loop's probabilities multiplied in float64
 TOKEN_RTOL = 1e-5  # each prompt token's probability (float32 softmax in both, different batch shapes)
@@ -60,14 +58,7 @@ def machine_info() -> dict:
     import torch
     import transformers
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpuinfo("model name") or platform.processor() or "unknown"
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu, "nproc": nproc,
             "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
@@ -86,9 +77,15 @@ def timed(fn, repeats: int, warmup: int = 1):
     return out, {"median_s": statistics.median(times), "times_s": times}
 
 
-def ru_maxrss_mib() -> float:
-    """Peak resident memory of this process so far (MiB), across the per-phase resets of the trainer's clock."""
-    return process_peak_rss_mib()
+def cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of /proc/cpuinfo ("model name", "flags"); None where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == field:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def write_json(out, res: dict) -> None:

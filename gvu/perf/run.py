@@ -29,10 +29,11 @@ import time
 from dataclasses import asdict
 
 from gvu.perf import fullsize
-from gvu.perf.measure import machine_info, plan, ru_maxrss_mib, write_json
+from gvu.perf.measure import machine_info, plan, write_json
 from gvu.perf.reward import bench_janus_reward, bench_reward
 from gvu.perf.rollout import bench_rollout
 from gvu.perf.step import bench_limit, bench_step
+from gvu.rl.monitor import process_peak_rss_mib
 
 BENCHMARKS = ("reward", "rollout", "step", "limit")
 
@@ -87,7 +88,7 @@ def run_benchmarks(quick: bool = False, out: str | os.PathLike | None = None, th
             res["pretrain_mfu"] = res["limit"]["pretrain_mfu"]
             res["update_mfu"] = res["limit"].get("update_mfu")
             walls["limit"] = time.perf_counter() - t
-        res["peak_rss_mib"] = ru_maxrss_mib()
+        res["peak_rss_mib"] = process_peak_rss_mib()
         res["wall_s"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from gvu.models.builtin import build_builtin, save_builtin
 from gvu.models.pretrain import build_pool, lm_loss, make_batch, PretrainConfig
-from gvu.perf.measure import Plan, ru_maxrss_mib, timed
-from gvu.rl.monitor import peak_rss_since_reset, reset_peak_rss
+from gvu.perf.measure import Plan, timed
+from gvu.rl.monitor import peak_rss_since_reset, process_peak_rss_mib, reset_peak_rss
 from gvu.rl.config import TrainConfig
 from gvu.rl.trainer import Trainer
 from gvu.world.kinds import KINDS
@@ -78,9 +78,9 @@ def bench_step(p: Plan, threads: int = 0) -> dict:
             "median_s": med, "times_s": {k: [m[k] for m in logs] for k in phases},
             "images_per_s": N / med["step_time"], "update_tokens": tokens[-1],
             "update_flops": update_flops, "update_gflops_per_s": update_flops / med["time/update"] / 1e9,
-            "peak_rss_mib": peak_rss_since_reset() if reset else ru_maxrss_mib(),
+            "peak_rss_mib": peak_rss_since_reset() if reset else process_peak_rss_mib(),
             "peak_rss_scope": "this benchmark (VmHWM reset before the timed steps)" if reset else "whole process",
-            "ru_maxrss_mib": ru_maxrss_mib()}
+            "ru_maxrss_mib": process_peak_rss_mib()}
 
 
 # ---------------------------------------------------------------------------------------------- 4. the limit
