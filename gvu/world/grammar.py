@@ -9,7 +9,9 @@ how the text keeps the tag recoverable.
 
 A `Lexicon` holds the language-dependent parts. `SHAPES_LEXICON` speaks correct English ("an orange heart",
 "two crosses", "to the left of"); `coco_lexicon()` keeps GenEval's COCO quirks (article by first letter,
-"es" after a final s, "left of").
+"es" after a final s, "left of"). Parsing also reads GenEval's own relation phrases ("left of", "right of",
+"above", "below") with either lexicon, so a prompt written GenEval's way ("a photo of a circle right of a star")
+says the same row as the lexicon's ("... to the right of ..."); rendering always writes the lexicon's.
 """
 
 from __future__ import annotations
@@ -128,8 +130,10 @@ class _Parser:
             nouns[tuple(c.split())] = (c, 1)
             nouns.setdefault(tuple(lex.plurals[c].split()), (c, 2))
         self.nouns = sorted(nouns.items(), key=lambda kv: -len(kv[0]))  # longest match first
-        self.relations = sorted(((tuple(p.split()), r) for r, p in lex.relation_phrases.items()),
-                                key=lambda kv: -len(kv[0]))
+        # The lexicon's phrase and GenEval's own ("a dog right of a teddy bear"): both say the same relation.
+        phrases = {(tuple(p.split()), r) for r, p in lex.relation_phrases.items()}
+        phrases |= {(tuple(r.split()), r) for r in spec.RELATIONS}
+        self.relations = sorted(phrases, key=lambda kv: (-len(kv[0]), kv[0]))
         self.regions = [(tuple(p.split()), r) for r, p in REGION_PHRASES.items()]
 
     def fail(self, what: str):
