@@ -42,6 +42,10 @@ def _members(module: str, name: str):
     return parse
 
 
+# `gvu pretrain --size` in its help, without importing torch: gvu.models.builtin.PRESETS's keys (a test checks)
+PRETRAIN_SIZES = ("tiny", "default", "large")
+
+
 def cmd_prompts(a: argparse.Namespace) -> None:
     from gvu.eval import prompts
     from gvu.eval.metadata import write_metadata, write_prompts
@@ -82,6 +86,7 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
     import dataclasses
 
     from gvu.models.pretrain import PretrainConfig, pretrain
+    from gvu.rl import runfolder
     from gvu.rl.config import parse_overrides
 
     kw = {k: getattr(a, k) for k in ("steps", "batch_size", "learning_rate", "gen_fraction", "num_scenes",
@@ -91,7 +96,9 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
         raise ValueError(f"threads must be an integer >= 0 (0: torch's default), got {kw['threads']!r}")
     cfg = PretrainConfig(**{"preset": a.preset, "size": a.size, "seed": a.seed, "grid": not a.flat, **kw})
     _check_pretrain_out(a.out, a.overwrite)
-    model = pretrain(cfg, a.out)
+    with runfolder.holding(Path(a.out), runfolder.lock_beside(Path(a.out))):  # one pretraining per folder
+        _check_pretrain_out(a.out, a.overwrite)  # again under the lock: a run that finished meanwhile counts
+        model = pretrain(cfg, a.out)
     print(f"wrote a {cfg.preset} base ({model.num_parameters():,} parameters, size {cfg.size}) to {a.out}")
 
 
@@ -236,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="pretrain the built-in unified model from scratch")
     pt.add_argument("--preset", choices=["regular", "weak"], default="regular")
-    pt.add_argument("--size", choices=["default", "tiny"], default="default")
+    pt.add_argument("--size", type=_member("gvu.models.builtin", "PRESETS"), default="default",
+                    metavar="|".join(PRETRAIN_SIZES), help="the model's size: one of the architectures of "
+                    "gvu/models/builtin.py PRESETS (default: default)")
     pt.add_argument("--out", required=True, help="model folder (rerun the same command to resume)")
     pt.add_argument("--overwrite", action="store_true", help="replace a finished base already in --out")
     pt.add_argument("--seed", type=SEED, default=0)

@@ -1,11 +1,12 @@
 """Output folders that own themselves: one run per folder, nothing of another run replaced without asking.
 
 A run (`gvu train`, `gvu demo`) holds a lock file in its folder with its process id while it writes there, so a
-second run into the same folder stops before it computes anything; a lock whose process is gone (a run killed
-with kill -9) is reported and taken over. A fresh run into a folder that holds another run's files refuses and
-says how to go on (`--resume`, `--overwrite`, another folder); `--overwrite` removes exactly those files, never
-anything else in the folder. Unfinished checkpoint writes (`.checkpoint-tmp-*`, left by a kill during a save)
-are removed when the next run takes the folder.
+second run into the same folder stops before it computes anything; `gvu pretrain`, whose folder is moved into
+place whole at its end, holds the same lock in a file beside the folder (`lock_beside`). A lock whose process is
+gone (a run killed with kill -9) is reported and taken over. A fresh run into a folder that holds another run's
+files refuses and says how to go on (`--resume`, `--overwrite`, another folder); `--overwrite` removes exactly
+those files, never anything else in the folder. Unfinished checkpoint writes (`.checkpoint-tmp-*`, left by a
+kill during a save) are removed when the next run takes the folder.
 
 Image folders (`gvu generate`, `gvu world render`) are claimed the same way without a lock: a folder that already
 holds prompt folders is refused (the judge would score old and new images together) unless `--overwrite`, which
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 LOCK = ".gvu.lock"
@@ -44,33 +46,41 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def lock_owner(folder: Path) -> int | None:
+def lock_beside(folder: Path) -> Path:
+    """The lock of a folder that is written whole at its end (a pretrained base, moved into place atomically):
+    a file beside it, `.NAME.gvu.lock`, since a lock inside would be replaced with the folder."""
+    folder = Path(folder).resolve()
+    return folder.parent / f".{folder.name}{LOCK}"
+
+
+def lock_owner(folder: Path, lock: Path | None = None) -> int | None:
     """The process id in the folder's lock, if a live process other than this one holds it."""
     try:
-        pid = int((folder / LOCK).read_text().split()[0])
+        pid = int((lock or folder / LOCK).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
     return pid if pid != os.getpid() and _alive(pid) else None
 
 
-def _in_use(folder: Path, pid: int) -> ValueError:
-    return ValueError(f"{folder} is in use by process {pid} (lock file {folder / LOCK}); wait for that run to "
-                      "finish or write to another folder")
+def _in_use(folder: Path, pid: int, lock: Path | None = None) -> ValueError:
+    return ValueError(f"{folder} is in use by process {pid} (lock file {lock or folder / LOCK}); wait for that "
+                      "run to finish or write to another folder")
 
 
-def acquire(folder: Path) -> Path | None:
-    """Create the folder's lock with this process id; None if this process already holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = (folder / LOCK).resolve()
+def acquire(folder: Path, lock: Path | None = None) -> Path | None:
+    """Create the folder's lock (default: `LOCK` inside it) with this process id; None if this process already
+    holds it."""
+    lock = (lock or folder / LOCK).resolve()
+    lock.parent.mkdir(parents=True, exist_ok=True)
     if lock in _HELD:
         return None
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            pid = lock_owner(folder)
+            pid = lock_owner(folder, lock)
             if pid is not None:
-                raise _in_use(folder, pid) from None
+                raise _in_use(folder, pid, lock) from None
             stale = lock.read_text().strip() if lock.is_file() else "?"
             print(f"note: {lock} was left by process {stale or '?'}, which is no longer running (a killed run); "
                   "taking the folder over", file=sys.stderr)
@@ -88,6 +98,16 @@ def release(lock: Path | None) -> None:
         return
     _HELD.discard(lock)
     lock.unlink(missing_ok=True)
+
+
+@contextmanager
+def holding(folder: Path, lock: Path | None = None):
+    """Hold the folder's lock (`acquire`) for the body of a with-statement."""
+    held = acquire(folder, lock)
+    try:
+        yield held
+    finally:
+        release(held)
 
 
 def run_entries(folder: Path, names: tuple[str, ...] = TRAIN_FILES) -> list[Path]:
