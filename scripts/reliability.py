@@ -1,5 +1,5 @@
-"""Reliability probes: every careless or hostile use of issue 18 run against the `gvu` command line, one table row
-each (probe, exit code, first line of the message, verdict).
+"""Reliability probes: every careless or hostile use of issues 18 and 27 run against the `gvu` command line, one
+table row each (probe, exit code, first line of the message, verdict).
 
   OK      the command did what it should: a refusal with a one-line message that names the flag, file or line
           and what to do, or (where the use is legitimate) a success that wrote where it should

@@ -12,7 +12,7 @@ understanding prefix always arrives whole, so the rule needs no state.
 
 The tables start as ramps (`ordinal_init`): row r is (r - mid) / mid times one random direction, plus small noise,
 so "further left" is one linear direction from the first step, the way `align_embeddings` starts words and codes
-from shared factors. Measured in the README: relation matching and how fast it is learned, with and without.
+from shared factors. Measured in docs/results.md: relation matching and how fast it is learned, with and without.
 
 Letters: N rows, S sequence length, D hidden size.
 """
