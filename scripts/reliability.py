@@ -288,31 +288,33 @@ def judge_probes(t: Table, w: Path) -> None:
     t.refuse("judge: 128x128 image", gvu("judge", d), "0000.png", "128x128")
 
 
-def issue27_probes(t: Table, w: Path, s: dict) -> None:
-    """GenEval's own phrasing of positions through every command; one pretraining per folder; every size."""
+def phrasing_probes(t: Table, w: Path, s: dict) -> None:
+    """A prompt file worded as GenEval's metadata words positions, through every command that checks metadata."""
     base, cfg, common = s["base"], s["cfg"], s["common"]
     row = {"tag": "position", "include": [{"class": "star", "count": 1},
                                           {"class": "circle", "count": 1, "position": ["right of", 0]}]}
     write_metadata(w / "geneval-phrased.jsonl", [{**row, "prompt": "a photo of a circle right of a star"}] * 2)
     write_metadata(w / "geneval-wrong.jsonl", [{**row, "prompt": "a photo of a circle left of a star"}])
-    gp, done = w / "geneval-phrased.jsonl", lambda out: (out.is_dir() or out.is_file()) and bool(out.stat().st_size)
-    for cmd, args, out in (("world render", ["--outdir", w / "GP-gt", "--per-prompt", 1], w / "GP-gt"),
-                           ("judge", [], None), ("score", [], None),
-                           ("generate", ["--model", base, "--outdir", w / "GP-gen", "--per-prompt", 1], w / "GP-gen"),
-                           ("eval", ["--model", base, "--per-prompt", 1, "--out", w / "GP-ev"], w / "GP-ev"),
-                           ("train", [f"output_dir={w / 'GP-tr'}", *common, f"prompts={gp}"], w / "GP-tr" / "final")):
-        if cmd in ("judge", "score"):
-            args = [w / "GP-gt", *(["--model", base] if cmd == "score" else [])]
-        elif cmd == "train":
-            args = ["--config", cfg, *args]
-        else:
-            args = [{"eval": "--benchmark"}.get(cmd, "--metadata"), gp, *args]
-        rc, text = gvu(*cmd.split(), *args)
-        t.add(f"{cmd}: GenEval's phrasing 'a circle right of a star'", rc, first_line(text),
-              rc == 0 and (out is None or done(out)))
+    gp, gt = w / "geneval-phrased.jsonl", w / "GP-gt"
+    for args, out in ((["world", "render", "--metadata", gp, "--outdir", gt, "--per-prompt", 1], gt / "00001"),
+                      (["judge", gt], None), (["score", gt, "--model", base], None),
+                      (["generate", "--model", base, "--metadata", gp, "--outdir", w / "GP-gen", "--per-prompt", 1],
+                       w / "GP-gen" / "00001"),
+                      (["eval", "--model", base, "--benchmark", gp, "--per-prompt", 1, "--out", w / "GP-ev"],
+                       w / "GP-ev" / "summary.json"),
+                      (["train", "--config", cfg, f"output_dir={w / 'GP-tr'}", *common, f"prompts={gp}"],
+                       w / "GP-tr" / "final")):
+        rc, text = gvu(*args)
+        name = "world render" if args[0] == "world" else args[0]
+        t.add(f"{name}: GenEval's phrasing 'a circle right of a star'", rc, first_line(text),
+              rc == 0 and (out is None or out.exists()))
     t.refuse("world render: GenEval's phrasing contradicting include", gvu(
         "world", "render", "--metadata", w / "geneval-wrong.jsonl", "--outdir", w / "GP-x"), "geneval-wrong.jsonl:1",
         "does not say")
+
+
+def pretrain_probes(t: Table, w: Path) -> None:
+    """One pretraining per folder: a live one refuses a second, a killed one is taken over and resumed; every size."""
     pre = ["pretrain", "--size", "tiny", "--steps", 400, "--batch-size", 4, "--num-scenes", 40, "--threads", 1]
     held = w / "PL"
     live = subprocess.Popen([sys.executable, "-m", "gvu.cli", *map(str, pre), "--out", str(held), "save_every=50"],
@@ -320,7 +322,8 @@ def issue27_probes(t: Table, w: Path, s: dict) -> None:
     state = w / ".PL.pretrain" / "pretrain_state.pt"
     while not state.exists() and live.poll() is None:
         time.sleep(0.02)
-    os.kill(live.pid, signal.SIGSTOP)  # a pretraining under way, holding its folder
+    if live.poll() is None:
+        os.kill(live.pid, signal.SIGSTOP)  # a pretraining under way, holding its folder
     t.refuse("pretrain: two pretrainings at once into one folder", gvu(*pre, "--out", held, "save_every=50"),
              str(live.pid), str(held))
     live.kill()
@@ -329,7 +332,7 @@ def issue27_probes(t: Table, w: Path, s: dict) -> None:
     steps = [json.loads(x)["step"] for x in (held / "pretrain_log.jsonl").read_text().splitlines()] if rc == 0 else []
     t.add("pretrain: a killed pretraining taken over, resumed", rc, next(
         (ln for ln in text.splitlines() if "no longer running" in ln), first_line(text))[:140],
-        rc == 0 and f"process {live.pid}" in text and steps[0] == 50 and steps.count(50) == 1)
+        rc == 0 and f"process {live.pid}" in text and steps[:1] == [50] and steps.count(50) == 1)
     rc, text = gvu("pretrain", "--size", "large", "--steps", 1, "--batch-size", 2, "--num-scenes", 20, "--out",
                    w / "PL-large")
     t.add("pretrain --size large (every size the code defines)", rc, first_line(text),
@@ -353,7 +356,8 @@ def main(argv=None) -> int:
         generate_probes(t, w, s)
         metadata_probes(t, w, s)
         judge_probes(t, w)
-        issue27_probes(t, w, s)
+        phrasing_probes(t, w, s)
+        pretrain_probes(t, w)
         t.print()
     return 0 if all(r[3] == "OK" for r in t.rows) else 1
 
