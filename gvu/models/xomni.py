@@ -213,6 +213,12 @@ def _checkpoint_class(name: str, config):
     if ref is None:
         raise ValueError(f"xomni:{name}: config.json has no auto_map entry for AutoModelForCausalLM, so the "
                          "checkpoint's own vision code (init_vision, detokenize_image) cannot be found")
+    import transformers.utils
+
+    # diffusers 0.34.0, X-Omni's pin, imports this constant, which transformers 5 removed; later diffusers import
+    # without it but changed the FLUX block signature X-Omni's decoder calls (docs/real-models.md)
+    if not hasattr(transformers.utils, "FLAX_WEIGHTS_NAME"):
+        transformers.utils.FLAX_WEIGHTS_NAME = "flax_model.msgpack"
     try:
         return get_class_from_dynamic_module(ref, name)
     except ImportError as err:
