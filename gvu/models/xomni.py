@@ -255,7 +255,8 @@ def _remedy(code: str) -> str:
                 f"drop code=remote (gvu's own X-Omni code runs on this transformers) or use an environment with "
                 f"pip install {REMOTE_PACKAGES} (and flash-attn where the checkpoint asks for flash_attention_2), "
                 "gvu installed there with pip install --no-deps -e .")
-    return f"gvu's X-Omni code was checked on transformers 5.25.0 ({have}): pip install 'transformers==5.25.0'"
+    return (f"gvu's X-Omni code was checked on transformers 5.22.0 and 5.25.0 ({have}): pip install "
+            "'transformers==5.25.0'")
 
 
 def check_one_token(lm, name: str, code: str) -> None:
