@@ -51,3 +51,17 @@ def test_the_one_token_check_turns_a_first_forward_failure_into_what_to_install(
                                          r"has_sliding_layers.*transformers==4\.51\.3"):
         check_one_token(original, str(folder), "remote")
     assert original.generation_mode == "text"  # restored even on failure
+
+
+def test_a_checkpoint_missing_one_of_x_omnis_weights_is_refused_not_initialised_at_random(folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    del weights["mm_head.weight"]
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks weights gvu's X-Omni code needs: \['mm_head\.weight'\]"):
+        load_model(f"xomni:{broken}?device=cpu&dtype=float32")
