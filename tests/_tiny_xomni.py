@@ -1,151 +1,361 @@
-"""A tiny X-Omni-SHAPED model, written by the tests into a folder and loaded with trust_remote_code, with the
-interface quirks of X-Omni's own modelling code (read from its public inference code, not copied):
+"""A tiny X-Omni, written by the tests into a folder, whose modelling code keeps the conventions of X-Omni's own
+(the remote code the published checkpoint ships, as the official GvU repository carries it: matrix0721/GvU at
+0a3000a, omni_r1/models/modeling_xomni.py, cited below as MX:LINE; configuration_xomni.py; modeling_siglip_tokenizer.py
+as ST:LINE). Written for these tests, not copied. Where the adapter touches it, it behaves as the original does:
 
-- a Qwen2 causal LM whose image codes live BEYOND lm_head: code k is id vocab_size + k, embedded by a separate
-  mm_embed_tokens and scored by a separate mm_head; the multimodal specials <SOM>, <EOM>, <IMAGE> lie there too;
-- a generation mode switched by set_generation_mode('text' | 'image'): logits are vocab_size + mm_vocab_size wide,
-  filled with bf16's lowest value except the text range (text mode) or the code range (image mode);
-- forward takes `num_logits_to_keep` (0 keeps every position) and no **kwargs;
-- an image tokenizer (`image_tokenizer.encode`: normalised pixels [B, 3, H, W] -> codes [B, h, w]) and a decoder
-  that is a generative model: `detokenize_image(texts, images, token_ids, shape)` draws from torch's global RNG
-  (the caller seeds it) and depends on the prompt text.
+- decoder layers carry [hidden, multimodal mask] in a doubled hidden state and unpack a tuple from
+  Qwen2DecoderLayer (MX:31-41), and the model skips Qwen2Model.__init__ (MX:48-66), so, like the original, it
+  runs under transformers 4.51.3 and stops on the first forward under 5.x (the version break shows in the suite);
+- codes live beyond lm_head (mm_embed_tokens, mm_head; MX:74-88, 104-105); the generation mode fills one range
+  of the logits with the rest at the dtype's lowest value (MX:276-286); the forward takes num_logits_to_keep and
+  no **kwargs (MX:241-255);
+- the image tokenizer and the decoder pipeline exist only after init_vision(flux_path) (MX:116-149), which builds
+  them on the model's device of the moment; neither is in the weights (MX:99); the pipeline is no nn.Module and
+  moves only when its .to() is called (a diffusers pipeline; the official trainer moves it itself,
+  omni_r1/trainer/grpo_trainer.py:449);
+- detokenize_image(texts, images, token_ids, shape) asserts one prompt and no earlier images (MX:220-221), makes
+  the codes a tensor with torch.tensor (MX:223), decodes latents channels-first (MX:224, ST:230-231, 132-142),
+  hands them to the pipeline as [1, H*W, C] (MX:226-236) and returns ONE PIL image; the pipeline draws from
+  torch's global RNG and reads the prompt.
+
+Weights are filled from a generator seeded by each weight's name, not by transformers' initialisation, so the
+same folder comes out under any transformers version (tests/data/xomni_reference.json was computed from it by
+this code under transformers 4.51.3: scripts/xomni_reference.py).
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 CONFIG_PY = '''
 from transformers import Qwen2Config
 
 
-class TinyXOmniConfig(Qwen2Config):
-    model_type = "tiny-x-omni"
+class XOmniConfig(Qwen2Config):  # configuration_xomni.py
+    model_type = "x-omni"
 
-    def __init__(self, mm_vocab_size=80, image_vocab_size=64, patch_size=2, **kwargs):
+    def __init__(self, num_mm_adap_layers=1, num_mm_head_layers=1, mm_vocab_size=80, image_vocab_size=64,
+                 mm_special_tokens=("<SOM>", "<EOM>", "<IMAGE>"), **kwargs):
+        super().__init__(**kwargs)
+        self.num_mm_adap_layers = num_mm_adap_layers
+        self.num_mm_head_layers = num_mm_head_layers
         self.mm_vocab_size = mm_vocab_size
         self.image_vocab_size = image_vocab_size
-        self.patch_size = patch_size
-        super().__init__(**kwargs)
+        self.mm_special_tokens = mm_special_tokens
 '''
 
-MODELING_PY = '''
+VISION_PY = '''
+import json
+import os
+from types import SimpleNamespace
+
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
-from transformers import Qwen2ForCausalLM
-from transformers.modeling_outputs import CausalLMOutputWithPast
-
-from .configuration_tiny_xomni import TinyXOmniConfig
 
 
 class TinyImageTokenizer(nn.Module):
-    def __init__(self, config):
+    """Stands in for SiglipTokenizer (ST:204-231): encode(pixels in [-1, 1], [B, 3, H, W]) -> codes [B, h, w];
+    decode(codes, (B, h, w, C)) -> latents [B, C, h, w] (the codebook entries, channels first)."""
+
+    def __init__(self, codebook_size, patch_size):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.register_buffer("palette", torch.rand(config.image_vocab_size, 3, generator=g))
-        self.patch = config.patch_size
+        self.register_buffer("palette", torch.rand(codebook_size, 3, generator=g))
+        self.patch = patch_size
 
     def encode(self, x):
         p = nn.functional.avg_pool2d((x.float() + 1) / 2, self.patch)
         d = ((p.permute(0, 2, 3, 1)[..., None, :] - self.palette) ** 2).sum(-1)
         return d.argmin(-1)
 
-    def decode(self, codes):
-        return self.palette[codes]
+    def decode(self, tokens, bhwc):
+        return self.palette[tokens].view(bhwc).permute(0, 3, 1, 2).contiguous()
 
 
-class TinyXOmniForCausalLM(Qwen2ForCausalLM):
-    config_class = TinyXOmniConfig
+class TinyFluxPipeline:
+    """Stands in for FluxPipelineWithSigLIP: a diffusers pipeline, so not an nn.Module; it is on the device its
+    last .to() named, and, like a module's weights, refuses latents on another device."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.device = torch.device("cpu")
+        self.moves = []
+
+    @classmethod
+    def from_pretrained(cls, folder, torch_dtype=None):
+        if not os.path.isfile(os.path.join(folder, "model_index.json")):
+            raise OSError(f"{folder} holds no model_index.json (not a diffusers pipeline folder)")
+        return cls(folder)
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.moves.append(str(self.device))
+        return self
+
+    def __call__(self, latents, prompt, negative_prompt, height, width, num_inference_steps, guidance_scale,
+                 true_cfg_scale, true_cfg_scale_2):
+        if latents.device != self.device:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found {latents.device} and "
+                               f"{self.device}")
+        rgb = latents[0].float().cpu()  # [h*w, 3]
+        h = int(round((rgb.shape[0] * height / width) ** 0.5))
+        img = rgb.view(h, -1, 3).repeat_interleave(height // h, 0).repeat_interleave(width // (rgb.shape[0] // h), 1)
+        tint = (sum(map(ord, prompt[0])) % 5) / 500.0  # the decoder reads the prompt
+        img = (img + 0.01 * torch.rand(img.shape) + tint).clamp(0, 1)  # and draws from torch's global RNG
+        return SimpleNamespace(images=[Image.fromarray(np.asarray((img * 255).round().to(torch.uint8)))])
+'''
+
+MODELING_PY = '''
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+from transformers import Qwen2ForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.qwen2.modeling_qwen2 import (Qwen2DecoderLayer, Qwen2Model, Qwen2PreTrainedModel,
+                                                      Qwen2RMSNorm, Qwen2RotaryEmbedding)
+
+from .configuration_tiny_xomni import XOmniConfig
+from .vision_tiny_xomni import TinyFluxPipeline, TinyImageTokenizer
+
+
+class XOmniDecoderLayer(Qwen2DecoderLayer):  # MX:19-41
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        self.is_lm_layer = (config.num_mm_adap_layers <= layer_idx
+                            < config.num_hidden_layers - config.num_mm_head_layers)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        hidden_states, multimodal_mask = torch.split(hidden_states, hidden_states.shape[-1] // 2, dim=-1)
+        out, *others = super().forward(hidden_states, *args, **kwargs)  # a tuple under 4.51.3 (MX:33, 38)
+        if not self.is_lm_layer:
+            out = torch.where(multimodal_mask.bool(), out, hidden_states)
+        return torch.cat([out, multimodal_mask], dim=-1), *others
+
+
+class XOmniModel(Qwen2Model, Qwen2PreTrainedModel):  # MX:44-92
+    config_class = XOmniConfig
+
+    def __init__(self, config):
+        Qwen2PreTrainedModel.__init__(self, config)  # not Qwen2Model.__init__ (MX:49)
+        self.padding_idx = -1
+        self.vocab_size = config.vocab_size
+        self.lm_embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.mm_embed_tokens = nn.Embedding(config.mm_vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([XOmniDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self._attn_implementation = config._attn_implementation
+        self.lm_norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mm_norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen2RotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.lm_embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.lm_embed_tokens = value
+
+    def embed_tokens(self, input_ids):  # MX:74-88
+        V = self.config.vocab_size
+        mm = (input_ids >= V)[..., None]
+        h = torch.where(mm, self.mm_embed_tokens((input_ids - V).clamp(min=0)),
+                        self.lm_embed_tokens(input_ids.clamp(max=V - 1)))
+        return torch.cat([h, mm.to(h.dtype).expand_as(h)], dim=-1)
+
+    def norm(self, hidden_states):  # MX:90-92
+        h, mm = torch.split(hidden_states, hidden_states.shape[-1] // 2, dim=-1)
+        return torch.where(mm.bool(), self.mm_norm(h), self.lm_norm(h))
+
+
+class XOmniForCausalLM(Qwen2ForCausalLM):  # MX:95-313
+    config_class = XOmniConfig
+    _keys_to_ignore_on_load_missing = r"image_tokenizer\\.*"  # MX:99: vision parts are not in the weights
 
     def __init__(self, config):
         super().__init__(config)
-        self.mm_embed_tokens = nn.Embedding(config.mm_vocab_size, config.hidden_size)
+        self.model = XOmniModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.mm_head = nn.Linear(config.hidden_size, config.mm_vocab_size, bias=False)
-        self.image_tokenizer = TinyImageTokenizer(config)
         self.generation_mode = "text"
         self.post_init()
 
-    def set_generation_mode(self, mode):
-        assert mode in ("text", "image")
+    @property
+    def device(self):  # MX:111-114
+        return next(iter(self.parameters())).device
+
+    def init_vision(self, flux_pipe_path):  # MX:116-149
+        self.som_token, self.eom_token, self.img_token = self.config.mm_special_tokens[:3]
+        self.vision_config = SimpleNamespace(**self.config.vision_config)
+        self.encoder_config = SimpleNamespace(**self.vision_config.encoder)
+        self.decoder_config = SimpleNamespace(**self.vision_config.decoder)
+        self.vision_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.vision_config.dtype]
+        self.image_tokenizer = TinyImageTokenizer(self.encoder_config.codebook_size, self.encoder_config.patch_size)
+        self.image_tokenizer.to(self.device, self.vision_dtype)
+        self.decoder_pipe = TinyFluxPipeline.from_pretrained(flux_pipe_path, torch_dtype=self.vision_dtype)
+        self.decoder_pipe.set_progress_bar_config(disable=True)
+        self.decoder_pipe.to(self.device)
+
+    def set_generation_mode(self, mode):  # MX:151-153
+        assert mode in ("text", "image"), f"Invalid generation mode: {mode}"
         self.generation_mode = mode
 
-    def _embed(self, input_ids):
-        V = self.config.vocab_size
-        mm = input_ids >= V
-        text = self.model.embed_tokens(input_ids.clamp(max=V - 1))
-        image = self.mm_embed_tokens((input_ids - V).clamp(min=0))
-        return torch.where(mm[..., None], image, text)
+    @torch.no_grad()
+    def detokenize_image(self, texts, images, token_ids, shape):  # MX:218-239
+        assert hasattr(self, "image_tokenizer"), 'Please call "init_vision" before that.'
+        assert len(texts) == 1 and len(images) == 0, "Only support one image per sample."
+        H, W = shape
+        tokens = torch.tensor(token_ids, device=self.device, dtype=torch.long)
+        latents = self.image_tokenizer.decode(tokens, (1, H, W, self.encoder_config.codebook_dim))
+        up = self.decoder_config.upscale_factor
+        latents = latents.reshape(*latents.shape[:2], -1).transpose(1, 2).contiguous()
+        return self.decoder_pipe(latents, [texts[0]], negative_prompt=[""], height=H * up, width=W * up,
+                                 num_inference_steps=self.decoder_config.num_inference_steps, guidance_scale=1.0,
+                                 true_cfg_scale=self.decoder_config.cfg_scale,
+                                 true_cfg_scale_2=self.decoder_config.cfg_scale_2).images[0]
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, cache_position=None, num_logits_to_keep=0):
-        if inputs_embeds is None:
-            inputs_embeds = self._embed(input_ids)
-        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, use_cache=use_cache, cache_position=cache_position)
-        h = out.last_hidden_state[:, -num_logits_to_keep:]
+                return_dict=None, cache_position=None, num_logits_to_keep: int = 0):  # MX:241-313, no loss here
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, cache_position=cache_position)
+        hidden_states = outputs[0][:, -num_logits_to_keep:, :]
         V, C = self.config.vocab_size, self.config.image_vocab_size
-        logits = h.new_full((*h.shape[:2], V + self.config.mm_vocab_size), torch.finfo(torch.bfloat16).min)
+        logits = hidden_states.new_full((*hidden_states.shape[:-1], V + self.config.mm_vocab_size),
+                                        torch.finfo(hidden_states.dtype).min)
         if self.generation_mode == "text":
-            logits[..., :V] = self.lm_head(h)
+            logits[:, :, :V] = self.lm_head(hidden_states)
         else:
-            logits[..., V:V + C] = self.mm_head(h)[..., :C]
-        return CausalLMOutputWithPast(logits=logits.float(), past_key_values=out.past_key_values)
-
-    @torch.no_grad()
-    def detokenize_image(self, texts, images, token_ids, shape):
-        H, W = shape
-        codes = torch.as_tensor(token_ids).view(-1, H, W)
-        rgb = self.image_tokenizer.decode(codes.to(self.palette_device()))
-        up = rgb.repeat_interleave(self.config.patch_size, 1).repeat_interleave(self.config.patch_size, 2)
-        tint = (sum(map(ord, texts[0])) % 5) / 500.0
-        px = (up + 0.01 * torch.rand(up.shape) + tint).clamp(0, 1) * 255
-        return [np.asarray(p.round().to(torch.uint8).cpu()) for p in px]
-
-    def palette_device(self):
-        return self.image_tokenizer.palette.device
+            logits[:, :, V:V + C] = self.mm_head(hidden_states)[:, :, :C]
+        return CausalLMOutputWithPast(logits=logits.float(), past_key_values=outputs.past_key_values)
 '''
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
     "assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TEXT_VOCAB = 259  # 256 bytes + <|endoftext|>, <|im_start|>, <|im_end|>
 
 
-def write_tiny_xomni(folder: Path, seed: int = 0, num_codes: int = 64) -> Path:
-    """The modelling files, a config, random weights (seeded) and a tokenizer with the chat template."""
+def tiny_config(num_codes: int = 64) -> dict:
+    return {"model_type": "x-omni", "architectures": ["XOmniForCausalLM"],
+            "auto_map": {"AutoConfig": "configuration_tiny_xomni.XOmniConfig",
+                         "AutoModelForCausalLM": "modeling_tiny_xomni.XOmniForCausalLM"},
+            "vocab_size": TEXT_VOCAB, "mm_vocab_size": num_codes + 16, "image_vocab_size": num_codes,
+            "num_mm_adap_layers": 1, "num_mm_head_layers": 1, "mm_special_tokens": ["<SOM>", "<EOM>", "<IMAGE>"],
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-6, "use_sliding_window": False, "attn_implementation": "eager",
+            "vision_config": {"dtype": "float32",
+                              "encoder": {"codebook_size": num_codes, "codebook_dim": 3, "patch_size": 2},
+                              "decoder": {"upscale_factor": 2, "num_inference_steps": 2, "cfg_scale": 1.0,
+                                          "cfg_scale_2": 1.0}},
+            "transformers_version": "4.51.3"}
+
+
+def fill_by_name(state: dict) -> dict:
+    """Every weight drawn from a generator seeded by its name: far from uniform (so a wrong mask or guidance row
+    shows) and the same under any transformers version."""
+    import numpy as np
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = {}
+    for name, t in state.items():
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        x = rng.standard_normal(tuple(t.shape)).astype(np.float32)
+        out[name] = torch.from_numpy(1.0 + 0.1 * x if name.endswith("norm.weight") else 0.08 * x)
+    return out
+
+
+def write_tiny_xomni(folder: Path, num_codes: int = 64) -> Path:
+    """The modelling files, a config, name-seeded weights and a tokenizer with the chat template; the weights
+    are written directly under the checkpoint's names, so writing needs no version of the modelling code."""
+    import torch
+    from safetensors.torch import save_file
 
     from gvu.models.hf import tiny_byte_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "configuration_tiny_xomni.py").write_text(CONFIG_PY)
+    (folder / "vision_tiny_xomni.py").write_text(VISION_PY)
     (folder / "modeling_tiny_xomni.py").write_text(MODELING_PY)
     text_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     mm = [f"<MM-Token-{k}>" for k in range(num_codes)] + ["<SOM>", "<EOM>", "<IMAGE>"]
     tok = tiny_byte_tokenizer(text_specials + mm, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHAT_TEMPLATE)
-    vocab = 256 + len(text_specials)
-    assert tok.convert_tokens_to_ids("<MM-Token-0>") == vocab
-    config = {"model_type": "tiny-x-omni", "architectures": ["TinyXOmniForCausalLM"],
-              "auto_map": {"AutoConfig": "configuration_tiny_xomni.TinyXOmniConfig",
-                           "AutoModelForCausalLM": "modeling_tiny_xomni.TinyXOmniForCausalLM"},
-              "vocab_size": vocab, "mm_vocab_size": num_codes + 16, "image_vocab_size": num_codes, "patch_size": 2,
-              "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": False,
-              "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "transformers_version": "4.51.3"}
-    (folder / "config.json").write_text(json.dumps(config, indent=1))
-    cfg = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        lm = AutoModelForCausalLM.from_config(cfg, trust_remote_code=True)
-    with torch.no_grad():  # far from uniform, so a wrong mask or guidance row shows in the tests
-        for name, p in lm.named_parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
-    lm.save_pretrained(folder)
+    assert tok.convert_tokens_to_ids("<MM-Token-0>") == TEXT_VOCAB
     tok.save_pretrained(folder)
-    (folder / "config.json").write_text(json.dumps(config, indent=1))  # keep the auto_map and the pin as written
+    config = tiny_config(num_codes)
+    config.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    save_file({k: v.contiguous() for k, v in fill_by_name(weight_shapes(config)).items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def weight_shapes(c: dict) -> dict:
+    """The checkpoint's weight names and shapes (a Qwen2 layer stack plus X-Omni's two embeddings, norms, heads)."""
+    import torch
+
+    H, I, n = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    kv = H // c["num_attention_heads"] * c["num_key_value_heads"]
+    shapes = {"model.lm_embed_tokens.weight": (c["vocab_size"], H), "model.mm_embed_tokens.weight": (c["mm_vocab_size"], H),
+              "model.lm_norm.weight": (H,), "model.mm_norm.weight": (H,), "lm_head.weight": (c["vocab_size"], H),
+              "mm_head.weight": (c["mm_vocab_size"], H)}
+    for i in range(n):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (H, H), p + "self_attn.q_proj.bias": (H,),
+                       p + "self_attn.k_proj.weight": (kv, H), p + "self_attn.k_proj.bias": (kv,),
+                       p + "self_attn.v_proj.weight": (kv, H), p + "self_attn.v_proj.bias": (kv,),
+                       p + "self_attn.o_proj.weight": (H, H), p + "mlp.gate_proj.weight": (I, H),
+                       p + "mlp.up_proj.weight": (I, H), p + "mlp.down_proj.weight": (H, I),
+                       p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,)})
+    return {k: torch.empty(v) for k, v in shapes.items()}
+
+
+KEEP = 6  # logits kept per row: the last positions, across the text -> image boundary
+
+
+def reference_batch(folder: Path):
+    """Two rows of text + image prefix + codes, the second shorter and left-padded, with its positions."""
+    import torch
+    from tokenizers import Tokenizer  # the tokenizer file itself: readable by every transformers version
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    pad = json.loads((folder / "config.json").read_text())["pad_token_id"]
+    rows = [tok.encode(p + "<SOM>4 4<IMAGE>" + "".join(f"<MM-Token-{k}>" for k in codes), add_special_tokens=False).ids
+            for p, codes in (("a red cube", [3, 60, 17, 9]), ("two cats", [41, 5]))]
+    S = max(map(len, rows))
+    ids = torch.tensor([[pad] * (S - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (S - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def logits_both_modes(lm, ids, mask, pos) -> dict:
+    import torch
+
+    cfg = lm.config
+    V, C = cfg.vocab_size, cfg.image_vocab_size
+    out = {}
+    with torch.no_grad():
+        for mode, lo, hi in (("text", 0, V), ("image", V, V + C)):
+            lm.set_generation_mode(mode)
+            logits = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            out[mode] = logits[:, -KEEP:, lo:hi].double().round(decimals=5).tolist()
+    lm.set_generation_mode("text")
+    return out
+
+
+def write_flux_folder(folder: Path) -> Path:
+    """What the tiny pipeline reads from a FLUX folder: its model_index.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     return folder

@@ -36,10 +36,10 @@ def build(kind, tmp):
         from test_models_causal_lm import write_tiny_model
 
         return load_model(f"causal-lm:{write_tiny_model(tmp / 'clm')}?device=cpu")
-    from _tiny_xomni import write_tiny_xomni
+    from _tiny_xomni import write_flux_folder, write_tiny_xomni
 
-    with pytest.warns(UserWarning):
-        return load_model(f"xomni:{write_tiny_xomni(tmp / 'xo')}?device=cpu&grid=4x4&code_pixels=2")
+    flux = write_flux_folder(tmp / "flux")
+    return load_model(f"xomni:{write_tiny_xomni(tmp / 'xo')}?device=cpu&grid=4x4&code_pixels=2&flux={flux}")
 
 
 @pytest.fixture(scope="module", params=KINDS)

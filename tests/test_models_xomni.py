@@ -1,6 +1,7 @@
-"""X-Omni through `xomni:` on a tiny X-Omni-shaped model that these tests write and load with trust_remote_code
-(tests/_tiny_xomni.py): its generation mode, codes beyond lm_head, `num_logits_to_keep`, its own chat format, a
-decoder conditioned on the prompt and a seed, and the published recipe end to end through the CLI."""
+"""X-Omni through `xomni:` on a tiny X-Omni that these tests write (tests/_tiny_xomni.py, X-Omni's own conventions):
+gvu's X-Omni code on its weights, its generation mode, codes beyond lm_head, its own chat format, the checkpoint's
+own vision code (set up by init_vision on the model's device, called with its own signature), the model without
+vision, and the published recipe end to end through the CLI."""
 
 import json
 import subprocess
@@ -13,12 +14,13 @@ import torch
 
 from gvu.models.load import load_model
 from gvu.models.protocol import UnifiedModel
+import gvu.models.xomni as xomni
 from gvu.models.xomni import XOmniUMM
 from _adapters import PROMPTS, SAMPLINGS
-from _tiny_xomni import write_tiny_xomni
+from _tiny_xomni import write_flux_folder, write_tiny_xomni
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = "?device=cpu&dtype=float32&grid=4x4&code_pixels=2"
+BASE = "?device=cpu&dtype=float32&grid=4x4&code_pixels=2"
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +29,20 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(folder):
-    with pytest.warns(UserWarning, match="transformers 4.51.3"):  # the pin, said at load
-        return load_model(f"xomni:{folder}{SPEC}")
+def spec(folder, tmp_path_factory):
+    return f"{BASE}&flux={write_flux_folder(tmp_path_factory.mktemp('flux') / 'FLUX.1-dev')}"
 
 
-def test_loads_through_its_own_code_with_codes_beyond_lm_head(model):
+@pytest.fixture(scope="module")
+def model(folder, spec):
+    return load_model(f"xomni:{folder}{spec}")
+
+
+def test_loads_x_omnis_weights_with_codes_beyond_lm_head(model):
     assert isinstance(model, XOmniUMM) and isinstance(model, UnifiedModel)
-    assert type(model.lm).__name__ == "TinyXOmniForCausalLM"  # the remote code, not a stock class
+    assert type(model.lm).__module__ == "gvu.models.xomni_lm"  # gvu's X-Omni code (tests/test_xomni_lm.py)
     assert model.layout.image_token_offset == model.lm.get_output_embeddings().weight.shape[0]  # beyond lm_head
+    assert model.reads_pixels  # with flux: the reward decodes and re-encodes, as the official trainer
 
 
 @pytest.mark.parametrize("name", ["plain", "published", "cfg3", "filters-cfg"])
@@ -66,7 +73,7 @@ def test_generation_and_understanding_in_x_omnis_own_format(model):
     assert seq[a:b] == tok.encode(prompt, add_special_tokens=False)  # the reward scores the prompt right after
 
 
-def test_decoder_takes_prompt_and_seed_and_the_reward_reads_pixels(model):
+def test_decoder_takes_one_prompt_no_images_and_a_seed_and_the_reward_reads_pixels(model):
     r = model.sample(PROMPTS[:2], 2, SAMPLINGS["plain"], torch.Generator().manual_seed(1))
     codes, prompts = r.image_tokens_NT, r.row_prompts()
     a = model.decode(codes, prompts=prompts, seeds=[1, 2, 3, 4])
@@ -79,14 +86,40 @@ def test_decoder_takes_prompt_and_seed_and_the_reward_reads_pixels(model):
     assert model.lm.generation_mode == "text" and torch.isfinite(logp[mask]).all()
 
 
-def test_a_load_failure_names_the_transformers_pin(tmp_path, folder):
-    import shutil
+def test_vision_is_set_up_by_init_vision_on_the_models_final_device(folder, spec, monkeypatch):
+    moved_before_vision = []
+    real = xomni.finish_loading
 
-    broken = tmp_path / "broken"
-    shutil.copytree(folder, broken)
-    (broken / "modeling_tiny_xomni.py").write_text("from transformers import NoSuchClass\n")
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"pip install 'transformers==4\.51\.3'"):
-        load_model(f"xomni:{broken}{SPEC}")
+    def watched(lm, *args, **kwargs):  # the model is moved here; X-Omni's vision parts must not exist yet
+        moved_before_vision.append(not hasattr(lm, "image_tokenizer") and not hasattr(lm, "decoder_pipe"))
+        return real(lm, *args, **kwargs)
+
+    monkeypatch.setattr(xomni, "finish_loading", watched)
+    xo = load_model(f"xomni:{folder}{spec}").lm
+    assert moved_before_vision == [True]
+    assert not isinstance(xo.decoder_pipe, torch.nn.Module)  # the model's .to() would never reach it
+    assert xo.decoder_pipe.moves == [str(xo.device)]  # told once, by init_vision, where the model is
+    assert all(not p.requires_grad for p in xo.image_tokenizer.parameters())  # frozen, as in X-Omni
+
+
+def test_without_flux_it_samples_and_judges_codes_and_says_how_to_get_pixels(folder):
+    model = load_model(f"xomni:{folder}{BASE}")
+    assert not hasattr(model.lm, "image_tokenizer") and not model.reads_pixels
+    r = model.sample(PROMPTS[:1], 2, SAMPLINGS["plain"], torch.Generator().manual_seed(0))
+    logp, mask = model.prompt_logprobs(r.image_tokens_NT, r.row_prompts())  # the judge reads the codes
+    assert torch.isfinite(logp[mask]).all()
+    with pytest.raises(ValueError, match=r"no pixels; load with xomni:PATH\?flux=FLUX_PATH"):
+        model.decode(r.image_tokens_NT, prompts=r.row_prompts(), seeds=[0, 1])
+
+
+def test_a_flux_folder_that_is_not_one_is_an_error_naming_it(folder, tmp_path):
+    with pytest.raises(OSError, match="model_index.json"):
+        load_model(f"xomni:{folder}{BASE}&flux={tmp_path}")
+
+
+def test_a_bad_code_option_is_refused(folder):
+    with pytest.raises(ValueError, match="code='x'; 'gvu'"):
+        load_model(f"xomni:{folder}{BASE}&code=x")
 
 
 def gvu(*args, cwd):
@@ -95,10 +128,10 @@ def gvu(*args, cwd):
     return r
 
 
-def test_train_two_steps_with_the_published_recipe_then_generate_in_geneval_layout(tmp_path, folder):
+def test_train_two_steps_with_the_published_recipe_then_generate_in_geneval_layout(tmp_path, folder, spec):
     gvu("prompts", "train", "--world", "coco", "-n", 32, "--out", tmp_path / "prompts", cwd=ROOT)
     out = tmp_path / "run"
-    gvu("train", "--config", ROOT / "configs" / "gvu-xomni.yaml", f"model=xomni:{folder}{SPEC}",
+    gvu("train", "--config", ROOT / "configs" / "gvu-xomni.yaml", f"model=xomni:{folder}{spec}",
         f"output_dir={out}", f"prompts={tmp_path / 'prompts' / 'evaluation_metadata.jsonl'}", "max_steps=2",
         "eval_steps=0", "save_steps=0", "threads=1", "learning_rate=0.01", cwd=ROOT)
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

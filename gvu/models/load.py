@@ -13,7 +13,9 @@ Options: dtype (auto, bfloat16, float16, float32), device (cpu, cuda, cuda:1; de
 gradient_checkpointing (0/1), attn_implementation (eager, sdpa, flash_attention_2), and per kind: janus
 use_chat_template (0/1); emu3 grid (ROWSxCOLS), negative_prompt, logits_chunk (code positions per chunk of
 the teacher-forced pass; 0 off; emu3 1024); causal-lm logits_chunk; xomni grid (ROWSxCOLS), flux (a FLUX.1-dev
-folder for X-Omni's decoder), code_pixels (pixels per code side, 16).
+folder for X-Omni's decoder), code_pixels (pixels per code side, 16), code (gvu: gvu's X-Omni code, the default;
+remote: the checkpoint's own, transformers 4.51.3), vision_source (the checkpoint whose vision code and files
+init_vision reads; default the model itself; a saved run records its base).
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ SPEC_FORMS = (
     "janus:PATH_OR_NAME (a transformers Janus / Janus-Pro checkpoint, e.g. janus:deepseek-community/Janus-Pro-1B)",
     "emu3:PATH_OR_NAME (a transformers Emu3 checkpoint, e.g. emu3:BAAI/Emu3-Gen-hf)",
     "causal-lm:PATH (a causal LM folder with a gvu_causal_lm.yaml adapter file)",
-    "xomni:PATH_OR_NAME (X-Omni through its own modelling code, e.g. xomni:X-Omni/X-Omni-En)",
+    "xomni:PATH_OR_NAME (an X-Omni checkpoint, e.g. xomni:X-Omni/X-Omni-En)",
     "any KIND:... form may end in ?key=value&... load options (dtype, device, gradient_checkpointing, "
     "attn_implementation)",
 )
 COMMON_OPTIONS = ("dtype", "device", "gradient_checkpointing", "attn_implementation")
 KIND_OPTIONS = {"janus": ("use_chat_template",), "emu3": ("grid", "negative_prompt", "logits_chunk"),
                 "causal-lm": ("logits_chunk",),
-                "xomni": ("grid", "flux", "code_pixels")}
+                "xomni": ("grid", "flux", "code_pixels", "code", "vision_source")}
 _KIND = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(?!//)(.*)$")
 
 

@@ -1,33 +1,36 @@
-"""X-Omni, the model GvU trains, as a UnifiedModel through its own modelling code (`xomni:PATH`).
+"""X-Omni, the model GvU trains, as a UnifiedModel (`xomni:PATH`).
 
 What the adapter does about X-Omni's interface (from X-Omni's public inference code and the official GvU trainer):
 
 - Image codes live BEYOND `lm_head`: code k is vocabulary id `config.vocab_size + k` (X-Omni embeds and scores
   them with separate multimodal layers), `config.image_vocab_size` codes (16,384).
 - A generation mode: `set_generation_mode('image')` makes the forward fill only the code range of the logits,
-  'text' only the text range (the rest is bf16's lowest value). Sampling and the teacher-forced pass run in image
-  mode; the reward (understanding) in text mode; the mode is restored after each call.
+  'text' only the text range (the rest is the dtype's lowest value). Sampling and the teacher-forced pass run in
+  image mode; the reward (understanding) in text mode; the mode is restored after each call.
 - The forward takes `num_logits_to_keep` and no other keyword arguments (handled by SharedVocabUMM._forward).
 - Generation format (no chat template): "{prompt}<SOM>{rows} {cols}<IMAGE>" then rows x cols codes in raster
   order; guidance rows are "<SOM>{rows} {cols}<IMAGE>" alone. Default grid 36 x 36 (576 pixels at 16 pixels per
   code, the GvU setting).
 - Understanding: the tokenizer's own chat template on one user turn, "<SOM>{rows} {cols}<IMAGE>" + codes + "<EOM>"
   + "\\n" + instruction, with the generation prompt; the reward scores the prompt's tokens right after it.
-- Pixels: the decoder is X-Omni's diffusion decoder (`detokenize_image`, set up by `init_vision(FLUX_PATH)`),
-  conditioned on the prompt and drawing with a seed, so `decode` takes both; the reward decodes then re-encodes
-  with X-Omni's image tokenizer (`image_tokenizer.encode`), as the official trainer does. Departure, stated: the
-  official reward re-encodes at the decoded image's own size; here pixels are resized to the generation grid
-  (rows x 16, cols x 16; `code_pixels` for another patch size) first, so the judge reads as many codes as it drew.
+- Pixels: X-Omni's vision parts are not in the checkpoint's weights; the checkpoint's own `init_vision(FLUX_PATH)`
+  builds the image tokenizer and the FLUX decoder pipeline on the model's device at that moment, and the pipeline
+  is no nn.Module (a later `.to()` of the model leaves it where it is), so vision is set up after the model is on
+  its device. `detokenize_image(texts, images, token_ids, (H, W))` takes one prompt, no earlier images and a list
+  of codes, and returns one PIL image; it draws from torch's global RNG (seeded per image here). The reward
+  re-encodes with `image_tokenizer.encode`, as the official trainer does. Departure, stated: the official reward
+  re-encodes at the decoded image's own size; here pixels are resized to the generation grid (rows x
+  `code_pixels`) first, so the judge reads as many codes as it drew. Without `flux` the model samples and judges
+  its codes directly (no pixels; `decode` says what to pass).
 
-X-Omni's modelling code pins transformers 4.51.3 (older than gvu's floor, gvu.models.hf.TRANSFORMERS_FLOOR); on
-another version the adapter warns, and a load that fails names the pin (XOMNI_TRANSFORMERS; docs/real-models.md).
+The language model runs on gvu's own X-Omni code (gvu/models/xomni_lm.py, the checkpoint's weight names) by
+default; `code=remote` runs the checkpoint's own modelling code instead, which needs transformers 4.51.3. Either
+way one token goes through both modes at load, and a failure names what to install (docs/real-models.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +38,15 @@ import torch
 
 from gvu.models.causal_lm import build_grid_layout, GridSharedVocabUMM, SequenceFormat
 from gvu.models.emu3 import parse_grid
-from gvu.models.hf import (base_model, finish_loading, flag, load_options, load_pretrained, PlainTokenizer,
-                           save_transformers_model)
+from gvu.models.forward import eval_mode
+from gvu.models.hf import (base_model, disable_dropout, finish_loading, flag, load_options, load_pretrained,
+                           PlainTokenizer, save_transformers_model)
+from gvu.models.xomni_lm import XOmniConfig, XOmniForCausalLM
 
 XOMNI_TRANSFORMERS = "4.51.3"
+# what X-Omni's own code needs (its requirements.txt; flash-attn where the checkpoint's config asks for it)
+REMOTE_PACKAGES = "'transformers==4.51.3' 'diffusers==0.34.0' timm einops torchvision"
+VISION_PACKAGES = "'diffusers==0.34.0' timm einops torchvision"
 SOM, EOM, IMAGE = "<SOM>", "<EOM>", "<IMAGE>"
 DEFAULT_GRID = (36, 36)
 PIXELS_PER_CODE = 16
@@ -59,17 +67,20 @@ def xomni_format(hf_tokenizer) -> SequenceFormat:
 
 
 class XOmniUMM(GridSharedVocabUMM):
-    """`lm`: X-Omni's causal LM (remote code) or a PEFT wrapper of it; `hf_tokenizer`: its tokenizer."""
+    """`lm`: X-Omni's causal LM (gvu's X-Omni code or the checkpoint's own) or a PEFT wrapper of it;
+    `hf_tokenizer`: its tokenizer."""
 
     lora_scope = "model"
-    reads_pixels = True  # the reward decodes, then re-encodes, as the official trainer does
     supports_fsdp2 = False  # the decoder and the image tokenizer are called outside the root forward
 
     def __init__(self, lm, hf_tokenizer, grid=DEFAULT_GRID, code_pixels: int = PIXELS_PER_CODE):
         xo = base_model(lm)
-        for name in ("set_generation_mode", "image_tokenizer"):
-            if not hasattr(xo, name):
-                raise ValueError(f"this model has no {name!r}: not X-Omni's modelling code (load it with xomni:)")
+        if not hasattr(xo, "set_generation_mode"):
+            raise ValueError("this model has no 'set_generation_mode': not X-Omni's modelling code (load it with "
+                             "xomni:)")
+        # with vision set up the reward decodes, then re-encodes, as the official trainer does; without, the
+        # judge reads the drawn codes
+        self.reads_pixels = has_vision(xo)
         cfg = xo.config
         self.grid = parse_grid(grid)
         self.code_pixels = int(code_pixels)
@@ -116,30 +127,35 @@ class XOmniUMM(GridSharedVocabUMM):
         """X-Omni's decoder, one image at a time, conditioned on its prompt, seeded (torch's global RNG, which
         the decoder draws from; restored afterwards)."""
         xo = base_model(self.lm)
-        if not hasattr(xo, "detokenize_image") or getattr(xo, "decoder_pipe", True) is None:
-            raise ValueError("X-Omni's decoder is not set up; load with xomni:PATH?flux=FLUX_PATH (a FLUX.1-dev "
-                             "folder), which calls the model's init_vision")
+        if not has_vision(xo):
+            raise ValueError("X-Omni's decoder is not set up, so there are no pixels; load with "
+                             "xomni:PATH?flux=FLUX_PATH (a FLUX.1-dev folder), which calls the checkpoint's "
+                             "init_vision")
         N = len(codes_NT)
         prompts = list(prompts) if prompts is not None else [""] * N
         seeds = list(seeds) if seeds is not None else list(range(N))
         out = []
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=_rng_devices(self.device)), torch.no_grad():
             for codes, prompt, seed in zip(np.asarray(codes_NT), prompts, seeds):
                 torch.manual_seed(int(seed))
-                ids = torch.as_tensor(codes, dtype=torch.long)[None]
-                img = xo.detokenize_image([prompt], None, ids, self.grid)
-                out.append(_to_uint8(img[0] if isinstance(img, (list, tuple)) else img))
+                # the checkpoint's signature: one prompt, no earlier images, the codes as a list of ints
+                img = xo.detokenize_image([prompt], [], [int(c) for c in codes], self.grid)
+                out.append(_to_uint8(img))
         return np.stack(out)
 
     def _encode_pixels(self, pixels_NHW3: np.ndarray) -> np.ndarray:
         """Resize to the generation grid, normalise to [-1, 1] (X-Omni's preprocessing), encode."""
         from PIL import Image
 
+        xo = base_model(self.lm)
+        if not has_vision(xo):
+            raise ValueError("X-Omni's image tokenizer is not set up; load with xomni:PATH?flux=FLUX_PATH, or "
+                             "score the reward on codes (reward_image_path: tokens)")
         rows, cols = self.grid
         size = (cols * self.code_pixels, rows * self.code_pixels)
         x = np.stack([np.asarray(Image.fromarray(p).resize(size, Image.BICUBIC)) if p.shape[1::-1] != size else p
                       for p in np.asarray(pixels_NHW3)]).astype(np.float32)
-        tok = base_model(self.lm).image_tokenizer
+        tok = xo.image_tokenizer
         ref = next(iter(tok.parameters()), next(iter(tok.buffers()), None))
         x_N3HW = torch.as_tensor((x / 127.5 - 1.0).transpose(0, 3, 1, 2).copy(), device=self.device,
                                  dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32)
@@ -154,52 +170,144 @@ class XOmniUMM(GridSharedVocabUMM):
 
 
 def _to_uint8(img) -> np.ndarray:
-    """A PIL image, a uint8 HxWx3 array, or a float CHW/HWC tensor in [0, 1] -> uint8 HxWx3."""
-    if isinstance(img, torch.Tensor):
-        img = img.detach().float().cpu().numpy()
-        if img.ndim == 3 and img.shape[0] == 3:
-            img = img.transpose(1, 2, 0)
-        img = (img.clip(0, 1) * 255).round() if img.max() <= 1.0 else img
-    arr = np.asarray(img)
-    return arr.astype(np.uint8) if arr.dtype != np.uint8 else arr
+    """A PIL image (what the checkpoint's decoder returns) or a uint8 HxWx3 array -> uint8 HxWx3."""
+    arr = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"X-Omni's decoder returned {type(img).__name__} {arr.dtype} {arr.shape}; expected an RGB "
+                         "image")
+    return arr
 
 
-def check_transformers_pin(folder: str) -> None:
-    """Warn when the installed transformers is not the one X-Omni's modelling code was written for."""
+def has_vision(xo) -> bool:
+    """Whether the checkpoint's init_vision has run (it creates both parts; neither is in the weights)."""
+    return getattr(xo, "image_tokenizer", None) is not None and getattr(xo, "decoder_pipe", None) is not None
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def _load_lm(name: str, code: str, dtype, attn_implementation):
+    """The causal LM: gvu's X-Omni code on the checkpoint's weights (every weight must be found), or the
+    checkpoint's own code."""
+    from transformers import AutoModelForCausalLM
+
+    if code == "remote":
+        return load_pretrained(AutoModelForCausalLM, name, "xomni", dtype, attn_implementation, check_floor=False,
+                               trust_remote_code=True)
+    config = load_pretrained(XOmniConfig, name, "xomni")
+    lm, info = load_pretrained(XOmniForCausalLM, name, "xomni", dtype, attn_implementation, config=config,
+                               output_loading_info=True)
+    if info.get("missing_keys"):
+        raise ValueError(f"xomni:{name}: the checkpoint lacks weights gvu's X-Omni code needs: "
+                         f"{sorted(info['missing_keys'])[:8]} (not an X-Omni checkpoint?)")
+    return lm
+
+
+def _checkpoint_class(name: str, config):
+    """The checkpoint's own XOmniForCausalLM class, whose vision methods gvu calls as they are; a missing package
+    becomes an error that names what to install."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    ref = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
+    if ref is None:
+        raise ValueError(f"xomni:{name}: config.json has no auto_map entry for AutoModelForCausalLM, so the "
+                         "checkpoint's own vision code (init_vision, detokenize_image) cannot be found")
+    import transformers.utils
+
+    # diffusers 0.34.0, X-Omni's pin, imports this constant, which transformers 5 removed; later diffusers import
+    # without it but changed the FLUX block signature X-Omni's decoder calls (docs/real-models.md)
+    if not hasattr(transformers.utils, "FLAX_WEIGHTS_NAME"):
+        transformers.utils.FLAX_WEIGHTS_NAME = "flax_model.msgpack"
+    try:
+        return get_class_from_dynamic_module(ref, name)
+    except ImportError as err:
+        raise ValueError(f"xomni:{name}: X-Omni's own code could not be imported ({err}); its vision parts need: "
+                         f"pip install {VISION_PACKAGES}") from err
+
+
+def set_up_vision(lm, name: str, flux: str) -> None:
+    """The checkpoint's init_vision on the model's final device (its FLUX pipeline is no nn.Module and stays
+    where it is created); the image tokenizer frozen and without dropout, as in X-Omni. `name`: the published
+    checkpoint, whose modelling files and vision files (read from the model's name_or_path) init_vision uses."""
+    xo = base_model(lm)
+    if isinstance(xo, XOmniForCausalLM) and xo.checkpoint_code is None:  # imported only now: it needs diffusers
+        xo.checkpoint_code = _checkpoint_class(name, xo.config)
+    xo.name_or_path = name  # a full-weights save holds no vision files; they stay in the published checkpoint
+    try:
+        xo.init_vision(flux)
+    except ImportError as err:
+        raise ValueError(f"xomni:{name}: X-Omni's vision parts could not be set up ({err}): pip install "
+                         f"{VISION_PACKAGES}") from err
+    if not has_vision(xo):
+        raise ValueError(f"xomni:{name}: init_vision({flux!r}) set up no image_tokenizer and decoder_pipe")
+    for p in xo.image_tokenizer.parameters():
+        p.requires_grad_(False)
+    disable_dropout(xo.image_tokenizer)
+
+
+def _remedy(code: str) -> str:
     import transformers
 
-    want = XOMNI_TRANSFORMERS
-    cfg = Path(folder) / "config.json"
-    if cfg.is_file():
-        want = json.loads(cfg.read_text()).get("transformers_version", want)
-    if transformers.__version__.split(".")[:2] != want.split(".")[:2]:
-        warnings.warn(f"X-Omni's modelling code was written for transformers {want}; this is "
-                      f"{transformers.__version__}. If loading or a forward fails, install it in this environment: "
-                      f"pip install 'transformers=={want}' (docs/real-models.md)", stacklevel=3)
+    have = f"transformers {transformers.__version__} here"
+    if code == "remote":
+        return (f"X-Omni's own modelling code is written for transformers {XOMNI_TRANSFORMERS} ({have}): either "
+                f"drop code=remote (gvu's own X-Omni code runs on this transformers) or use an environment with "
+                f"pip install {REMOTE_PACKAGES} (and flash-attn where the checkpoint asks for flash_attention_2), "
+                "gvu installed there with pip install --no-deps -e .")
+    return (f"gvu's X-Omni code was checked on transformers 5.22.0 and 5.25.0 ({have}): pip install "
+            "'transformers==5.25.0'")
+
+
+def check_one_token(lm, name: str, code: str) -> None:
+    """One token through both generation modes before anything else runs, so a version mismatch is reported
+    with what to install instead of as a traceback from the first sampling step."""
+    xo = base_model(lm)
+    V, C = int(xo.config.vocab_size), int(xo.config.image_vocab_size)
+    ids = torch.zeros((1, 1), dtype=torch.long, device=next(xo.parameters()).device)
+    before = getattr(xo, "generation_mode", "text")
+    try:
+        with torch.no_grad(), eval_mode(xo):
+            for mode, lo, hi in (("text", 0, V), ("image", V, V + C)):
+                xo.set_generation_mode(mode)
+                logits = xo(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+                if logits.shape[:2] != (1, 1) or logits.shape[-1] < hi or not torch.isfinite(logits[..., lo:hi]).all():
+                    raise ValueError(f"{mode} mode gave logits of shape {tuple(logits.shape)}, or non-finite ones "
+                                     f"in the {mode} range [{lo}, {hi})")
+    except Exception as err:  # noqa: BLE001 - whatever breaks, the remedy is the same: the versions
+        raise ValueError(f"xomni:{name}: one token through X-Omni's {code} code failed ({type(err).__name__}: "
+                         f"{err}); {_remedy(code)} (docs/real-models.md)") from err
+    finally:
+        xo.set_generation_mode(before)
 
 
 def load_xomni(name: str, device=None, dtype="auto", gradient_checkpointing=False, grid=None, flux: str = "",
-               code_pixels=PIXELS_PER_CODE, attn_implementation: str | None = None) -> XOmniUMM:
-    """X-Omni (X-Omni/X-Omni-En or a local copy) through its own modelling code (trust_remote_code)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+               code_pixels=PIXELS_PER_CODE, attn_implementation: str | None = None, code: str = "gvu",
+               vision_source: str = "") -> XOmniUMM:
+    """X-Omni (X-Omni/X-Omni-En or a local copy): gvu's X-Omni code on its weights (`code=gvu`, the default) or
+    the checkpoint's own modelling code (`code=remote`, transformers 4.51.3). `vision_source`: the published
+    checkpoint whose vision code and files init_vision reads (default `name`; a saved run records it)."""
+    from transformers import AutoTokenizer
 
-    check_transformers_pin(name)
+    if code not in ("gvu", "remote"):
+        raise ValueError(f"xomni: code={code!r}; 'gvu' (gvu's X-Omni code, the default) or 'remote' (the "
+                         "checkpoint's own modelling code, transformers 4.51.3)")
+    tok = load_pretrained(AutoTokenizer, name, "xomni", check_floor=False, trust_remote_code=True)
     try:
-        tok = load_pretrained(AutoTokenizer, name, "xomni", check_floor=False, trust_remote_code=True)
-        lm = load_pretrained(AutoModelForCausalLM, name, "xomni", dtype, attn_implementation, check_floor=False,
-                             trust_remote_code=True)
-    except (ValueError, TypeError, AttributeError, ImportError) as err:
-        raise ValueError(f"xomni:{name}: could not load the model with its own code ({type(err).__name__}: {err}); "
-                         f"X-Omni's code is written for transformers {XOMNI_TRANSFORMERS}: pip install "
-                         f"'transformers=={XOMNI_TRANSFORMERS}'") from err
-    if flux:
-        base_model(lm).init_vision(flux)
-    for p in base_model(lm).image_tokenizer.parameters():  # frozen, as in X-Omni
-        p.requires_grad_(False)
+        lm = _load_lm(name, code, dtype, attn_implementation)
+    except ValueError:  # already says what is wrong (a missing file or weight, a missing package)
+        raise
+    except Exception as err:  # noqa: BLE001 - X-Omni's own code under 5.x breaks in loading already (re.error)
+        raise ValueError(f"xomni:{name}: could not load the model with {code} code ({type(err).__name__}: {err}); "
+                         f"{_remedy(code)}") from err
     lm = finish_loading(lm, device, flag(gradient_checkpointing))
+    check_one_token(lm, name, code)
+    if flux:  # after the move: init_vision builds its parts on the model's device of the moment
+        set_up_vision(lm, vision_source or name, flux)
     umm = XOmniUMM(lm, tok, grid=parse_grid(grid) if grid else DEFAULT_GRID, code_pixels=int(code_pixels))
     umm.source = str(name)
     umm.options = load_options(dtype, attn_implementation, grid="x".join(map(str, umm.grid)), flux=flux,
-                               code_pixels=umm.code_pixels if umm.code_pixels != PIXELS_PER_CODE else None)
+                               code_pixels=umm.code_pixels if umm.code_pixels != PIXELS_PER_CODE else None,
+                               code=code if code != "gvu" else None,
+                               vision_source=(vision_source or name) if flux else None)
     return umm
-
