@@ -123,3 +123,43 @@ def test_bidirectional_image_span(model):
         logits = bi.lm(input_ids=full, attention_mask=torch.ones_like(full)).logits[0, len(prefix) - 1:-1]
     allowed = torch.tensor(lay.caption_ids)
     assert logits[:, allowed].argmax(-1).tolist() == [allowed.tolist().index(i) for i in tok.encode(text)]
+
+
+def test_relative_reader_biases_image_pairs_by_their_offset(model, tmp_path):
+    rel = build_builtin("tiny", seed=0, relative=True)
+    bias = rel.lm.rel_bias
+    assert bias.shape == (rel.lm.config.num_attention_heads, 2 * spec.GRID - 1, 2 * spec.GRID - 1)
+    C = spec.GRID - 1  # the index of offset 0
+    # heads 0 and 1 start looking left and right: keys to the query's left (column offset > 0) get +, right -
+    assert bias[0, C, C + 1] > 0 > bias[0, C, C - 1] and bias[1, C, C - 1] > 0 > bias[1, C, C + 1]
+    assert bias[0, C, C] == 0
+    # the bias of a pair: query cell 7 (row 1, column 1), key cell 0 (row 0, column 0): offsets (+1, +1)
+    tok, lay = rel.tokenizer, rel.layout
+    imgs = codes(4)
+    seq, _ = lay.understanding_sequence(imgs[0].tolist(), tok.encode(DEFAULT_INSTRUCTION), tok.encode(PROMPTS[0]))
+    cells = rel.lm.grid_cells(torch.tensor([seq]))
+    b = rel.lm.relative_bias(cells)[0]
+    s = len(lay.und_prefix)
+    assert b[1, s + 7, s + 0] == bias[1, C + 1, C + 1] and b[0, s + 7, s + 0] == bias[0, C + 1, C + 1]
+    assert (b[:, :s] == 0).all() and (b[:, s + spec.NUM_TOKENS:] == 0).all()  # text rows carry no bias
+    # understanding reads it, generation never does
+    other = build_builtin("tiny", seed=0, relative=True)
+    with torch.no_grad():
+        other.lm.rel_bias.mul_(-1)
+    a, mask = rel.prompt_logprobs(imgs, PROMPTS)
+    o, _ = other.prompt_logprobs(imgs, PROMPTS)
+    assert (a - o)[mask].abs().max() > 1e-4
+    sampling = SamplingConfig(guidance=2.0)
+    assert torch.equal(rel.image_logprobs(PROMPTS, imgs, sampling), other.image_logprobs(PROMPTS, imgs, sampling))
+    # it trains, and survives save/load
+    a.sum().backward()
+    assert rel.lm.rel_bias.grad is not None and rel.lm.rel_bias.grad.abs().sum() > 0
+    save_builtin(rel, tmp_path / "r")
+    back = load_builtin(tmp_path / "r")
+    assert torch.equal(back.lm.rel_bias, rel.lm.rel_bias)
+    assert torch.allclose(back.prompt_logprobs(imgs, PROMPTS)[0], a.detach())
+
+
+def test_relative_reader_needs_the_grid():
+    with pytest.raises(ValueError, match="needs grid=True"):
+        build_builtin("tiny", relative=True, grid=False)

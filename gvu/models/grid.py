@@ -38,7 +38,12 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         self.grid = dict(g)
         self.row_embed = torch.nn.Embedding(self.grid["rows"], config.hidden_size)
         self.col_embed = torch.nn.Embedding(self.grid["cols"], config.hidden_size)
+        if self.grid.get("relative"):
+            R, C = self.grid["rows"], self.grid["cols"]
+            self.rel_bias = torch.nn.Parameter(torch.zeros(config.num_attention_heads, 2 * R - 1, 2 * C - 1))
         self.post_init()
+        if self.grid.get("relative"):
+            directional_init(self.rel_bias)
 
     def grid_cells(self, ids_NS: torch.Tensor) -> torch.Tensor:
         """Cell index of every token inside an understanding image span, -1 elsewhere: [N, S]."""
@@ -82,13 +87,29 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         return torch.zeros(allowed.shape, dtype=dtype, device=cell_NS.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)[:, None]
 
+    def relative_bias(self, cell_NS: torch.Tensor) -> torch.Tensor:
+        """[N, H, S, S]: rel_bias[h, row offset, column offset] between two tokens of one understanding image span
+        (query minus key, so a key further left has a positive column offset), 0 elsewhere."""
+        R, C = self.grid["rows"], self.grid["cols"]
+        S = cell_NS.shape[1]
+        j_S = torch.arange(S, device=cell_NS.device)
+        span_NS = torch.where(cell_NS >= 0, j_S - cell_NS, torch.full_like(cell_NS, -1))
+        same_NSS = (span_NS[:, :, None] == span_NS[:, None, :]) & (span_NS[:, :, None] >= 0)
+        c = cell_NS.clamp(min=0)
+        dr_NSS = (c // C)[:, :, None] - (c // C)[:, None, :] + R - 1
+        dc_NSS = (c % C)[:, :, None] - (c % C)[:, None, :] + C - 1
+        bias_NHSS = self.rel_bias[:, dr_NSS, dc_NSS].permute(1, 0, 2, 3)
+        return bias_NHSS * same_NSS[:, None].to(bias_NHSS.dtype)
+
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, **kwargs):
         if input_ids is not None and inputs_embeds is None:
             cell_NS = self.grid_cells(input_ids)
             inputs_embeds = self.grid_embeds(input_ids, cell_NS)
-            if self.grid.get("bidirectional") and attention_mask is not None and attention_mask.dim() == 2 \
-                    and attention_mask.shape[1] == input_ids.shape[1]:
+            if (self.grid.get("bidirectional") or self.grid.get("relative")) and attention_mask is not None \
+                    and attention_mask.dim() == 2 and attention_mask.shape[1] == input_ids.shape[1]:
                 span = self.span_mask(cell_NS, attention_mask, inputs_embeds.dtype)
+                if span is not None and self.grid.get("relative"):
+                    span = span + self.relative_bias(cell_NS).to(span.dtype)
                 attention_mask = attention_mask if span is None else span
             input_ids = None
         return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
@@ -122,3 +143,18 @@ def ordinal_init(lm: GridLlamaForCausalLM, word_ids: dict[str, int] | None = Non
     for word, (axis, sign) in SPATIAL_WORDS.items():
         if word_ids and word in word_ids:
             E[word_ids[word]] = sign * directions[axis] + 0.1 * std * torch.randn(E.shape[1], generator=generator)
+
+
+@torch.no_grad()
+def directional_init(rel_bias: torch.nn.Parameter, strength: float = 2.0) -> None:
+    """Heads 0-3 start looking one way each inside the image: at keys to the query's left, right, above and below
+    (+strength on that side, -strength on the other, 0 in line); further heads start at 0. Like ordinal_init, a
+    start that makes "what lies to my left" one head's job from the first step; every value trains."""
+    H, R2, C2 = rel_bias.shape
+    dr = torch.arange(R2, dtype=rel_bias.dtype) - (R2 - 1) // 2  # query row minus key row: > 0, key above
+    dc = torch.arange(C2, dtype=rel_bias.dtype) - (C2 - 1) // 2  # > 0: key to the left
+    ways = [dc.sign()[None].expand(R2, -1), -dc.sign()[None].expand(R2, -1), dr.sign()[:, None].expand(-1, C2),
+            -dr.sign()[:, None].expand(-1, C2)]
+    rel_bias.zero_()
+    for h in range(min(H, len(ways))):
+        rel_bias[h] = strength * ways[h]

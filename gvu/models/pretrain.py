@@ -83,6 +83,9 @@ class PretrainConfig:
     bidirectional: bool = False
     """With the grid: the tokens of an understanding image attend to each other both ways, as a vision encoder's
     patches do (the causal raster lets an object see only the objects before it)."""
+    relative: bool = False
+    """With the grid: the tokens of an understanding image attend to each other both ways with a learned bias per
+    head by row and column offset (gvu.models.grid), whose first heads start looking left, right, up and down."""
     describe_weights: dict[str, float] | None = None
     """What the understanding branch is taught to say: relative weight of each description kind (see
     describe.describe); None takes the preset's mix (PRESET_DESCRIBE_WEIGHTS), {} all thirteen kinds equally."""
@@ -346,7 +349,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
         torch.set_num_threads(cfg.threads)
     state_path = work / STATE_FILE
     model = build_builtin(cfg.size, seed=cfg.seed, aligned=cfg.aligned_init, grid=cfg.grid,
-                          bidirectional=cfg.bidirectional)
+                          bidirectional=cfg.bidirectional, relative=cfg.relative)
     pool = build_pool(cfg.num_scenes, cfg.seed, cfg.kinds, progress)
     lm = model.lm
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
