@@ -127,8 +127,10 @@ def test_ints_are_accepted_for_floats():
     ({"num_generations": 1}, "num_generations must be >= 2 (got 1): group-relative advantages need at least two"),
     ({"prompts_per_step": 0}, "prompts_per_step must be >= 1"),
     ({"prompts_per_step": 4, "num_generations": 4, "minibatch_size": 5},
-     "minibatch_size (5) must divide prompts_per_step * num_generations (16); try 16 or a divisor of it"),
-    ({"minibatch_size": 0}, "minibatch_size (0) must divide"),
+     "minibatch_size (5) must divide prompts_per_step * num_generations (16); try 0 (the whole rollout), 16 or a "
+     "divisor of it"),
+    ({"minibatch_size": -1}, "minibatch_size (-1) must divide"),
+    ({"max_sampling_rounds": 0}, "max_sampling_rounds must be >= 1"),
     ({"max_steps": 0}, "max_steps must be >= 1"),
     ({"num_iterations": 0}, "num_iterations must be >= 1"),
     ({"reward": "oracle"}, "reward must be one of ('intrinsic', 'oracle_binary', 'oracle_strict', 'oracle_partial')"),

@@ -155,7 +155,7 @@ def test_resume_is_exact(base, run_a, tmp_path):
 
 def interrupt_during(trainer, step, times=1):
     """Send Ctrl-C (SIGINT) to ourselves `times` times while `step` is being scored, i.e. mid-step."""
-    score = trainer.score
+    score = trainer.intrinsic
 
     def score_and_interrupt(*args):
         if trainer.step + 1 == step:
@@ -163,7 +163,7 @@ def interrupt_during(trainer, step, times=1):
                 signal.raise_signal(signal.SIGINT)
         return score(*args)
 
-    trainer.score = score_and_interrupt
+    trainer.intrinsic = score_and_interrupt
 
 
 def test_ctrl_c_finishes_the_step_then_saves_a_checkpoint_that_resumes_exactly(base, run_a, tmp_path):

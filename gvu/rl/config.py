@@ -44,10 +44,16 @@ class TrainConfig:
     """torch CPU threads; 0 keeps torch's default."""
 
     # ------------------------------------------------------------------ rollout
-    prompts_per_step: int = 16
-    """Prompts per step; each gets `num_generations` images."""
+    prompts_per_step: int = 64
+    """Prompts per step; each gets `num_generations` images. Many prompts per optimizer step are what make the
+    update teach skills rather than the batch's prompts (docs/rl-defaults.md)."""
     num_generations: int = 8
     """Group size G (the published run uses 2)."""
+    dynamic_sampling: bool = True
+    """DAPO's dynamic sampling: drop the groups whose rewards are all equal (zero advantage) and draw more prompts
+    until `prompts_per_step` groups carry a signal, or `max_sampling_rounds` rollouts were drawn."""
+    max_sampling_rounds: int = 4
+    """With dynamic_sampling: the most rollouts drawn for one step."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_k: int = 0
@@ -78,10 +84,17 @@ class TrainConfig:
     """Peak learning rate (the published LoRA run on a 7B model uses 1e-6)."""
     lr_scheduler_type: str = "constant"
     """'constant', 'linear' or 'cosine' decay after warm-up."""
-    warmup_steps: int = 0
-    """Linear warm-up, in optimizer steps."""
+    warmup_steps: int = 5
+    """Linear warm-up, in optimizer steps. Adam's first step moves every weight with a gradient by the full learning
+    rate whatever the gradient's size; the warm-up keeps that first step small."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0: off)."""
     beta: float = 0.02
@@ -98,14 +111,18 @@ class TrainConfig:
     """Upper clipping range (None: same as epsilon; DAPO uses a larger one)."""
     loss_type: str = "grpo"
     """Loss aggregation: 'grpo', 'bnpo', 'dr_grpo', 'dapo' (see gvu.rl.grpo)."""
-    num_iterations: int = 2
+    num_iterations: int = 1
     """Passes over each rollout (1: the published setting, where the ratio is always 1)."""
-    minibatch_size: int = 64
-    """Rows (images) per optimizer step; must divide prompts_per_step * num_generations."""
+    minibatch_size: int = 0
+    """Rows (images) per optimizer step; 0: the whole rollout, one optimizer step per pass (measured best on the
+    shapes world: docs/rl-defaults.md). Otherwise it must divide prompts_per_step * num_generations."""
     old_logp_source: str = "sampler"
     """Old log-probs: recorded by the 'sampler', or a teacher-forced 'replay' before the update."""
 
     # ------------------------------------------------------------------ parameters
+    freeze_embeddings: bool = False
+    """Keep the token embeddings (tied to the output head in the built-in model) and any 2-D reader tables
+    frozen: the update moves the transformer blocks only."""
     use_lora: bool = False
     """Train LoRA adapters (PEFT) instead of all weights; the reference is then the adapter disabled."""
     lora_r: int = 8
@@ -168,9 +185,9 @@ class TrainConfig:
              "advantages need at least two images per prompt")
         need(self.prompts_per_step >= 1, "prompts_per_step must be >= 1")
         rows = self.prompts_per_step * self.num_generations
-        need(self.minibatch_size >= 1 and rows % self.minibatch_size == 0,
+        need(self.minibatch_size == 0 or (self.minibatch_size >= 1 and rows % self.minibatch_size == 0),
              f"minibatch_size ({self.minibatch_size}) must divide prompts_per_step * num_generations ({rows}); "
-             f"try {rows} or a divisor of it")
+             f"try 0 (the whole rollout), {rows} or a divisor of it")
         need(self.strategy in ("ddp", "fsdp2"), f"strategy must be 'ddp' or 'fsdp2', got {self.strategy!r}")
         need(self.max_steps >= 1, "max_steps must be >= 1")
         if self.prompt_weights:
@@ -178,6 +195,7 @@ class TrainConfig:
         need(not self.prompt_weights or self.prompts == "train",
              "prompt_weights mixes the built-in training set; leave it empty when `prompts` is a file")
         need(self.num_iterations >= 1, "num_iterations must be >= 1")
+        need(self.max_sampling_rounds >= 1, f"max_sampling_rounds must be >= 1, got {self.max_sampling_rounds}")
         need(self.reward in REWARDS, f"reward must be one of {REWARDS}, got {self.reward!r}")
         need(self.scale_rewards in SCALE_REWARDS, f"scale_rewards must be one of {SCALE_REWARDS}")
         need(self.loss_type in LOSS_AGGREGATIONS, f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}")
@@ -208,6 +226,11 @@ class TrainConfig:
     @property
     def rows_per_step(self) -> int:
         return self.prompts_per_step * self.num_generations
+
+    @property
+    def minibatch_rows(self) -> int:
+        """Rows per optimizer step (minibatch_size, or the whole rollout for 0)."""
+        return self.minibatch_size or self.rows_per_step
 
     def needs_reference(self) -> bool:
         # The intrinsic reward is computed every step even when an oracle is the training reward (it is logged,

@@ -32,7 +32,8 @@ from gvu.world.judge import judge_image
 
 
 class PhaseClock:
-    """`with clock("sample"): ...` adds time/sample (seconds) and mem/sample (peak MiB during the phase)."""
+    """`with clock("sample"): ...` adds time/sample (seconds, summed over the phase's entries) and mem/sample (peak MiB
+    during the phase)."""
 
     def __init__(self, device: torch.device | None = None):
         self.device = device
@@ -49,10 +50,11 @@ class PhaseClock:
         try:
             yield
         finally:
-            self.values[f"time/{name}"] = time.perf_counter() - t
+            # a phase entered again in the same step (dynamic sampling's extra rollouts) adds its time
+            self.values[f"time/{name}"] = self.values.get(f"time/{name}", 0.0) + time.perf_counter() - t
             peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if cuda else peak_rss_since_reset()
             if peak is not None:
-                self.values[f"mem/{name}"] = peak
+                self.values[f"mem/{name}"] = max(peak, self.values.get(f"mem/{name}", 0.0))
 
 
 _PEAK_BEFORE_RESETS_MIB = 0.0

@@ -71,6 +71,8 @@ def attach_training(policy, cfg: TrainConfig, dist):
         reference = copy.deepcopy(policy)
         for p in reference.module.parameters():
             p.requires_grad_(False)
+    if cfg.freeze_embeddings:
+        freeze_embeddings(policy.module)
     if dist.fsdp:
         if not policy.supports_fsdp2:
             raise ValueError(f"strategy fsdp2 needs a model whose passes all go through its root module "
@@ -80,6 +82,18 @@ def attach_training(policy, cfg: TrainConfig, dist):
         if reference is not None:
             D.shard_fsdp2(reference.module)
     return reference
+
+
+def freeze_embeddings(module: torch.nn.Module) -> int:
+    """Stop the token embeddings, the output head (tied to them in the built-in model) and the built-in 2-D reader's
+    row/column tables from training; the number of parameters frozen."""
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    tables = [base.get_input_embeddings(), base.get_output_embeddings(), getattr(base, "row_embed", None),
+              getattr(base, "col_embed", None)]
+    frozen = {id(p): p for t in tables if t is not None for p in t.parameters()}
+    for p in frozen.values():
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen.values())
 
 
 def pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """One GRPO step of the trainer, as three named parts (docs/design.md, "The method"):
 
-- rollout: this process's prompts -> sampled codes and their log-probs, decoded images, rewards, what the monitor
-  watches, and the old / reference log-probs (a StepData);
+- rollout: this process's prompts -> sampled codes and their log-probs, decoded images and the training reward (a
+  Draw); with dynamic sampling, groups without a signal set aside and more prompts drawn; then, for the kept groups
+  only, the logged reward, what the monitor watches, and the old / reference log-probs (a StepData);
 - gather: every process's StepData, field by field, in rank order (skipped in one process);
 - update: `num_iterations` passes over the rollout in minibatches, each an optimizer step, non-finite ones
   skipped and counted.
@@ -42,6 +43,8 @@ class StepData:
     intrinsic_N: torch.Tensor
     watched: list
     """What the monitor keeps per image (the shapes judge's verdicts; nothing for natural images)."""
+    prompts: list
+    """Each row's prompt."""
     ref_NT: torch.Tensor | None = None
     und_ref: tuple[torch.Tensor, torch.Tensor] | None = None
     """The judge's reference prompt log-probs and mask (the understanding leash), right-padded."""
@@ -66,6 +69,48 @@ def gather_step(dist, d: StepData) -> StepData:
     return StepData(**out)
 
 
+@dataclasses.dataclass
+class Draw:
+    """This process's freshly sampled groups, before anything that only the kept groups need (the logged
+    intrinsic reward under an oracle, the monitor, the reference pass): whole groups of G rows, in draw order."""
+
+    rows: list
+    """The prompt row of each group."""
+    tokens_NT: torch.Tensor
+    sampled_NT: torch.Tensor
+    pixels: np.ndarray
+    reward_N: torch.Tensor
+    """The training reward (what dynamic sampling selects on)."""
+    intrinsic_N: torch.Tensor | None
+    """Already computed where it is the training reward; None under an oracle."""
+
+    def groups(self, idx_P: torch.Tensor, G: int) -> "Draw":
+        """The groups `idx_P`, in that order."""
+        idx_N = (idx_P[:, None] * G + torch.arange(G)).reshape(-1)
+
+        def take(x):
+            if x is None or isinstance(x, np.ndarray):
+                return None if x is None else x[idx_N.numpy()]
+            return [x[i] for i in idx_N.tolist()] if isinstance(x, list) else x[idx_N.to(x.device)]
+        return Draw([self.rows[int(p)] for p in idx_P], take(self.tokens_NT), take(self.sampled_NT),
+                    take(self.pixels), take(self.reward_N), take(self.intrinsic_N))
+
+    @staticmethod
+    def cat(parts: list["Draw"]) -> "Draw":
+        def join(xs):
+            if xs[0] is None or isinstance(xs[0], list):
+                return None if xs[0] is None else [x for part in xs for x in part]
+            return np.concatenate(xs) if isinstance(xs[0], np.ndarray) else torch.cat(xs)
+        return Draw([r for p in parts for r in p.rows], *(join([getattr(p, f) for p in parts]) for f in
+                                                          ("tokens_NT", "sampled_NT", "pixels", "reward_N",
+                                                           "intrinsic_N")))
+
+
+def informative_groups(reward_N: torch.Tensor, G: int) -> torch.Tensor:
+    """Which groups' rewards are not all equal [P] (the others have zero advantage and teach nothing)."""
+    return reward_N.float().view(-1, G).std(1) >= 1e-8
+
+
 class GRPOStep:
     """The step, mixed into gvu.rl.trainer.Trainer (which holds the policy, the optimizer and the data order)."""
 
@@ -74,15 +119,11 @@ class GRPOStep:
     def train_step(self) -> dict:
         cfg, G = self.cfg, self.cfg.num_generations
         clock, t_step = PhaseClock(self.policy.device), time.perf_counter()
-        rows = self.next_rows()
-        d, stats = self.rollout(rows, clock)
-        if self.dist.enabled:  # the whole rollout on every rank, in rank order (= the order of `rows`)
-            with clock("gather"):
-                d = gather_step(self.dist, d)
+        d, stats = self.draw_batch(clock)
         adv_N, adv_stats = group_advantages(d.reward_N, G, cfg.scale_rewards)
         stats.update(adv_stats)
         with clock("update"):
-            means, region_max = self.update(d, [r["prompt"] for r in rows for _ in range(G)], adv_N, stats)
+            means, region_max = self.update(d, d.prompts, adv_N, stats)
         self.step += 1
         return {"step": self.step, **stats, **means, "clip_ratio/region_max": region_max,
                 "entropy": -d.sampled_NT.mean().item(),  # Monte Carlo estimate from the drawn codes
@@ -90,11 +131,52 @@ class GRPOStep:
                 "learning_rate": self.sched.get_last_lr()[0], **clock.values,
                 "step_time": time.perf_counter() - t_step}
 
-    def rollout(self, rows: list[dict], clock: PhaseClock) -> tuple[StepData, dict]:
-        """This process's share of the step's prompts, each with its whole group: sample, decode, reward, watch,
-        reference. Decoders that draw (diffusion) get seeds fixed by (seed, prompt position, row), so a resumed
-        run decodes the same pixels."""
+    def draw_batch(self, clock: PhaseClock) -> tuple[StepData, dict]:
+        """The step's rollout: this process's groups drawn (with dynamic sampling, refilled), then finished (logged
+        reward, monitor, reference) and gathered from every rank in rank order."""
+        draw, stats = self.draw_local(clock), {}
+        if self.cfg.dynamic_sampling:
+            draw, stats = self.fill_with_signal(draw, clock)
+        d, more = self.finish(draw, clock)
+        stats.update(more)
+        if self.dist.enabled:
+            with clock("gather"):
+                d = gather_step(self.dist, d)
+        return d, stats
+
+    def fill_with_signal(self, draw: Draw, clock: PhaseClock) -> tuple[Draw, dict]:
+        """DAPO's dynamic sampling on this process's share: groups whose rewards are all equal are set aside and
+        more prompts drawn until the share is full of groups that carry a signal, or `max_sampling_rounds` draws
+        were made (then it is filled with set-aside groups, in draw order, so its size never changes). Every rank
+        draws as many rounds as the neediest one, so their passes stay in step."""
         cfg, G = self.cfg, self.cfg.num_generations
+        P = len(draw.rows)
+        kept, spare = [], []
+        drawn = informative = rounds = 0
+        reward_sum = 0.0
+        while True:
+            ok_P = informative_groups(draw.reward_N, G)
+            drawn, informative, rounds = drawn + len(ok_P), informative + int(ok_P.sum()), rounds + 1
+            reward_sum += float(draw.reward_N.float().sum())
+            kept.append(draw.groups(ok_P.nonzero()[:, 0], G))
+            spare.append(draw.groups((~ok_P).nonzero()[:, 0], G))
+            need = sum(len(k.rows) for k in kept) < P
+            if self.dist.enabled:
+                need = self.dist.any(need)
+            if not need or rounds == cfg.max_sampling_rounds:
+                break
+            draw = self.draw_local(clock)
+        # what was drawn, before the selection: comparable with a run without dynamic sampling
+        stats = self.dist.mean_dict({"frac_reward_zero_std_drawn": 1.0 - informative / drawn,
+                                     "reward_drawn": reward_sum / (drawn * G)})
+        return Draw.cat(kept + spare).groups(torch.arange(P), G), {"sampling_rounds": rounds, **stats}
+
+    def draw_local(self, clock: PhaseClock) -> Draw:
+        """The next prompts' share of this process, each with its whole group: sample, decode, training reward.
+        Decoders that draw (diffusion) get seeds fixed by (seed, prompt position, row), so a resumed run decodes the
+        same pixels."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        rows = self.next_rows()
         first = self.data_pos - len(rows)
         mine = self.dist.shard(len(rows))
         local_rows = rows[mine]
@@ -106,30 +188,43 @@ class GRPOStep:
             seeds = row_seeds(cfg.seed, (first + mine.start) * G, len(prompts))
             pixels = self.policy.decode(rollout.image_tokens_NT, prompts=prompts, seeds=seeds)
         with clock("reward"):
-            reward_N, intrinsic_N = self.score(rollout.image_tokens_NT, pixels, prompts, meta)
-        with clock("monitor"):
-            watched = self.monitor.per_image(pixels, meta)
-        with clock("reference"):  # and the replay, if any
-            old_N, ref_NT, und_ref, stats = self._reference_pass(rollout, prompts)
-        return StepData(rollout.image_tokens_NT, old_N, rollout.logp_NT, reward_N, intrinsic_N, watched, ref_NT,
-                        und_ref), stats
+            if self.oracle is None:
+                reward_N = intrinsic_N = self.intrinsic(rollout.image_tokens_NT, pixels, prompts, meta)
+            else:
+                reward_N, intrinsic_N = torch.tensor(self.oracle(prompts, pixels, rows=meta), dtype=torch.float32), None
+        return Draw(list(local_rows), rollout.image_tokens_NT, rollout.logp_NT, pixels, reward_N, intrinsic_N)
 
-    def score(self, tokens_NT, pixels, row_prompts, row_meta) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reward used for training, intrinsic reward for logging). A model that reads pixels (or the 'pixels'
+    def finish(self, draw: Draw, clock: PhaseClock) -> tuple[StepData, dict]:
+        """What only the kept groups need: the intrinsic reward for the log (under an oracle), the monitor, and the
+        old / reference log-probs."""
+        G = self.cfg.num_generations
+        meta = [r for r in draw.rows for _ in range(G)]
+        prompts = [r["prompt"] for r in meta]
+        intrinsic_N = draw.intrinsic_N
+        if intrinsic_N is None:
+            with clock("reward"):
+                intrinsic_N = self.intrinsic(draw.tokens_NT, draw.pixels, prompts, meta)
+        with clock("monitor"):
+            watched = self.monitor.per_image(draw.pixels, meta)
+        with clock("reference"):  # and the replay, if any
+            old_N, ref_NT, und_ref, stats = self._reference_pass(draw.tokens_NT, draw.sampled_NT, prompts)
+        return StepData(tokens_NT=draw.tokens_NT, old_N=old_N, sampled_NT=draw.sampled_NT, reward_N=draw.reward_N,
+                        intrinsic_N=intrinsic_N, watched=watched, prompts=prompts, ref_NT=ref_NT,
+                        und_ref=und_ref), stats
+
+    def intrinsic(self, tokens_NT, pixels, row_prompts, row_meta) -> torch.Tensor:
+        """The intrinsic reward (trained on, or logged beside an oracle). A model that reads pixels (or the 'pixels'
         reward path) gets the images decoded once for this step, not decoded again."""
         scorer_ctx = self.reference_model() if self.cfg.reward_scorer == "reference" else contextlib.nullcontext(self.policy)
         images = pixels if self.cfg.reward_image_path == "pixels" or self.policy.reads_pixels else tokens_NT
         with scorer_ctx as scorer:
-            intrinsic = intrinsic_reward(scorer, images, row_prompts, self.reward_cfg, rows=row_meta,
-                                         rng=np.random.default_rng([self.cfg.seed, self.step])).reward_N
-        if self.oracle is None:
-            return intrinsic, intrinsic
-        return torch.tensor(self.oracle(row_prompts, pixels, rows=row_meta), dtype=torch.float32), intrinsic
+            return intrinsic_reward(scorer, images, row_prompts, self.reward_cfg, rows=row_meta,
+                                    rng=np.random.default_rng([self.cfg.seed, self.step])).reward_N
 
-    def _reference_pass(self, rollout, prompts_N):
+    def _reference_pass(self, tokens_NT, sampled_NT, prompts_N):
         """(old log-probs, reference log-probs or None, the judge's reference prompt log-probs or None, stats)."""
-        cfg, tokens_NT = self.cfg, rollout.image_tokens_NT
-        old_N, stats = rollout.logp_NT, {}
+        cfg = self.cfg
+        old_N, stats = sampled_NT, {}
         if cfg.old_logp_source == "replay":
             with torch.no_grad():
                 replay = self.policy.image_logprobs(prompts_N, tokens_NT, self.sampling)
@@ -151,7 +246,7 @@ class GRPOStep:
         cfg, g = self.cfg, self.dist
         tokens_NT, old_N, ref_NT, und_ref = d.tokens_NT, d.old_N, d.ref_NT, d.und_ref
         N, T = tokens_NT.shape
-        M = cfg.minibatch_size
+        M = cfg.minibatch_rows
         agg: dict[str, list[float]] = {}
         for _ in range(cfg.num_iterations):
             perm = torch.randperm(N, generator=self.update_gen)

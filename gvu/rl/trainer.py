@@ -51,9 +51,9 @@ class Trainer(GRPOStep):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         W = D.launched_world_size()
-        if cfg.prompts_per_step % W or cfg.minibatch_size % W:
+        if cfg.prompts_per_step % W or cfg.minibatch_rows % W:
             raise ValueError(f"{W} processes: prompts_per_step ({cfg.prompts_per_step}) and minibatch_size "
-                             f"({cfg.minibatch_size}) must both be multiples of {W}, so every process gets whole "
+                             f"({cfg.minibatch_rows} rows) must both be multiples of {W}, so every process gets whole "
                              "groups and equal shards; change them or the number of processes")
         self.dist = D.init_distributed(cfg.strategy)
         torch.manual_seed(cfg.seed)  # the same on every rank: adapters start identical everywhere
@@ -69,7 +69,8 @@ class Trainer(GRPOStep):
                                        scorer=cfg.reward_scorer, image_path=cfg.reward_image_path)
         self.reference = attach_training(self.policy, cfg, self.dist)
         self.params = [p for p in self.policy.module.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                     betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda())
         self.update_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same on every rank
         self._ddp = None
@@ -92,7 +93,7 @@ class Trainer(GRPOStep):
 
     def _lr_lambda(self):
         cfg = self.cfg
-        total = cfg.max_steps * cfg.num_iterations * (cfg.rows_per_step // cfg.minibatch_size)
+        total = cfg.max_steps * cfg.num_iterations * (cfg.rows_per_step // cfg.minibatch_rows)
 
         def f(k: int) -> float:
             if k < cfg.warmup_steps:
