@@ -5,6 +5,7 @@ rollout whose groups all carry a signal."""
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from gvu.models.pretrain import PretrainConfig, pretrain
@@ -76,3 +77,15 @@ def test_minibatch_size_zero_means_the_whole_rollout():
     with pytest.raises(ValueError, match="try 0"):
         TrainConfig(prompts_per_step=3, num_generations=4, minibatch_size=5)
 
+
+
+def test_freeze_embeddings_moves_the_blocks_only(base, tmp_path):
+    t = Trainer(small_default(base, tmp_path / "frozen", freeze_embeddings=True, warmup_steps=0))
+    lm = t.policy.module
+    tables = {"model.embed_tokens.weight", "lm_head.weight", "row_embed.weight", "col_embed.weight"}
+    before = {n: p.detach().clone() for n, p in lm.named_parameters()}
+    t.train_step()
+    after = dict(lm.named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert moved and not moved & tables
+    assert all(not after[n].requires_grad for n in tables if n in after)

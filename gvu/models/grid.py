@@ -79,8 +79,7 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
             return None
         S = cell_NS.shape[1]
         j_S = torch.arange(S, device=cell_NS.device)
-        span_NS = torch.where(cell_NS >= 0, j_S - cell_NS, torch.full_like(cell_NS, -1))  # the span's first index
-        same_NSS = (span_NS[:, :, None] == span_NS[:, None, :]) & (span_NS[:, :, None] >= 0)
+        same_NSS = same_span(cell_NS)
         causal_SS = j_S[:, None] >= j_S[None, :]
         allowed = (causal_SS[None] | same_NSS) & mask_NS.bool()[:, None, :]
         allowed |= torch.eye(S, dtype=torch.bool, device=cell_NS.device)[None]  # a pad row attends to itself
@@ -91,10 +90,7 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         """[N, H, S, S]: rel_bias[h, row offset, column offset] between two tokens of one understanding image span
         (query minus key, so a key further left has a positive column offset), 0 elsewhere."""
         R, C = self.grid["rows"], self.grid["cols"]
-        S = cell_NS.shape[1]
-        j_S = torch.arange(S, device=cell_NS.device)
-        span_NS = torch.where(cell_NS >= 0, j_S - cell_NS, torch.full_like(cell_NS, -1))
-        same_NSS = (span_NS[:, :, None] == span_NS[:, None, :]) & (span_NS[:, :, None] >= 0)
+        same_NSS = same_span(cell_NS)
         c = cell_NS.clamp(min=0)
         dr_NSS = (c // C)[:, :, None] - (c // C)[:, None, :] + R - 1
         dc_NSS = (c % C)[:, :, None] - (c % C)[:, None, :] + C - 1
@@ -117,6 +113,13 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
 
     # Callers read the parent's signature (e.g. which name the KV-cache argument has in this transformers).
     forward.__signature__ = inspect.signature(LlamaForCausalLM.forward)
+
+
+def same_span(cell_NS: torch.Tensor) -> torch.Tensor:
+    """[N, S, S]: whether two tokens sit in the same understanding image span (`cell_NS` from grid_cells)."""
+    j_S = torch.arange(cell_NS.shape[1], device=cell_NS.device)
+    span_NS = torch.where(cell_NS >= 0, j_S - cell_NS, torch.full_like(cell_NS, -1))  # the span's first index
+    return (span_NS[:, :, None] == span_NS[:, None, :]) & (span_NS[:, :, None] >= 0)
 
 
 # Words that name a direction of the grid, and which ramp (and sign) they start from: rows grow downwards.

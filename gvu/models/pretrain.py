@@ -74,7 +74,7 @@ class PretrainConfig:
     """Fraction of understanding examples whose image gets 1-3 isolated quarter codes ("debris": parts of large
     objects that form no object). The pixel judge sees nothing there and the description does not mention them,
     so the understanding branch learns what the judge knows: a broken object is no object. Without it, RL found
-    that half-drawn objects fool the judge (measured; see README)."""
+    that half-drawn objects fool the judge (measured; see docs/results.md)."""
     aligned_init: bool = True
     """Initialise word and image-code embeddings from shared shape/colour factors (see builtin.align_embeddings)."""
     grid: bool = True
@@ -93,7 +93,7 @@ class PretrainConfig:
     """Fraction of understanding examples that also carry a hard negative (one fact of the description changed
     through the grammar, false on the image: a colour, a count, a relation, an object). Off by default: at 0.5
     (1,000 steps, regular mix) relation matching stayed at chance (0.48) while colour fell to 0.47, captions to
-    0.09 and GenEval-shapes to 0.26 (README).
+    0.09 and GenEval-shapes to 0.26 (docs/results.md).
     The pair adds a ranking loss softplus(logp(negative) - logp(true)) over the description's summed log-probs:
     the judge is taught which words the image rules out, not only which it allows."""
     negative_weight: float = 1.0
@@ -101,7 +101,7 @@ class PretrainConfig:
     relation_fraction: float | None = None
     """A curriculum: the first `relation_fraction` x `steps` steps are understanding only, every description of
     a relation-bearing kind (RELATION_WEIGHTS), so relation words are not diluted by the rest of the mix.
-    Measured (README): it raises relation matching only where language answers it, not placement, and costs
+    Measured (docs/results.md): it raises relation matching only where language answers it, not placement, and costs
     colour and captions. None takes the preset's value."""
 
     @property
@@ -138,7 +138,7 @@ class PretrainConfig:
         self.kinds = tuple(self.kinds)
 
 
-# Chosen by measurement (README): the regular base, 1,000 steps of 64 with half generation examples, lands at
+# Chosen by measurement (docs/results.md): the regular base, 1,000 steps of 64 with half generation examples, lands at
 # GenEval-shapes 0.64 (2 images per prompt); the weak base spends its first 1,000 of 2,000 steps on relation-only
 # understanding and then sees 0.3 x 1,000 x 64 = 19,200 generation examples: 0.18 at 8 images per prompt.
 PRESET_GEN_FRACTION = {"regular": 0.5, "weak": 0.3}
@@ -146,7 +146,7 @@ PRESET_RELATION_FRACTION = {"regular": 0.0, "weak": 0.5}
 PRESET_STEPS = {"regular": 1000, "weak": 2000}
 # What the relation phase teaches: the four kinds whose descriptions state where things are.
 RELATION_WEIGHTS = {"position": 2.0, "spatial_count_attr": 1.0, "color_spatial_attr": 1.0, "size_spatial_attr": 1.0}
-# Relations are learned late and need many examples (README): the relation-bearing kinds get most of the
+# Relations are learned late and need many examples (docs/results.md): the relation-bearing kinds get most of the
 # descriptions; the rest keep colour, count and object words in view.
 PRESET_DESCRIBE_WEIGHTS = {"position": 4, "spatial_count_attr": 2, "color_spatial_attr": 2, "size_spatial_attr": 2,
                            "single_object": 0.5, "two_object": 0.5, "counting": 1, "colors": 0.5, "color_attr": 1,

@@ -84,16 +84,14 @@ def attach_training(policy, cfg: TrainConfig, dist):
     return reference
 
 
-def freeze_embeddings(module: torch.nn.Module) -> int:
+def freeze_embeddings(module: torch.nn.Module) -> None:
     """Stop the token embeddings, the output head (tied to them in the built-in model) and the built-in 2-D reader's
-    row/column tables from training; the number of parameters frozen."""
+    row/column tables from training."""
     base = module.get_base_model() if hasattr(module, "get_base_model") else module
-    tables = [base.get_input_embeddings(), base.get_output_embeddings(), getattr(base, "row_embed", None),
-              getattr(base, "col_embed", None)]
-    frozen = {id(p): p for t in tables if t is not None for p in t.parameters()}
-    for p in frozen.values():
-        p.requires_grad_(False)
-    return sum(p.numel() for p in frozen.values())
+    for table in (base.get_input_embeddings(), base.get_output_embeddings(), getattr(base, "row_embed", None),
+                  getattr(base, "col_embed", None)):
+        if table is not None:
+            table.requires_grad_(False)
 
 
 def pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:

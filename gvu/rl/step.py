@@ -89,17 +89,17 @@ class Draw:
         idx_N = (idx_P[:, None] * G + torch.arange(G)).reshape(-1)
 
         def take(x):
-            if x is None or isinstance(x, np.ndarray):
-                return None if x is None else x[idx_N.numpy()]
-            return [x[i] for i in idx_N.tolist()] if isinstance(x, list) else x[idx_N.to(x.device)]
+            if x is None:
+                return None
+            return x[idx_N.numpy()] if isinstance(x, np.ndarray) else x[idx_N.to(x.device)]
         return Draw([self.rows[int(p)] for p in idx_P], take(self.tokens_NT), take(self.sampled_NT),
                     take(self.pixels), take(self.reward_N), take(self.intrinsic_N))
 
     @staticmethod
     def cat(parts: list["Draw"]) -> "Draw":
         def join(xs):
-            if xs[0] is None or isinstance(xs[0], list):
-                return None if xs[0] is None else [x for part in xs for x in part]
+            if xs[0] is None:
+                return None
             return np.concatenate(xs) if isinstance(xs[0], np.ndarray) else torch.cat(xs)
         return Draw([r for p in parts for r in p.rows], *(join([getattr(p, f) for p in parts]) for f in
                                                           ("tokens_NT", "sampled_NT", "pixels", "reward_N",
