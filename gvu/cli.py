@@ -98,7 +98,10 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
     _check_pretrain_out(a.out, a.overwrite)
     with runfolder.holding(Path(a.out), runfolder.lock_beside(Path(a.out))):  # one pretraining per folder
         _check_pretrain_out(a.out, a.overwrite)  # again under the lock: a run that finished meanwhile counts
-        model = pretrain(cfg, a.out)
+        model = pretrain(cfg, a.out, stop_after=a.stop_after)
+    if model is None:
+        print(f"stopped after step {a.stop_after} of {cfg.steps}; rerun the same command without --stop-after to go on")
+        return
     print(f"wrote a {cfg.preset} base ({model.num_parameters():,} parameters, size {cfg.size}) to {a.out}")
 
 
@@ -256,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--num-scenes", dest="num_scenes", type=COUNT)
     pt.add_argument("--threads", type=THREADS)
     pt.add_argument("--flat", action="store_true", help="the ablation: understanding reads the flat raster (no "
-                    "2-D row+column reader)")
+                    "2-D reader)")
+    pt.add_argument("--stop-after", dest="stop_after", type=COUNT, help="stop after this many steps, keeping the "
+                    "resumable state (the same command without it goes on to the same weights)")
     pt.add_argument("overrides", nargs="*", help="key=value for any PretrainConfig field, e.g. relation_fraction=0 "
                     "or describe_weights={position: 4, colors: 1}")
     pt.set_defaults(func=cmd_pretrain)

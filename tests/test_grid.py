@@ -163,3 +163,47 @@ def test_relative_reader_biases_image_pairs_by_their_offset(model, tmp_path):
 def test_relative_reader_needs_the_grid():
     with pytest.raises(ValueError, match="needs grid=True"):
         build_builtin("tiny", relative=True, grid=False)
+
+
+def test_rope2d_positions_turn_by_row_and_column(model, tmp_path):
+    r2 = build_builtin("tiny", seed=0, rope2d=True)  # the same weights as `model`, only the rotary differs
+    for a, b in zip(model.lm.parameters(), r2.lm.parameters()):
+        assert torch.equal(a, b)
+    tok, lay = r2.tokenizer, r2.layout
+    imgs = codes(5)
+    seq, _ = lay.understanding_sequence(imgs[0].tolist(), tok.encode(DEFAULT_INSTRUCTION), tok.encode(PROMPTS[0]))
+    ids = torch.tensor([seq])
+    rows, cols = r2.lm.grid_positions(r2.lm.grid_cells(ids), None)
+    s, G = len(lay.und_prefix), spec.GRID
+    j = torch.arange(len(seq))
+    # cell 13 = (row 2, column 1) sits 3 rows and 2 columns past the opener; text keeps its 1-D position
+    assert rows[0, s + 13] == s + 2 and cols[0, s + 13] == s + 1
+    assert torch.equal(rows[0, :s], j[:s]) and torch.equal(cols[0, s + G * G:], j[s + G * G:])
+    # the rotation of two image tokens depends on (row offset, column offset) only, and each axis on its own
+    rot = r2.lm.model.rotary_emb
+    rot.grid_positions = (rows, cols)
+    cos, sin = rot(torch.zeros(1), torch.zeros_like(ids))
+    rot.grid_positions = None
+    half = cos.shape[-1] // 2
+    assert torch.allclose(cos[0, s + 1, :half:2], cos[0, s + 0, :half:2])  # same row: even frequencies agree
+    assert not torch.allclose(cos[0, s + 1, 1:half:2], cos[0, s + 0, 1:half:2])  # odd ones turn with the column
+    assert torch.allclose(cos[0, s + G, 1:half:2], cos[0, s + 0, 1:half:2])  # same column: odd ones agree
+    # text alone, and generation, are rotated as by the stock embedding
+    sampling = SamplingConfig(guidance=2.0)
+    assert torch.equal(model.image_logprobs(PROMPTS, imgs, sampling), r2.image_logprobs(PROMPTS, imgs, sampling))
+    a, mask = model.prompt_logprobs(imgs, PROMPTS)
+    b, _ = r2.prompt_logprobs(imgs, PROMPTS)
+    assert (a - b)[mask].abs().max() > 1e-4
+    # a caption decoded with the KV cache reads the same states as one full forward of its text
+    text = r2.caption(imgs[:1])[0]
+    prefix = lay.understanding_prefix(imgs[0].tolist(), tok.encode(DEFAULT_INSTRUCTION))
+    full = torch.tensor([prefix + tok.encode(text)])
+    with torch.no_grad():
+        logits = r2.lm(input_ids=full, attention_mask=torch.ones_like(full)).logits[0, len(prefix) - 1:-1]
+    allowed = torch.tensor(lay.caption_ids)
+    assert logits[:, allowed].argmax(-1).tolist() == [allowed.tolist().index(i) for i in tok.encode(text)]
+    save_builtin(r2, tmp_path / "r")
+    back = load_builtin(tmp_path / "r")
+    assert torch.allclose(back.prompt_logprobs(imgs, PROMPTS)[0], b)
+    with pytest.raises(ValueError, match="need grid=True"):
+        build_builtin("tiny", rope2d=True, grid=False)

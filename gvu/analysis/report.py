@@ -60,6 +60,9 @@ def compare(before: dict, after: dict) -> dict:
                                 for k, v in b["by_perturbation"].items()},
             "caption_truthfulness": {"before": b.get("caption_truthfulness"), "after": a.get("caption_truthfulness")},
         }
+        if "relation_sign" in b and "relation_sign" in a:
+            out["understanding"]["relation_sign"] = {k: {"before": v, "after": a["relation_sign"].get(k)}
+                                                     for k, v in b["relation_sign"].items() if k != "scenes"}
     return out
 
 
@@ -215,7 +218,10 @@ def _md_scores(c: dict) -> list[str]:
         lines += [f"| {k} | {v['before']:.3f} | {v['after']:.3f} |" for k, v in u["by_perturbation"].items()]
         lines += [f"| **overall** | **{u['overall']['before']:.3f}** | **{u['overall']['after']:.3f}** |",
                   f"| caption truthfulness | {u['caption_truthfulness']['before']:.3f} | "
-                  f"{u['caption_truthfulness']['after']:.3f} |", ""]
+                  f"{u['caption_truthfulness']['after']:.3f} |"]
+        lines += [f"| relation sign: {k} | {v['before']:.3f} | {v['after']:.3f} |"
+                  for k, v in u.get("relation_sign", {}).items()]
+        lines += [""]
     return lines
 
 

@@ -19,7 +19,7 @@ from gvu.eval.judging import format_summary, judge_pixels, summarise, write_resu
 from gvu.eval.layout import write_prompt_dir
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval.prompts import build_geneval, build_genevalpp, spread
-from gvu.eval.understanding import build_understanding_set, run_understanding, UnderstandingSet
+from gvu.eval.understanding import build_understanding_set, RELATIONS, run_understanding, UnderstandingSet
 
 BENCHMARKS = ("geneval", "genevalpp", "understanding")
 
@@ -77,7 +77,8 @@ def run_benchmark(model, name: str, sampling, per_prompt: int = 4, seed: int = 0
     trainer's evaluation logs. `sampling` is the model's SamplingConfig; `uset` a prebuilt understanding set (the
     trainer builds its own once)."""
     if name == "understanding":
-        return run_understanding(model, uset or build_understanding_set(limit=limit), captions=True)
+        return run_understanding(model, uset or build_understanding_set(limit=limit), captions=True,
+                                 sign_limit=limit)
     if rows is None:
         rows = benchmark_rows(name)
     results, summary = generate_and_judge(model, spread(rows, limit), per_prompt=per_prompt, seed=seed,
@@ -117,7 +118,10 @@ def evaluate_model(model, benchmark: str = "all", *, sampling, per_prompt: int =
 def _format_understanding(u: dict) -> str:
     return ("understanding\n  matching accuracy  {:.3f}  ({} pairs)\n".format(u["overall"], u["pairs"])
             + "".join(f"    {k:<8} {v:.3f}\n" for k, v in u["by_perturbation"].items())
-            + f"  caption truthfulness  {u['caption_truthfulness']:.3f}")
+            + f"  caption truthfulness  {u['caption_truthfulness']:.3f}"
+            + ("" if "relation_sign" not in u else "\n  relation sign  {:.3f}  ({} scenes: {})".format(
+                u["relation_sign"]["all"], u["relation_sign"]["scenes"],
+                ", ".join(f"{k} {u['relation_sign'][k]:.2f}" for k in RELATIONS if k in u["relation_sign"]))))
 
 
 def row_seeds(seed: int, first_row: int, n: int) -> list[int]:

@@ -138,8 +138,39 @@ def sequence_logprob(model, tokens_NT: torch.Tensor, prompts: list[str], batch_s
     return np.concatenate(out)
 
 
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+def relation_sign(model, seed: int = 0, scenes_per_prompt: int = 4, batch_size: int = 128,
+                  limit: int | None = None) -> dict:
+    """The sign of a two-object relation: on ground-truth scenes of GenEval-shapes' position prompts
+    (`scenes_per_prompt` scenes each, realised with their own seed), how often the true prompt scores above the
+    same prompt with its relation flipped (left of <-> right of, above <-> below): same image, same words but one,
+    so only reading where the objects are can decide. Per relation and overall, with the number of scenes."""
+    rows = [r for r in build_geneval("shapes") if r["tag"] == "position"][:limit]
+    rng = np.random.default_rng([seed, 11])
+    rels, tokens, true_p, flip_p = [], [], [], []
+    for row in rows:
+        rel = row["include"][1]["position"][0]
+        flipped = copy.deepcopy(row)
+        flipped["include"][1]["position"] = [_FLIP[rel], row["include"][1]["position"][1]]
+        flipped = _finish(flipped)
+        for _ in range(scenes_per_prompt):
+            tokens.append(scene_tokens(realise(row, rng)))
+            rels.append(rel)
+            true_p.append(row["prompt"])
+            flip_p.append(flipped["prompt"])
+    toks = torch.as_tensor(np.stack(tokens))
+    wins = sequence_logprob(model, toks, true_p, batch_size) > sequence_logprob(model, toks, flip_p, batch_size)
+    rels = np.array(rels)
+    out = {r: float(wins[rels == r].mean()) for r in RELATIONS if (rels == r).any()}
+    out["all"] = float(wins.mean())
+    out["scenes"] = int(len(wins))
+    return out
+
+
 def run_understanding(model, uset: UnderstandingSet | None = None, batch_size: int = 128,
-                      captions: bool = True) -> dict:
+                      captions: bool = True, sign_scenes_per_prompt: int = 4, sign_limit: int | None = None) -> dict:
     uset = uset or build_understanding_set()
     toks = torch.as_tensor(uset.tokens)
     true_lp = sequence_logprob(model, toks, [r["prompt"] for r in uset.rows], batch_size)
@@ -158,6 +189,9 @@ def run_understanding(model, uset: UnderstandingSet | None = None, batch_size: i
         "pairs": int(len(wins)),
         "images": len(uset.rows),
     }
+    if sign_scenes_per_prompt:
+        result["relation_sign"] = relation_sign(model, scenes_per_prompt=sign_scenes_per_prompt,
+                                                batch_size=batch_size, limit=sign_limit)
     if captions:
         texts = []
         for s in range(0, len(toks), batch_size):

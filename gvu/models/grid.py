@@ -23,6 +23,7 @@ import inspect
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 GRID_KEY = "gvu_grid"
 """Config attribute holding {rows, cols, image_token_offset, num_codes, open_id} (saved in config.json)."""
@@ -41,6 +42,8 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         if self.grid.get("relative"):
             R, C = self.grid["rows"], self.grid["cols"]
             self.rel_bias = torch.nn.Parameter(torch.zeros(config.num_attention_heads, 2 * R - 1, 2 * C - 1))
+        if self.grid.get("rope2d"):
+            self.model.rotary_emb = GridRotaryEmbedding(config=config)
         self.post_init()
         if self.grid.get("relative"):
             directional_init(self.rel_bias)
@@ -97,9 +100,32 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         bias_NHSS = self.rel_bias[:, dr_NSS, dc_NSS].permute(1, 0, 2, 3)
         return bias_NHSS * same_NSS[:, None].to(bias_NHSS.dtype)
 
+    def grid_positions(self, cell_NS: torch.Tensor, position_ids: torch.Tensor | None,
+                       past: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary positions of every token along the grid's rows and along its columns, [N, S] each: a token
+        outside an image span keeps its 1-D position on both; the image token of cell (r, c) sits at its span
+        opener's position + 1 + r along rows and + 1 + c along columns, so two image tokens are (row offset,
+        column offset) apart, and the text after the image sees a horizontal offset as it sees a vertical one."""
+        N, S = cell_NS.shape
+        if position_ids is None:
+            position_ids = torch.arange(S, device=cell_NS.device)[None] + past
+        pos_NS = position_ids.expand(N, S)
+        inside_NS = cell_NS >= 0
+        c = cell_NS.clamp(min=0)
+        opener_NS = (torch.arange(S, device=cell_NS.device)[None] - c - 1).clamp(min=0)
+        base_NS = torch.gather(pos_NS, 1, opener_NS) + 1
+        C = self.grid["cols"]
+        rows = torch.where(inside_NS, base_NS + c // C, pos_NS)
+        cols = torch.where(inside_NS, base_NS + c % C, pos_NS)
+        return rows, cols
+
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, **kwargs):
         if input_ids is not None and inputs_embeds is None:
             cell_NS = self.grid_cells(input_ids)
+            if self.grid.get("rope2d") and bool((cell_NS >= 0).any()):
+                cache = kwargs.get("cache", kwargs.get("past_key_values"))
+                past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+                self.model.rotary_emb.grid_positions = self.grid_positions(cell_NS, kwargs.get("position_ids"), past)
             inputs_embeds = self.grid_embeds(input_ids, cell_NS)
             if (self.grid.get("bidirectional") or self.grid.get("relative")) and attention_mask is not None \
                     and attention_mask.dim() == 2 and attention_mask.shape[1] == input_ids.shape[1]:
@@ -108,11 +134,36 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
                     span = span + self.relative_bias(cell_NS).to(span.dtype)
                 attention_mask = attention_mask if span is None else span
             input_ids = None
-        return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                               **kwargs)
+        try:
+            return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   **kwargs)
+        finally:
+            if self.grid.get("rope2d"):
+                self.model.rotary_emb.grid_positions = None
 
     # Callers read the parent's signature (e.g. which name the KV-cache argument has in this transformers).
     forward.__signature__ = inspect.signature(LlamaForCausalLM.forward)
+
+
+class GridRotaryEmbedding(LlamaRotaryEmbedding):
+    """Rotary embedding with 2-D positions for understanding images (as Qwen2-VL's M-RoPE, with the two axes
+    interleaved over the frequencies as in Qwen3-VL, so that neither axis gets only the fast or only the slow
+    ones): even frequencies turn with the row position, odd ones with the column position. The model sets
+    `grid_positions` (from GridLlamaForCausalLM.grid_positions) for one forward; text tokens have equal row and
+    column positions, so text alone is rotated exactly as by the stock 1-D embedding, and so is a cached decode
+    step."""
+
+    grid_positions: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x, position_ids):
+        if self.grid_positions is None:
+            return super().forward(x, position_ids)
+        rows, cols = self.grid_positions
+        cos_r, sin_r = super().forward(x, rows)
+        cos_c, sin_c = super().forward(x, cols)
+        half = cos_r.shape[-1] // 2
+        by_row = (torch.arange(half, device=cos_r.device) % 2 == 0).repeat(2)
+        return torch.where(by_row, cos_r, cos_c), torch.where(by_row, sin_r, sin_c)
 
 
 def same_span(cell_NS: torch.Tensor) -> torch.Tensor:

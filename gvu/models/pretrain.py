@@ -38,6 +38,9 @@ from gvu.world.spec import code_of, COLORS, EMPTY, GRID, SHAPES
 
 STATE_FILE = "pretrain_state.pt"
 LOG_FILE = "pretrain_log.jsonl"
+FIRST_LOGGED = 10
+"""The log holds every one of the first FIRST_LOGGED steps, then every 50th (a shipped base's manifest keeps the
+first ones, which its command must reproduce)."""
 
 
 @dataclass
@@ -83,9 +86,14 @@ class PretrainConfig:
     bidirectional: bool = False
     """With the grid: the tokens of an understanding image attend to each other both ways, as a vision encoder's
     patches do (the causal raster lets an object see only the objects before it)."""
-    relative: bool = False
+    relative: bool | None = None
     """With the grid: the tokens of an understanding image attend to each other both ways with a learned bias per
-    head by row and column offset (gvu.models.grid), whose first heads start looking left, right, up and down."""
+    head by row and column offset (gvu.models.grid), whose first heads start looking left, right, up and down.
+    None: on with the grid (the shipped bases' reader, with rope2d; docs/results.md has the probe)."""
+    rope2d: bool | None = None
+    """With the grid: rotary positions in two dimensions inside an understanding image (gvu.models.grid
+    GridRotaryEmbedding), so the text after the image sees a column offset as it sees a row offset. None: on with
+    the grid."""
     describe_weights: dict[str, float] | None = None
     """What the understanding branch is taught to say: relative weight of each description kind (see
     describe.describe); None takes the preset's mix (PRESET_DESCRIBE_WEIGHTS), {} all thirteen kinds equally."""
@@ -109,6 +117,13 @@ class PretrainConfig:
         return int(round(self.relation_fraction * self.steps))
 
     def __post_init__(self):
+        if self.relative is None:
+            self.relative = self.grid
+        if self.rope2d is None:
+            self.rope2d = self.grid
+        if (self.relative or self.rope2d or self.bidirectional) and not self.grid:
+            raise ValueError("relative, rope2d and bidirectional are parts of the 2-D reader: they need grid=True "
+                             "(the flat ablation reads the raster as generation writes it)")
         if self.preset not in PRESET_GEN_FRACTION:
             raise ValueError(f"preset must be one of {sorted(PRESET_GEN_FRACTION)}, got {self.preset!r}")
         if self.gen_fraction is None:
@@ -138,12 +153,14 @@ class PretrainConfig:
         self.kinds = tuple(self.kinds)
 
 
-# Chosen by measurement (docs/results.md): the regular base, 1,000 steps of 64 with half generation examples, lands at
-# GenEval-shapes 0.64 (2 images per prompt); the weak base spends its first 1,000 of 2,000 steps on relation-only
-# understanding and then sees 0.3 x 1,000 x 64 = 19,200 generation examples: 0.18 at 8 images per prompt.
-PRESET_GEN_FRACTION = {"regular": 0.5, "weak": 0.3}
-PRESET_RELATION_FRACTION = {"regular": 0.0, "weak": 0.5}
-PRESET_STEPS = {"regular": 1000, "weak": 2000}
+# The shipped bases' recipe (docs/bases.md): a third of the steps teach relations only (understanding, the
+# relation-bearing kinds), where the 2-D reader learns the sign of left/right/above/below; then the whole mix, in
+# which the presets differ only in how many generation examples the painter sees: regular 2,000 x 64 x 0.25 =
+# 32,000 (as many as the earlier 1,000-step regular base, GenEval-shapes 0.62), weak 0.15 (19,200, as many as the
+# earlier weak base). The judge is taught the same in both.
+PRESET_GEN_FRACTION = {"regular": 0.25, "weak": 0.15}
+PRESET_RELATION_FRACTION = {"regular": 1 / 3, "weak": 1 / 3}
+PRESET_STEPS = {"regular": 3000, "weak": 3000}
 # What the relation phase teaches: the four kinds whose descriptions state where things are.
 RELATION_WEIGHTS = {"position": 2.0, "spatial_count_attr": 1.0, "color_spatial_attr": 1.0, "size_spatial_attr": 1.0}
 # Relations are learned late and need many examples (docs/results.md): the relation-bearing kinds get most of the
@@ -337,8 +354,11 @@ def _update(lm, b: Batch, cfg: PretrainConfig, opt, sched):
     return loss, parts
 
 
-def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True) -> BuiltinUMM:
-    """Pretrain (or resume) and write the model to `out`; returns the model."""
+def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True,
+             stop_after: int | None = None) -> BuiltinUMM | None:
+    """Pretrain (or resume) and write the model to `out`; returns the model. With `stop_after`, stop once that
+    many steps are done (before cfg.steps): the resumable state is saved, nothing is written to `out`, and None
+    is returned; the same call without it goes on from there, to the same weights as one uninterrupted run."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -349,7 +369,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
         torch.set_num_threads(cfg.threads)
     state_path = work / STATE_FILE
     model = build_builtin(cfg.size, seed=cfg.seed, aligned=cfg.aligned_init, grid=cfg.grid,
-                          bidirectional=cfg.bidirectional, relative=cfg.relative)
+                          bidirectional=cfg.bidirectional, relative=cfg.relative, rope2d=cfg.rope2d)
     pool = build_pool(cfg.num_scenes, cfg.seed, cfg.kinds, progress)
     lm = model.lm
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -361,8 +381,9 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
     log = open(work / LOG_FILE, "a")
     tokens_seen, t0 = 0, time.perf_counter()
     began = (step, rng.bit_generator.state)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     try:
-        while step < cfg.steps:
+        while step < end:
             # A Ctrl-C before the step completes saves the generator as it was when the step began, so the
             # resumed run draws this step's batch again (saving its live state would skip the batch already
             # drawn and change the weights). Left out: a Ctrl-C between opt.step() and `step += 1` (weights
@@ -375,7 +396,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
             tps = tokens_seen / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
-            if step % 50 == 0 or step == cfg.steps:
+            if step <= FIRST_LOGGED or step % 50 == 0 or step == cfg.steps:
                 log.write(json.dumps({"step": step, "loss": loss.item(), **parts, "lr": sched.get_last_lr()[0],
                                       "tokens_per_s": tps}) + "\n")
                 log.flush()
@@ -391,6 +412,9 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True)
     finally:
         log.close()
     bar.close()
+    if step < cfg.steps:
+        _save_state(state_path, model, opt, sched, step, rng, cfg)
+        return None
     lm.eval()
     save_builtin(model, out, extra={"pretrain": asdict(cfg)})
     os.replace(work / LOG_FILE, out / LOG_FILE)

@@ -54,7 +54,8 @@ def _metrics(name: str, s: dict) -> dict:
     """A benchmark's summary as flat eval_* log metrics."""
     if name == "understanding":
         return {"eval_understanding": s["overall"], "eval_caption_truthfulness": s["caption_truthfulness"],
-                **{f"eval_understanding/{k}": v for k, v in s["by_perturbation"].items()}}
+                **{f"eval_understanding/{k}": v for k, v in s["by_perturbation"].items()},
+                **{f"eval_relation_sign/{k}": v for k, v in s.get("relation_sign", {}).items() if k != "scenes"}}
     return {f"eval_{name}": s["overall"], f"eval_{name}_strict": s["strict_overall"],
             **{f"eval_{name}/{tag}": v for tag, v in s["tags"].items()}}
 
