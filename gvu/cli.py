@@ -82,11 +82,12 @@ def cmd_judge(a: argparse.Namespace) -> None:
     print(format_summary(summary, f"{a.dir} ({'strict' if a.strict else 'geneval'} mode, {len(results)} images)"))
 
 
-def cmd_pretrain(a: argparse.Namespace) -> None:
+def pretrain_config_of(a: argparse.Namespace):
+    """The PretrainConfig a parsed `gvu pretrain` command line asks for (a shipped base's manifest command is
+    replayed through this in the tests)."""
     import dataclasses
 
-    from gvu.models.pretrain import PretrainConfig, pretrain
-    from gvu.rl import runfolder
+    from gvu.models.pretrain import PretrainConfig
     from gvu.rl.config import parse_overrides
 
     kw = {k: getattr(a, k) for k in ("steps", "batch_size", "learning_rate", "gen_fraction", "num_scenes",
@@ -94,7 +95,14 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
     kw.update(parse_overrides(a.overrides, tuple(f.name for f in dataclasses.fields(PretrainConfig))))
     if not isinstance(kw.get("threads", 0), int) or kw.get("threads", 0) < 0:
         raise ValueError(f"threads must be an integer >= 0 (0: torch's default), got {kw['threads']!r}")
-    cfg = PretrainConfig(**{"preset": a.preset, "size": a.size, "seed": a.seed, "grid": not a.flat, **kw})
+    return PretrainConfig(**{"preset": a.preset, "size": a.size, "seed": a.seed, "grid": not a.flat, **kw})
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from gvu.models.pretrain import pretrain
+    from gvu.rl import runfolder
+
+    cfg = pretrain_config_of(a)
     _check_pretrain_out(a.out, a.overwrite)
     with runfolder.holding(Path(a.out), runfolder.lock_beside(Path(a.out))):  # one pretraining per folder
         _check_pretrain_out(a.out, a.overwrite)  # again under the lock: a run that finished meanwhile counts
@@ -185,7 +193,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
     default_out = "runs/demo-quick" if a.quick else f"runs/demo-{a.base}" + ("-flat" if a.flat else "")
     cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or default_out, reward=a.reward, scorer=a.scorer,
                      flat=a.flat, seed=a.seed, threads=a.threads, cache=a.cache, eval_per_prompt=a.per_prompt,
-                     overwrite=a.overwrite)
+                     overwrite=a.overwrite, model=a.model)
     report = run_demo(cfg)
     from gvu.demo import terminal_summary
 
@@ -300,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--guidance", type=finite(0), default=1.0)
     ge.set_defaults(func=cmd_generate)
 
-    dm = sub.add_parser("demo", help="the paper's experiment end to end: pretrain, evaluate, GvU, evaluate, report")
+    dm = sub.add_parser("demo", help="the paper's experiment end to end from a shipped base: evaluate, GvU, "
+                        "evaluate, report")
     dm.add_argument("--base", choices=["regular", "weak"], default="regular")
     dm.add_argument("--quick", action="store_true", help="tiny model and subsets: a few minutes")
     dm.add_argument("--out", help="output folder (default runs/demo-BASE or runs/demo-quick)")
@@ -308,15 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="oracle_strict / oracle_binary: the exact judge as reward (exact counts / GenEval's rules), "
                     "the yardstick")
     dm.add_argument("--scorer", choices=["policy", "reference"], default="policy")
-    dm.add_argument("--flat", action="store_true", help="the ablation base: understanding reads the flat raster "
-                    "(no 2-D row+column reader)")
+    dm.add_argument("--flat", action="store_true", help="the ablation base bases/regular-flat: understanding reads "
+                    "the flat raster (no 2-D reader)")
     dm.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in --out")
     dm.add_argument("--seed", type=SEED, default=0)
     dm.add_argument("--threads", type=THREADS, default=0)
     dm.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=None,
                     help="images per prompt in the before/after evaluation (default 8; --quick: 2)")
-    dm.add_argument("--cache", default="runs/cache", help="where pretrained bases are kept and reused (default "
-                    "runs/cache; a new folder times the demo with its pretraining)")
+    dm.add_argument("--model", help="start from this base folder instead of the shipped one (bases/BASE)")
+    dm.add_argument("--cache", default="runs/cache", help="where --quick keeps the tiny base it pretrains (default "
+                    "runs/cache)")
     dm.set_defaults(func=cmd_demo)
 
     rp = sub.add_parser("report", help="rebuild a demo run's report from its saved outputs (optionally against an "

@@ -1,10 +1,11 @@
 """`gvu demo`: the paper's experiment end to end on the shapes world, with a report.
 
-pretrain a base (or reuse a cached one with the same settings) -> evaluate it -> GvU training -> evaluate
-again -> the sensitivity study -> report.md, report.html (pictures inlined) and report.json.
+a shipped base (bases/regular, bases/weak, bases/regular-flat: pretrained once, with the manifest that rebuilds
+it; docs/bases.md) -> evaluate it -> GvU training -> evaluate again -> the sensitivity study -> report.md,
+report.html (pictures inlined) and report.json.
 
-`--quick` runs the same pipeline on the tiny model and small evaluation subsets (minutes; the test suite
-runs it). Evaluation uses fixed seeds, so "before" and "after" see the same prompts and generators.
+`--quick` runs the same pipeline on a tiny model it pretrains itself (cached) and small evaluation subsets
+(minutes; the test suite runs it). Evaluation uses fixed seeds, so "before" and "after" see the same prompts and generators.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ class DemoConfig:
     out: str = "runs/demo"
     """Output folder (report, evaluations, training run)."""
     cache: str = "runs/cache"
-    """Where pretrained bases are kept and reused."""
+    """Where --quick keeps and reuses the tiny base it pretrains."""
+    model: str | None = None
+    """The base folder to start from; None: the shipped base of `base` and `flat` (bases/regular, bases/weak,
+    bases/regular-flat)."""
     reward: str = "intrinsic"
     """'intrinsic' (GvU), or the exact judge as reward, the yardstick: 'oracle_strict' (exact counts) or
     'oracle_binary' (GenEval's rules, which pass over-drawn counts)."""
@@ -92,6 +96,22 @@ def base_dir_for(cfg: DemoConfig) -> Path:
     return Path(cfg.cache) / f"base-{cfg.base}-{pc['size']}-{key}"
 
 
+BASES = Path(__file__).resolve().parent.parent / "bases"
+"""The shipped bases, in the repository beside the package (docs/bases.md)."""
+
+
+def shipped_base(base: str, flat: bool = False) -> Path:
+    """The shipped base folder of a preset (regular, weak; `flat`: the regular base's flat-raster twin)."""
+    if flat and base != "regular":
+        raise ValueError(f"the flat-raster twin is shipped for the regular base only, not {base!r}")
+    path = BASES / (f"{base}-flat" if flat else base)
+    if not is_model_dir(path):
+        raise FileNotFoundError(f"{path} holds no base model; it ships with the repository (a clone has it). To "
+                                "rebuild it, run the command in its manifest.json (see docs/bases.md), or pass "
+                                "--model with a base of your own")
+    return path
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     import torch
 
@@ -108,9 +128,16 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
 def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    base = base_dir_for(cfg)
-    if not is_model_dir(base):
-        pretraining.pretrain(pretrain_config(cfg), base, progress=progress)
+    if cfg.model:
+        base = Path(cfg.model)
+        if not is_model_dir(base):
+            raise FileNotFoundError(f"--model {base} is not a built-in base model folder (gvu pretrain --out)")
+    elif cfg.quick:
+        base = base_dir_for(cfg)
+        if not is_model_dir(base):
+            pretraining.pretrain(pretrain_config(cfg), base, progress=progress)
+    else:
+        base = shipped_base(cfg.base, cfg.flat)
     timings["pretrain"] = time.perf_counter() - t
 
     tcfg = TrainConfig(**train_overrides(cfg, base, out))

@@ -278,3 +278,26 @@ def test_an_empty_panel_says_why(tmp_path):
     b = metrics_plot(log, ["reward", "reward_auc"], tmp_path / "b.png", empty_notes={"reward_auc": "a reason B"})
     pa, pb = np.array(Image.open(a)), np.array(Image.open(b))
     assert pa.shape == pb.shape and (pa != pb).any()  # the note is drawn into the panel
+
+
+def test_full_demo_starts_from_the_shipped_base(monkeypatch, tmp_path):
+    """Without --quick the demo pretrains nothing: it evaluates bases/BASE (or --model) first."""
+    import gvu.demo as demo_module
+
+    loaded = []
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("the full demo must start from a shipped base, not pretrain")
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(pretrain_module, "pretrain", no_pretraining)
+    monkeypatch.setattr(evaluate_module, "evaluate_model", stop)
+    monkeypatch.setattr(demo_module, "load_model", lambda path: loaded.append(path))
+    for base, flat in (("regular", False), ("weak", False), ("regular", True)):
+        with pytest.raises(_Stop):
+            run_demo(DemoConfig(base=base, flat=flat, out=str(tmp_path / f"{base}{flat}"), threads=1))
+        assert loaded[-1] == str(demo_module.BASES / (base + ("-flat" if flat else "")))
+    with pytest.raises(FileNotFoundError, match="--model"):
+        run_demo(DemoConfig(out=str(tmp_path / "own"), model=str(tmp_path / "no-such-base"), threads=1))

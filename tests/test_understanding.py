@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gvu.eval.understanding import (PERTURBATIONS, build_understanding_set, negatives, run_understanding,
-                                     sequence_logprob)
+from gvu.eval.prompts import build_geneval
+from gvu.eval.understanding import (PERTURBATIONS, build_understanding_set, negatives, relation_sign,
+                                     run_understanding, sequence_logprob)
 from gvu.models.builtin import build_builtin
 from gvu.world import spec
 from gvu.world.grammar import SHAPES_LEXICON, parse_prompt
@@ -173,10 +174,10 @@ class OracleModel:
 
 
 def test_metrics_reach_their_ceiling_and_floor(uset):
-    best = run_understanding(OracleModel(uset), uset)
+    best = run_understanding(OracleModel(uset), uset, sign_scenes_per_prompt=0)
     assert best["overall"] == 1.0 and best["caption_truthfulness"] == 1.0
     assert best["by_perturbation"] == {k: 1.0 for k in PERTURBATIONS}
-    worst = run_understanding(OracleModel(uset, wrong=True), uset)
+    worst = run_understanding(OracleModel(uset, wrong=True), uset, sign_scenes_per_prompt=0)
     # negatives are false on their image, and an unparseable caption ("a photo of") counts as false
     assert worst["overall"] == 0.0 and worst["caption_truthfulness"] == 0.0
     assert worst["by_perturbation"] == {k: 0.0 for k in PERTURBATIONS}
@@ -189,5 +190,21 @@ def test_ties_are_not_wins(uset):
         def prompt_logprobs(self, images, prompts, instruction=""):
             return torch.zeros(len(prompts), 1), torch.ones(len(prompts), 1, dtype=torch.bool)
 
-    r = run_understanding(Indifferent(uset), uset, captions=False)
+    r = run_understanding(Indifferent(uset), uset, captions=False, sign_scenes_per_prompt=0)
     assert r["overall"] == 0.0 and "caption_truthfulness" not in r
+
+
+class FixedWords:
+    """Prefers one word of each axis whatever the image: "left" over "right", "below" over "above"."""
+
+    def prompt_logprobs(self, images, prompts, instruction="Describe the image in detail."):
+        score = torch.tensor([[1.0 * ("left" in p) + 1.0 * ("below" in p)] for p in prompts])
+        return score, torch.ones_like(score, dtype=torch.bool)
+
+
+def test_relation_sign_counts_each_relation_against_its_flip():
+    r = relation_sign(FixedWords(), scenes_per_prompt=2)
+    assert (r["left of"], r["right of"], r["above"], r["below"]) == (1.0, 0.0, 0.0, 1.0)
+    assert r["scenes"] == 2 * sum(1 for row in build_geneval("shapes") if row["tag"] == "position")
+    assert abs(r["all"] - 0.5) < 0.15  # the four relations are about equally frequent among GenEval's prompts
+    assert relation_sign(FixedWords(), scenes_per_prompt=1, limit=3)["scenes"] == 3

@@ -1,0 +1,90 @@
+"""Measure a pretrained base and write its manifest (BASE/manifest.json), as the shipped bases under bases/ carry.
+
+    python scripts/base_manifest.py bases/regular --command "gvu pretrain --preset regular --threads 1 \
+        --out bases/regular" --seconds 1500 --commit 5c4870b [--work runs/manifest-regular]
+
+Measured here, each with the settings the README's tables use (8 images per prompt, seed 1234, guidance of the
+model's default sampling): GenEval-shapes and GenEval++-shapes (exact judge), the understanding benchmark (image-text
+matching per perturbation, caption truthfulness, the sign of a two-object relation per relation), and the
+reward's AUC against the exact verdicts on the base's own GenEval-shapes samples, per tag (the judge's lead).
+The first logged losses of pretraining are copied from the base's pretrain_log.jsonl: rerunning the command must
+reproduce them (tests/test_bases.py). Generated images go to --work (default runs/manifest-NAME), never into the
+base's folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+
+def first_losses(base: Path) -> list[dict]:
+    from gvu.models.pretrain import FIRST_LOGGED, LOG_FILE
+
+    rows = [json.loads(line) for line in (base / LOG_FILE).read_text().splitlines() if line.strip()]
+    first = [{"step": r["step"], "loss": r["loss"]} for r in rows if r["step"] <= FIRST_LOGGED]
+    if len(first) < FIRST_LOGGED:
+        raise SystemExit(f"{base / LOG_FILE} logs {len(first)} of the first {FIRST_LOGGED} steps; pretrain the base "
+                         "with a gvu that logs them (every step up to FIRST_LOGGED)")
+    return first
+
+
+def measure(base: Path, work: Path) -> dict:
+    from gvu.analysis.score import score_folder, summarise_scores
+    from gvu.eval.evaluate import evaluate_model
+    from gvu.models.load import load_model
+    from gvu.models.protocol import SamplingConfig
+
+    model = load_model(str(base))
+    summary = evaluate_model(model, "all", sampling=SamplingConfig(), per_prompt=8, seed=1234, out=work)
+    print(summary.pop("table"))
+    scores = summarise_scores(score_folder(model, work / "geneval", progress=True))
+    u = summary["understanding"]
+    return {
+        "geneval": {"overall": summary["geneval"]["overall"], "tags": summary["geneval"]["tags"]},
+        "genevalpp": {"overall": summary["genevalpp"]["overall"], "tags": summary["genevalpp"]["tags"]},
+        "understanding": {"matching": u["overall"], "by_perturbation": u["by_perturbation"],
+                          "caption_truthfulness": u["caption_truthfulness"], "relation_sign": u["relation_sign"]},
+        "reward_auc": {"overall": scores["auc"], "within_prompt": scores["within_prompt_auc"],
+                       "tags": {t: v["auc"] for t, v in scores["tags"].items()}},
+        "settings": "8 images per prompt, seed 1234, default sampling; AUC on the base's own GenEval-shapes samples",
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("base", help="a finished base folder (gvu pretrain --out)")
+    p.add_argument("--command", required=True, help="the exact gvu pretrain command that built it")
+    p.add_argument("--seconds", type=float, required=True, help="its wall-clock pretraining time")
+    p.add_argument("--commit", required=True, help="the commit it was pretrained at")
+    p.add_argument("--work", help="folder for the evaluation's images (default runs/manifest-NAME)")
+    a = p.parse_args(argv)
+    base = Path(a.base)
+    if not a.command.startswith("gvu pretrain "):
+        raise SystemExit(f"--command must be the gvu pretrain command line, got {a.command!r}")
+    shlex.split(a.command)  # refuses unbalanced quotes now rather than in the test that replays it
+    torch.set_num_threads(1)
+    work = Path(a.work or f"runs/manifest-{base.name}")
+    manifest = {
+        "command": a.command,
+        "commit": a.commit,
+        "pretraining_seconds": round(a.seconds),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s) measured; pretrained as the command "
+                   "says",
+        "torch": torch.__version__,
+        "first_losses": first_losses(base),
+        "pretrain": json.loads((base / "gvu.json").read_text()).get("pretrain"),
+        "benchmarks": measure(base, work),
+    }
+    (base / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote {base / 'manifest.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
