@@ -107,10 +107,9 @@ class PretrainConfig:
     negative_weight: float = 1.0
     """Weight of the ranking loss against the language-modelling loss."""
     relation_fraction: float | None = None
-    """A curriculum: the first `relation_fraction` x `steps` steps are understanding only, every description of
-    a relation-bearing kind (RELATION_WEIGHTS), so relation words are not diluted by the rest of the mix.
-    Measured (docs/results.md): it raises relation matching only where language answers it, not placement, and costs
-    colour and captions. None takes the preset's value."""
+    """A curriculum: the first `relation_fraction` x `steps` steps are understanding only, on fresh two-object
+    scenes of position prompts described by their prompt (_relation_example), where the 2-D reader learns the sign
+    of left of / right of / above / below (docs/bases.md); then the whole mix. None takes the preset's value."""
 
     @property
     def relation_steps(self) -> int:
@@ -161,8 +160,6 @@ class PretrainConfig:
 PRESET_GEN_FRACTION = {"regular": 0.25, "weak": 0.15}
 PRESET_RELATION_FRACTION = {"regular": 1 / 3, "weak": 1 / 3}
 PRESET_STEPS = {"regular": 3000, "weak": 3000}
-# What the relation phase teaches: the four kinds whose descriptions state where things are.
-RELATION_WEIGHTS = {"position": 2.0, "spatial_count_attr": 1.0, "color_spatial_attr": 1.0, "size_spatial_attr": 1.0}
 # Relations are learned late and need many examples (docs/results.md): the relation-bearing kinds get most of the
 # descriptions; the rest keep colour, count and object words in view.
 PRESET_DESCRIBE_WEIGHTS = {"position": 4, "spatial_count_attr": 2, "color_spatial_attr": 2, "size_spatial_attr": 2,
@@ -225,30 +222,29 @@ class Batch:
     true_rows: torch.Tensor
 
 
-def _relation_example(pool: ScenePool, rng: np.random.Generator) -> tuple[int, dict]:
-    """A scene of the pool and a relation-bearing true description of it (scenes with none are skipped)."""
-    for _ in range(1000):
-        k = int(rng.integers(len(pool.rows)))
-        row = describe(pool.objs[k], rng, tuple(RELATION_WEIGHTS), RELATION_WEIGHTS)
-        if row is not None:
-            return k, row
-    raise ValueError("the scene pool holds no scene with a relation to describe; include relation-bearing kinds")
+def _relation_example(rng: np.random.Generator) -> tuple[np.ndarray, list, dict]:
+    """A fresh two-object scene that a position prompt realises, with that prompt as its description ("a photo
+    of a cross to the right of a heart"): the relation phase's example. Two objects and one relation word to
+    read, so the only way to the right word is where the objects are (docs/bases.md measured the pool's
+    relation-bearing descriptions of many-object scenes instead: the sign unlearned after 1,000 steps)."""
+    row = draw("position", rng, world_classes("shapes"), world_lexicon("shapes"))
+    objs = realise(row, rng)
+    return np.asarray(scene_tokens(objs)), objs, row
 
 
 def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.random.Generator,
                relation_phase: bool = False) -> Batch:
     """`cfg.batch_size` examples, plus one extra row per hard negative; in the relation phase, understanding
-    examples with relation-bearing descriptions only."""
+    examples of fresh two-object position scenes only (no debris)."""
     tok, layout = model.tokenizer, model.layout
     inst = tok.encode(DEFAULT_INSTRUCTION)
     seqs, spans, is_gen = [], [], []
     pairs: list[tuple[list[int], tuple[int, int], int]] = []
     for _ in range(cfg.batch_size):
         k = int(rng.integers(len(pool.rows)))
-        row = None
+        row, codes, objs = None, pool.tokens[k], pool.objs[k]
         if relation_phase:
-            k, row = _relation_example(pool, rng)
-        codes = pool.tokens[k]
+            codes, objs, row = _relation_example(rng)
         is_gen.append(not relation_phase and bool(rng.random() < cfg.gen_fraction))
         if is_gen[-1]:
             prompt = [] if rng.random() < cfg.uncond_prob else tok.encode(pool.rows[k]["prompt"])
@@ -257,14 +253,14 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
             seqs.append(seq)
             spans.append((start, start + len(codes)))
         else:
-            row = row or describe(pool.objs[k], rng, weights=cfg.describe_weights) or pool.rows[k]
-            if rng.random() < cfg.debris_prob:
+            row = row or describe(objs, rng, weights=cfg.describe_weights) or pool.rows[k]
+            if not relation_phase and rng.random() < cfg.debris_prob:
                 codes = add_debris(codes, rng, int(rng.integers(1, 4)))
             seq, (a, b) = layout.understanding_sequence(codes, inst, tok.encode(row["prompt"]))
             seqs.append(seq)
             spans.append((a, b + len(layout.und_suffix)))  # the description and <eos>
             if cfg.negative_prob and rng.random() < cfg.negative_prob:
-                negs = list(negatives(row, pool.objs[k], rng).values())
+                negs = list(negatives(row, objs, rng).values())
                 if negs:
                     neg = negs[int(rng.integers(len(negs)))]
                     nseq, (na, nb) = layout.understanding_sequence(codes, inst, tok.encode(neg["prompt"]))
