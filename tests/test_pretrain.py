@@ -15,12 +15,13 @@ from gvu.models.builtin import build_builtin, load_builtin
 from gvu.models.pretrain import LOG_FILE, STATE_FILE, PretrainConfig, ScenePool, build_pool, make_batch, pretrain
 from gvu.world import spec
 from gvu.world.grammar import SHAPES_LEXICON, parse_prompt
-from gvu.world.judge import evaluate
+from gvu.world.judge import evaluate, judge_image
+from gvu.world.render import decode
 from gvu.world.scene import scene_detections
 
 # warmup 5 (not the default 100) so 30 steps actually move the weights
 TINY = PretrainConfig(size="tiny", steps=30, num_scenes=200, batch_size=16, warmup_steps=5, seed=3, relation_fraction=0.0,
-                      gen_fraction=0.5)
+                      gen_fraction=0.5, relation_replay=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +222,25 @@ def test_presets_set_gen_fraction():
         c = dataclasses.replace(c, batch_size=400)
         frac[name] = make_batch(model, pool, c, np.random.default_rng(1)).is_gen[:400].float().mean().item()
     assert abs(frac["weak"] - weak.gen_fraction) < 0.06 and abs(frac["regular"] - regular.gen_fraction) < 0.06
+
+
+@pytest.mark.parametrize("phase", ["relation phase", "replay"])
+def test_relation_examples_are_two_object_scenes_described_by_their_prompt(one_scene_pool, phase):
+    """The relation phase, and relation_replay after it, teach fresh two-object scenes of position prompts with
+    that prompt as the target: each true on its image, each image a new one (not the pool's one scene)."""
+    model = build_builtin("tiny")
+    tok, layout = model.tokenizer, model.layout
+    cfg = dataclasses.replace(TINY, gen_fraction=0.0, batch_size=16, relation_replay=1.0)
+    b = make_batch(model, one_scene_pool, cfg, np.random.default_rng(1), relation_phase=phase == "relation phase")
+    assert not b.is_gen.any()
+    images = set()
+    for i in range(16):
+        on = (b.labels[i] != -100).nonzero()[:, 0].tolist()
+        row = parse_prompt(tok.decode([int(x) for x in b.labels[i, on]][:-1]), SHAPES_LEXICON)
+        assert row["tag"] == "position" and len(row["include"]) == 2
+        codes = [int(x) - tok.image_token_offset for x in b.ids[i, 2:2 + spec.NUM_TOKENS]]
+        assert codes != one_scene_pool.tokens[0].tolist()
+        assert layout.image_ids(codes) == b.ids[i, 2:2 + spec.NUM_TOKENS].tolist()
+        assert judge_image(decode(np.array([codes]))[0], row, "strict")[0].correct
+        images.add(tuple(codes))
+    assert len(images) > 12

@@ -111,6 +111,11 @@ class PretrainConfig:
     scenes of position prompts described by their prompt (_relation_example), where the 2-D reader learns the sign
     of left of / right of / above / below (docs/bases.md); then the whole mix. None takes the preset's value."""
 
+    relation_replay: float | None = None
+    """After the relation phase, the fraction of understanding examples that are still fresh two-object position
+    scenes described by their prompt (the rest: descriptions of pool scenes, `describe_weights`). Without it the
+    mix unlearned the sign the relation phase had taught (docs/bases.md). None takes the preset's value."""
+
     @property
     def relation_steps(self) -> int:
         return int(round(self.relation_fraction * self.steps))
@@ -137,6 +142,10 @@ class PretrainConfig:
                 raise ValueError(f"describe_weights: {unknown} are not description kinds; known: {', '.join(KINDS)}")
         if self.relation_fraction is None:
             self.relation_fraction = PRESET_RELATION_FRACTION[self.preset]
+        if self.relation_replay is None:
+            self.relation_replay = PRESET_RELATION_REPLAY[self.preset]
+        if not 0.0 <= self.relation_replay <= 1.0:
+            raise ValueError(f"relation_replay must be in [0, 1], got {self.relation_replay}")
         if not 0.0 <= self.relation_fraction <= 1.0:
             raise ValueError(f"relation_fraction must be in [0, 1], got {self.relation_fraction}")
         if not 0.0 <= self.negative_prob <= 1.0:
@@ -160,6 +169,7 @@ class PretrainConfig:
 PRESET_GEN_FRACTION = {"regular": 0.25, "weak": 0.15}
 PRESET_RELATION_FRACTION = {"regular": 1 / 3, "weak": 1 / 3}
 PRESET_STEPS = {"regular": 3000, "weak": 3000}
+PRESET_RELATION_REPLAY = {"regular": 0.5, "weak": 0.5}
 # Relations are learned late and need many examples (docs/results.md): the relation-bearing kinds get most of the
 # descriptions; the rest keep colour, count and object words in view.
 PRESET_DESCRIBE_WEIGHTS = {"position": 4, "spatial_count_attr": 2, "color_spatial_attr": 2, "size_spatial_attr": 2,
@@ -246,6 +256,8 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
         if relation_phase:
             codes, objs, row = _relation_example(rng)
         is_gen.append(not relation_phase and bool(rng.random() < cfg.gen_fraction))
+        if not is_gen[-1] and not relation_phase and cfg.relation_replay and rng.random() < cfg.relation_replay:
+            codes, objs, row = _relation_example(rng)
         if is_gen[-1]:
             prompt = [] if rng.random() < cfg.uncond_prob else tok.encode(pool.rows[k]["prompt"])
             seq = layout.generation_sequence(prompt, codes)
@@ -253,8 +265,9 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
             seqs.append(seq)
             spans.append((start, start + len(codes)))
         else:
+            relation = row is not None
             row = row or describe(objs, rng, weights=cfg.describe_weights) or pool.rows[k]
-            if not relation_phase and rng.random() < cfg.debris_prob:
+            if not relation and rng.random() < cfg.debris_prob:
                 codes = add_debris(codes, rng, int(rng.integers(1, 4)))
             seq, (a, b) = layout.understanding_sequence(codes, inst, tok.encode(row["prompt"]))
             seqs.append(seq)
