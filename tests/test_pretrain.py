@@ -233,7 +233,7 @@ def test_relation_examples_are_two_object_scenes_described_by_their_prompt(one_s
     cfg = dataclasses.replace(TINY, gen_fraction=0.0, batch_size=16, relation_replay=1.0)
     b = make_batch(model, one_scene_pool, cfg, np.random.default_rng(1), relation_phase=phase == "relation phase")
     assert not b.is_gen.any()
-    images, coloured = set(), 0
+    images = set()
     for i in range(16):
         on = (b.labels[i] != -100).nonzero()[:, 0].tolist()
         row = parse_prompt(tok.decode([int(x) for x in b.labels[i, on]][:-1]), SHAPES_LEXICON)
@@ -243,5 +243,4 @@ def test_relation_examples_are_two_object_scenes_described_by_their_prompt(one_s
         assert layout.image_ids(codes) == b.ids[i, 2:2 + spec.NUM_TOKENS].tolist()
         assert judge_image(decode(np.array([codes]))[0], row, "strict")[0].correct
         images.add(tuple(codes))
-        coloured += all("color" in it for it in row["include"])
-    assert len(images) > 12 and 3 <= coloured <= 13  # about half name the objects' colours
+    assert len(images) > 12

@@ -32,7 +32,6 @@ from gvu.models.builtin import build_builtin, BuiltinUMM, save_builtin
 from gvu.models.forward import pad_batch
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
-from gvu.world.grammar import render_prompt, SHAPES_LEXICON
 from gvu.world.kinds import check_weights, draw, KINDS
 from gvu.world.scene import realise, scene_tokens
 from gvu.world.spec import code_of, COLORS, EMPTY, GRID, SHAPES
@@ -235,16 +234,10 @@ class Batch:
 
 def _relation_example(rng: np.random.Generator) -> tuple[np.ndarray, list, dict]:
     """A fresh two-object scene that a position prompt realises, with that prompt as its description ("a photo
-    of a cross to the right of a heart"; half of them with the objects' colours: "a photo of a red cross to the
-    right of a blue heart"): the relation phase's example. Two objects and one relation word to read, so the only
-    way to the right word is where the objects are. Measured (docs/bases.md): the pool's relation-bearing
-    descriptions of many-object scenes left the sign unlearned after 1,000 steps; without colour words, the
-    colour words drifted unused through the relation phase and colour matching ended at chance."""
+    of a cross to the right of a heart"): the relation phase's example. Two objects and one relation word to
+    read, so the only way to the right word is where the objects are (docs/bases.md measured the pool's
+    relation-bearing descriptions of many-object scenes instead: the sign unlearned after 1,000 steps)."""
     row = draw("position", rng, world_classes("shapes"), world_lexicon("shapes"))
-    if rng.random() < 0.5:
-        for item in row["include"]:
-            item["color"] = str(COLORS[rng.integers(len(COLORS))])
-        row["prompt"] = render_prompt(row, SHAPES_LEXICON)
     objs = realise(row, rng)
     return np.asarray(scene_tokens(objs)), objs, row
 
