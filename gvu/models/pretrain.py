@@ -161,13 +161,12 @@ class PretrainConfig:
         self.kinds = tuple(self.kinds)
 
 
-# The shipped bases' recipe (docs/bases.md): a third of the steps teach relations only (understanding, the
-# relation-bearing kinds), where the 2-D reader learns the sign of left/right/above/below; then the whole mix, in
-# which the presets differ only in how many generation examples the painter sees: regular 2,000 x 64 x 0.25 =
-# 32,000 (as many as the earlier 1,000-step regular base, GenEval-shapes 0.62), weak 0.15 (19,200, as many as the
-# earlier weak base). The judge is taught the same in both.
+# The shipped bases' recipe (docs/bases.md): the whole mix from the first step, half of its understanding examples
+# fresh two-object position scenes (relation_replay), where the 2-D reader learns the sign of left/right/above/below;
+# no relation-only phase (one left colour matching at chance). The presets differ only in how many generation
+# examples the painter sees: regular 3,000 x 64 x 0.25 = 48,000, weak 0.15 (28,800). The judge is taught the same.
 PRESET_GEN_FRACTION = {"regular": 0.25, "weak": 0.15}
-PRESET_RELATION_FRACTION = {"regular": 1 / 3, "weak": 1 / 3}
+PRESET_RELATION_FRACTION = {"regular": 0.0, "weak": 0.0}
 PRESET_STEPS = {"regular": 3000, "weak": 3000}
 PRESET_RELATION_REPLAY = {"regular": 0.5, "weak": 0.5}
 # Relations are learned late and need many examples (docs/results.md): the relation-bearing kinds get most of the
