@@ -164,8 +164,9 @@ class PretrainConfig:
 # The shipped bases' recipe (docs/bases.md): the whole mix from the first step, half of its understanding examples
 # fresh two-object position scenes (relation_replay), where the 2-D reader learns the sign of left/right/above/below;
 # no relation-only phase (one left colour matching at chance). The presets differ only in how many generation
-# examples the painter sees: regular 3,000 x 64 x 0.25 = 48,000, weak 0.15 (28,800). The judge is taught the same.
-PRESET_GEN_FRACTION = {"regular": 0.25, "weak": 0.15}
+# examples the painter sees: regular 3,000 x 64 x 0.17 = 32,640 (about as many as the earlier 1,000-step regular base,
+# GenEval-shapes 0.62), weak 0.10 (19,200, as many as the earlier weak base). The judge is taught the same.
+PRESET_GEN_FRACTION = {"regular": 0.17, "weak": 0.10}
 PRESET_RELATION_FRACTION = {"regular": 0.0, "weak": 0.0}
 PRESET_STEPS = {"regular": 3000, "weak": 3000}
 PRESET_RELATION_REPLAY = {"regular": 0.5, "weak": 0.5}
