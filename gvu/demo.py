@@ -106,9 +106,9 @@ def shipped_base(base: str, flat: bool = False) -> Path:
         raise ValueError(f"the flat-raster twin is shipped for the regular base only, not {base!r}")
     path = BASES / (f"{base}-flat" if flat else base)
     if not is_model_dir(path):
-        raise FileNotFoundError(f"{path} holds no base model; it ships with the repository (a clone has it). To "
-                                "rebuild it, run the command in its manifest.json (see docs/bases.md), or pass "
-                                "--model with a base of your own")
+        raise FileNotFoundError(f"{path} holds no base model. docs/bases.md lists the bases that ship with the "
+                                "repository and the gvu pretrain command that builds each (`--out` that folder); or "
+                                "pass --model with a base of your own")
     return path
 
 

@@ -1,7 +1,7 @@
 """Measure a pretrained base and write its manifest (BASE/manifest.json), as the shipped bases under bases/ carry.
 
     python scripts/base_manifest.py bases/regular --command "gvu pretrain --preset regular --threads 1 \
-        --out bases/regular" --seconds 1500 --commit 5c4870b [--work runs/manifest-regular]
+        --out bases/regular" --seconds 1500 --commit 5c4870b [--work runs/manifest-regular | --demo RUN]
 
 Measured here, each with the settings the README's tables use (8 images per prompt, seed 1234, guidance of the
 model's default sampling): GenEval-shapes and GenEval++-shapes (exact judge), the understanding benchmark (image-text
@@ -9,13 +9,15 @@ matching per perturbation, caption truthfulness, the sign of a two-object relati
 reward's AUC against the exact verdicts on the base's own GenEval-shapes samples, per tag (the judge's lead).
 The first logged losses of pretraining are copied from the base's pretrain_log.jsonl: rerunning the command must
 reproduce them (tests/test_bases.py). Generated images go to --work (default runs/manifest-NAME), never into the
-base's folder.
+base's folder. `--demo RUN` takes the numbers from a `gvu demo` run that started from BASE instead, whose "before" evaluation
+and scoring are these same measurements of the same model (8 images per prompt, seed 1234).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -35,8 +37,8 @@ def first_losses(base: Path) -> list[dict]:
     return first
 
 
-def measure(base: Path, work: Path) -> dict:
-    from gvu.analysis.score import score_folder, summarise_scores
+def measure(base: Path, work: Path) -> tuple[dict, list[dict]]:
+    from gvu.analysis.score import score_folder
     from gvu.eval.evaluate import evaluate_model
     from gvu.models.load import load_model
     from gvu.models.protocol import SamplingConfig
@@ -44,7 +46,26 @@ def measure(base: Path, work: Path) -> dict:
     model = load_model(str(base))
     summary = evaluate_model(model, "all", sampling=SamplingConfig(), per_prompt=8, seed=1234, out=work)
     print(summary.pop("table"))
-    scores = summarise_scores(score_folder(model, work / "geneval", progress=True))
+    return summary, score_folder(model, work / "geneval", progress=True)
+
+
+def from_demo(run: Path, base: Path) -> tuple[dict, list[dict]]:
+    from gvu.analysis.lead import SCORES
+
+    demo = json.loads((run / "demo.json").read_text())
+    if Path(demo["base_dir"]).resolve() != base.resolve():
+        raise SystemExit(f"{run} started from {demo['base_dir']}, not {base}")
+    settings = demo["settings"]["evaluation"]
+    if (settings["per_prompt"], settings["seed"], settings["limit"]) != (8, 1234, None):
+        raise SystemExit(f"{run} evaluated with {settings}; the manifest's numbers are 8 per prompt, seed 1234, all")
+    summary = json.loads((run / "eval_before" / "summary.json").read_text())
+    return summary, [json.loads(line) for line in (run / SCORES).read_text().splitlines() if line.strip()]
+
+
+def benchmarks(summary: dict, records: list[dict]) -> dict:
+    from gvu.analysis.score import summarise_scores
+
+    scores = summarise_scores(records)
     u = summary["understanding"]
     return {
         "geneval": {"overall": summary["geneval"]["overall"], "tags": summary["geneval"]["tags"]},
@@ -64,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, required=True, help="its wall-clock pretraining time")
     p.add_argument("--commit", required=True, help="the commit it was pretrained at")
     p.add_argument("--work", help="folder for the evaluation's images (default runs/manifest-NAME)")
+    p.add_argument("--demo", help="take the numbers from the before-evaluation of this `gvu demo` run from BASE")
+    p.add_argument("--note", help="how the pretraining was timed (e.g. beside another run)")
     a = p.parse_args(argv)
     base = Path(a.base)
     if not a.command.startswith("gvu pretrain "):
@@ -75,12 +98,12 @@ def main(argv: list[str] | None = None) -> None:
         "command": a.command,
         "commit": a.commit,
         "pretraining_seconds": round(a.seconds),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s) measured; pretrained as the command "
-                   "says",
+        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), "
+                   + ("a GPU" if torch.cuda.is_available() else "no GPU") + (f"; {a.note}" if a.note else ""),
         "torch": torch.__version__,
         "first_losses": first_losses(base),
         "pretrain": json.loads((base / "gvu.json").read_text()).get("pretrain"),
-        "benchmarks": measure(base, work),
+        "benchmarks": benchmarks(*(from_demo(Path(a.demo), base) if a.demo else measure(base, work))),
     }
     (base / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {base / 'manifest.json'}")

@@ -14,7 +14,7 @@ from gvu.demo import BASES, shipped_base
 from gvu.models.builtin import load_builtin
 from gvu.models.pretrain import LOG_FILE, pretrain
 
-NAMES = ("regular", "weak", "regular-flat")
+NAMES = ("regular", "regular-flat")  # the weak base is not shipped yet (docs/bases.md)
 REPLAYED_STEPS = 3
 
 
@@ -31,7 +31,7 @@ def command_config(command: str, out: Path):
 
 
 def test_weights_stay_within_budget():
-    total = sum(f.stat().st_size for name in NAMES for f in (BASES / name).glob("*.safetensors"))
+    total = sum(f.stat().st_size for f in BASES.glob("*/*.safetensors"))
     assert 0 < total <= 20 * 2**20, f"{total / 2**20:.1f} MiB of shipped weights; the budget is 20 MiB"
 
 
@@ -66,7 +66,7 @@ def test_manifest_command_reproduces_first_losses(name, tmp_path):
 
 def test_missing_base_names_the_way_back(monkeypatch, tmp_path):
     monkeypatch.setattr("gvu.demo.BASES", tmp_path)
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(FileNotFoundError, match="docs/bases.md"):
         shipped_base("regular")
     with pytest.raises(ValueError, match="regular base only"):
         shipped_base("weak", flat=True)
