@@ -103,27 +103,13 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
     from gvu.rl import runfolder
 
     cfg = pretrain_config_of(a)
-    _check_pretrain_out(a.out, a.overwrite)
+    runfolder.check_base_out(a.out, a.overwrite)
     with runfolder.holding(Path(a.out), runfolder.lock_beside(Path(a.out))):  # one pretraining per folder
-        _check_pretrain_out(a.out, a.overwrite)  # again under the lock: a run that finished meanwhile counts
+        runfolder.check_base_out(a.out, a.overwrite)  # again under the lock: a run that finished meanwhile counts
         model = pretrain(cfg, a.out, stop_after=a.stop_after)
-    if model is None:
-        print(f"stopped after step {a.stop_after} of {cfg.steps}; rerun the same command without --stop-after to go on")
-        return
-    print(f"wrote a {cfg.preset} base ({model.num_parameters():,} parameters, size {cfg.size}) to {a.out}")
-
-
-def _check_pretrain_out(out: str, overwrite: bool) -> None:
-    """A finished base is never replaced without --overwrite; a folder of other files never."""
-    from gvu.models.builtin import is_model_dir
-    from gvu.rl.runfolder import check_path
-
-    path = check_path(out, "--out")
-    if is_model_dir(path) and not overwrite:
-        raise ValueError(f"--out {path} already holds a finished base model; pass --overwrite to pretrain a new "
-                         "one in its place, or choose another --out")
-    if path.is_dir() and any(path.iterdir()) and not is_model_dir(path):
-        raise ValueError(f"--out {path} is a folder of other files, not a gvu model; choose another --out")
+    print(f"stopped after step {a.stop_after} of {cfg.steps}; rerun the same command without --stop-after to go on"
+          if model is None else f"wrote a {cfg.preset} base ({model.num_parameters():,} parameters, size {cfg.size}) "
+          f"to {a.out}")
 
 
 def cmd_eval(a: argparse.Namespace) -> None:

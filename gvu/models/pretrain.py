@@ -26,15 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.eval.prompts import world_classes, world_lexicon
 from gvu.eval.understanding import negatives
 from gvu.models.builtin import build_builtin, BuiltinUMM, save_builtin
 from gvu.models.forward import pad_batch
+from gvu.models.pretrain_data import add_debris, build_pool, relation_example, ScenePool
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
-from gvu.world.kinds import check_weights, draw, KINDS
-from gvu.world.scene import realise, scene_tokens
-from gvu.world.spec import code_of, COLORS, EMPTY, GRID, SHAPES
+from gvu.world.kinds import check_weights, KINDS
 
 STATE_FILE = "pretrain_state.pt"
 LOG_FILE = "pretrain_log.jsonl"
@@ -178,48 +176,6 @@ PRESET_DESCRIBE_WEIGHTS = {"position": 4, "spatial_count_attr": 2, "color_spatia
 
 
 @dataclass
-class ScenePool:
-    """Scenes with the prompt that produced them: tokens [M, T] plus rows."""
-
-    tokens: np.ndarray
-    rows: list[dict]
-    objs: list
-
-
-def build_pool(n: int, seed: int, kinds: tuple[str, ...], progress: bool = True) -> ScenePool:
-    from tqdm import tqdm
-
-    rng = np.random.default_rng([seed, 1])
-    classes, lex = world_classes("shapes"), world_lexicon("shapes")
-    rows, objs, toks = [], [], []
-    for _ in tqdm(range(n), desc="scenes", unit="scene", disable=not progress, leave=False):
-        row = draw(kinds[rng.integers(len(kinds))], rng, classes, lex)
-        o = realise(row, rng)
-        rows.append(row)
-        objs.append(o)
-        toks.append(scene_tokens(o))
-    return ScenePool(np.stack(toks), rows, objs)
-
-
-_QUARTERS = [code_of(s, c, p) for s in SHAPES for c in COLORS for p in ("tl", "tr", "bl", "br")]
-
-
-def add_debris(codes_T: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    """Put up to n lone quarter codes in empty cells whose eight neighbours are empty (so no debris touches an
-    object or other debris and merges with it)."""
-    grid = codes_T.reshape(GRID, GRID).copy()
-    for _ in range(n):
-        padded = np.pad(grid != EMPTY, 1)
-        busy = sum(padded[1 + dr:1 + dr + GRID, 1 + dc:1 + dc + GRID] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
-        free = np.argwhere(busy == 0)
-        if len(free) == 0:
-            break
-        r, c = free[rng.integers(len(free))]
-        grid[r, c] = _QUARTERS[rng.integers(len(_QUARTERS))]
-    return grid.reshape(-1)
-
-
-@dataclass
 class Batch:
     """One pretraining step: ids/mask/labels [N, S] (labels -100 off the targets), which rows are generation
     examples, and the hard-negative rows with the true row each one is ranked against ([K] each)."""
@@ -230,16 +186,6 @@ class Batch:
     is_gen: torch.Tensor
     neg_rows: torch.Tensor
     true_rows: torch.Tensor
-
-
-def _relation_example(rng: np.random.Generator) -> tuple[np.ndarray, list, dict]:
-    """A fresh two-object scene that a position prompt realises, with that prompt as its description ("a photo
-    of a cross to the right of a heart"): the relation phase's example. Two objects and one relation word to
-    read, so the only way to the right word is where the objects are (docs/bases.md measured the pool's
-    relation-bearing descriptions of many-object scenes instead: the sign unlearned after 1,000 steps)."""
-    row = draw("position", rng, world_classes("shapes"), world_lexicon("shapes"))
-    objs = realise(row, rng)
-    return np.asarray(scene_tokens(objs)), objs, row
 
 
 def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.random.Generator,
@@ -254,10 +200,10 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
         k = int(rng.integers(len(pool.rows)))
         row, codes, objs = None, pool.tokens[k], pool.objs[k]
         if relation_phase:
-            codes, objs, row = _relation_example(rng)
+            codes, objs, row = relation_example(rng)
         is_gen.append(not relation_phase and bool(rng.random() < cfg.gen_fraction))
         if not is_gen[-1] and not relation_phase and cfg.relation_replay and rng.random() < cfg.relation_replay:
-            codes, objs, row = _relation_example(rng)
+            codes, objs, row = relation_example(rng)
         if is_gen[-1]:
             prompt = [] if rng.random() < cfg.uncond_prob else tok.encode(pool.rows[k]["prompt"])
             seq = layout.generation_sequence(prompt, codes)
@@ -363,6 +309,21 @@ def _update(lm, b: Batch, cfg: PretrainConfig, opt, sched):
     return loss, parts
 
 
+def _log_step(log, step: int, loss: float, parts: dict, lr: float, tokens_per_s: float) -> None:
+    log.write(json.dumps({"step": step, "loss": loss, **parts, "lr": lr, "tokens_per_s": tokens_per_s}) + "\n")
+    log.flush()
+
+
+def _write_base(model: BuiltinUMM, cfg: PretrainConfig, out: Path, work: Path) -> BuiltinUMM:
+    """The finished model into `out`, with its log; the work folder (state, log) goes."""
+    model.lm.eval()
+    save_builtin(model, out, extra={"pretrain": asdict(cfg)})
+    os.replace(work / LOG_FILE, out / LOG_FILE)
+    (work / STATE_FILE).unlink(missing_ok=True)
+    work.rmdir()
+    return model
+
+
 def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True,
              stop_after: int | None = None) -> BuiltinUMM | None:
     """Pretrain (or resume) and write the model to `out`; returns the model. With `stop_after`, stop once that
@@ -406,9 +367,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True,
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
             if step <= FIRST_LOGGED or step % 50 == 0 or step == cfg.steps:
-                log.write(json.dumps({"step": step, "loss": loss.item(), **parts, "lr": sched.get_last_lr()[0],
-                                      "tokens_per_s": tps}) + "\n")
-                log.flush()
+                _log_step(log, step, loss.item(), parts, sched.get_last_lr()[0], tps)
             if step % cfg.save_every == 0 and step < cfg.steps:
                 _save_state(state_path, model, opt, sched, step, rng, cfg)
     except KeyboardInterrupt:
@@ -424,9 +383,4 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True,
     if step < cfg.steps:
         _save_state(state_path, model, opt, sched, step, rng, cfg)
         return None
-    lm.eval()
-    save_builtin(model, out, extra={"pretrain": asdict(cfg)})
-    os.replace(work / LOG_FILE, out / LOG_FILE)
-    state_path.unlink(missing_ok=True)
-    work.rmdir()
-    return model
+    return _write_base(model, cfg, out, work)

@@ -22,6 +22,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from gvu.models.builtin import is_model_dir
+
 LOCK = ".gvu.lock"
 TMP_PREFIX = ".checkpoint-tmp-"
 TRAIN_FILES = ("log.jsonl", "config.yaml", "final", "grids", "tensorboard", "checkpoint-*")
@@ -186,3 +188,13 @@ def claim_eval_folder(out: str | os.PathLike, overwrite: bool) -> None:
         claim_image_folder(folder, True, "--out")
         (folder / "results.jsonl").unlink(missing_ok=True)
     (path / "summary.json").unlink(missing_ok=True)
+
+
+def check_base_out(out: str, overwrite: bool) -> None:
+    """`gvu pretrain --out`: a finished base is never replaced without --overwrite; a folder of other files never."""
+    path = check_path(out, "--out")
+    if is_model_dir(path) and not overwrite:
+        raise ValueError(f"--out {path} already holds a finished base model; pass --overwrite to pretrain a new "
+                         "one in its place, or choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not is_model_dir(path):
+        raise ValueError(f"--out {path} is a folder of other files, not a gvu model; choose another --out")

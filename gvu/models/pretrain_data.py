@@ -1,0 +1,65 @@
+"""The pretraining data of the built-in UMM: the scene pool (scenes with the prompt that produced them), debris,
+and the two-object relation examples (gvu.models.pretrain draws its batches from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gvu.eval.prompts import world_classes, world_lexicon
+from gvu.world.kinds import draw
+from gvu.world.scene import realise, scene_tokens
+from gvu.world.spec import code_of, COLORS, EMPTY, GRID, SHAPES
+
+
+@dataclass
+class ScenePool:
+    """Scenes with the prompt that produced them: tokens [M, T] plus rows."""
+
+    tokens: np.ndarray
+    rows: list[dict]
+    objs: list
+
+
+def build_pool(n: int, seed: int, kinds: tuple[str, ...], progress: bool = True) -> ScenePool:
+    from tqdm import tqdm
+
+    rng = np.random.default_rng([seed, 1])
+    classes, lex = world_classes("shapes"), world_lexicon("shapes")
+    rows, objs, toks = [], [], []
+    for _ in tqdm(range(n), desc="scenes", unit="scene", disable=not progress, leave=False):
+        row = draw(kinds[rng.integers(len(kinds))], rng, classes, lex)
+        o = realise(row, rng)
+        rows.append(row)
+        objs.append(o)
+        toks.append(scene_tokens(o))
+    return ScenePool(np.stack(toks), rows, objs)
+
+
+_QUARTERS = [code_of(s, c, p) for s in SHAPES for c in COLORS for p in ("tl", "tr", "bl", "br")]
+
+
+def add_debris(codes_T: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Put up to n lone quarter codes in empty cells whose eight neighbours are empty (so no debris touches an
+    object or other debris and merges with it)."""
+    grid = codes_T.reshape(GRID, GRID).copy()
+    for _ in range(n):
+        padded = np.pad(grid != EMPTY, 1)
+        busy = sum(padded[1 + dr:1 + dr + GRID, 1 + dc:1 + dc + GRID] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+        free = np.argwhere(busy == 0)
+        if len(free) == 0:
+            break
+        r, c = free[rng.integers(len(free))]
+        grid[r, c] = _QUARTERS[rng.integers(len(_QUARTERS))]
+    return grid.reshape(-1)
+
+
+def relation_example(rng: np.random.Generator) -> tuple[np.ndarray, list, dict]:
+    """A fresh two-object scene that a position prompt realises, with that prompt as its description ("a photo
+    of a cross to the right of a heart"): the relation phase's example. Two objects and one relation word to
+    read, so the only way to the right word is where the objects are (docs/bases.md measured the pool's
+    relation-bearing descriptions of many-object scenes instead: the sign unlearned after 1,000 steps)."""
+    row = draw("position", rng, world_classes("shapes"), world_lexicon("shapes"))
+    objs = realise(row, rng)
+    return np.asarray(scene_tokens(objs)), objs, row
