@@ -22,4 +22,5 @@ rollout = t.policy.sample([r["prompt"] for r in rows[mine]], cfg.num_generations
 tokens = t.dist.gather(rollout.image_tokens_NT)
 if t.dist.is_main:
     torch.save({"init": init, "tokens": tokens, "world": t.dist.world}, out)
+torch.distributed.barrier()  # no rank tears gloo down while another still talks to it (a rare abort at exit)
 torch.distributed.destroy_process_group()
