@@ -199,10 +199,8 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
     for _ in range(cfg.batch_size):
         k = int(rng.integers(len(pool.rows)))
         row, codes, objs = None, pool.tokens[k], pool.objs[k]
-        if relation_phase:
-            codes, objs, row = relation_example(rng)
         is_gen.append(not relation_phase and bool(rng.random() < cfg.gen_fraction))
-        if not is_gen[-1] and not relation_phase and cfg.relation_replay and rng.random() < cfg.relation_replay:
+        if relation_phase or (not is_gen[-1] and cfg.relation_replay and rng.random() < cfg.relation_replay):
             codes, objs, row = relation_example(rng)
         if is_gen[-1]:
             prompt = [] if rng.random() < cfg.uncond_prob else tok.encode(pool.rows[k]["prompt"])
