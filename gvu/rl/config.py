@@ -55,6 +55,13 @@ class TrainConfig:
     until `prompts_per_step` groups carry a signal, or `max_sampling_rounds` rollouts were drawn."""
     max_sampling_rounds: int = 4
     """With dynamic_sampling: the most rollouts drawn for one step."""
+    curriculum: bool = False
+    """Draw each prompt's kind in proportion to the learning signal its groups carried lately (the running mean of
+    the within-group reward std per kind; no labels, so the same for every reward): gvu.rl.curriculum."""
+    curriculum_floor: float = 0.25
+    """With curriculum: the share of the mix spread equally over the kinds, so none starves."""
+    curriculum_decay: float = 0.5
+    """With curriculum: the weight of each new draw in a kind's running signal."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_k: int = 0
@@ -191,6 +198,8 @@ class TrainConfig:
              f"try 0 (the whole rollout), {rows} or a divisor of it")
         need(self.strategy in ("ddp", "fsdp2"), f"strategy must be 'ddp' or 'fsdp2', got {self.strategy!r}")
         need(self.max_steps >= 1, "max_steps must be >= 1")
+        need(0.0 <= self.curriculum_floor <= 1.0, f"curriculum_floor must be in [0, 1], got {self.curriculum_floor}")
+        need(0.0 < self.curriculum_decay <= 1.0, f"curriculum_decay must be in (0, 1], got {self.curriculum_decay}")
         if self.prompt_weights:
             check_weights(self.prompt_weights, "prompt_weights")
         need(not self.prompt_weights or self.prompts == "train",

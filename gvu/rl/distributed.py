@@ -73,6 +73,14 @@ class Dist:
         torch.distributed.all_reduce(t)
         return dict(zip(keys, (t / self.world).tolist()))
 
+    def sum_array(self, a):
+        """Element-wise sum of a numpy array over ranks (the same shape on every rank)."""
+        if not self.enabled:
+            return a
+        t = torch.as_tensor(a, dtype=torch.float64).to(self._device())
+        torch.distributed.all_reduce(t)
+        return t.cpu().numpy()
+
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on one (e.g. a Ctrl-C seen by one process stops them all)."""
         return self.all_max(1.0 if flag else 0.0) > 0

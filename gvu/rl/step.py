@@ -129,6 +129,7 @@ class GRPOStep:
                 "entropy": -d.sampled_NT.mean().item(),  # Monte Carlo estimate from the drawn codes
                 "intrinsic_reward": d.intrinsic_N.mean().item(), **self.monitor.step_metrics(d.watched, d.intrinsic_N),
                 "learning_rate": self.sched.get_last_lr()[0], **clock.values,
+                **(self.curriculum.log() if self.curriculum is not None else {}),
                 "step_time": time.perf_counter() - t_step}
 
     def draw_batch(self, clock: PhaseClock) -> tuple[StepData, dict]:
@@ -192,6 +193,8 @@ class GRPOStep:
                 reward_N = intrinsic_N = self.intrinsic(rollout.image_tokens_NT, pixels, prompts, meta)
             else:
                 reward_N, intrinsic_N = torch.tensor(self.oracle(prompts, pixels, rows=meta), dtype=torch.float32), None
+        if self.curriculum is not None:  # every rank folds in every rank's groups: the next draws stay identical
+            self.curriculum.fold(self.dist.sum_array(self.curriculum.group_sums(local_rows, reward_N, G)))
         return Draw(list(local_rows), rollout.image_tokens_NT, rollout.logp_NT, pixels, reward_N, intrinsic_N)
 
     def finish(self, draw: Draw, clock: PhaseClock) -> tuple[StepData, dict]:

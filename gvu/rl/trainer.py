@@ -32,8 +32,10 @@ from gvu.eval.check import check_rows, file_lines
 from gvu.models.load import load_model
 from gvu.models.protocol import SamplingConfig
 from gvu.reward import oracle_reward_function, RewardConfig
-from gvu.rl import checkpoint as ckpt, distributed as D, runfolder
+from gvu.rl import checkpoint as ckpt
+from gvu.rl import distributed as D, runfolder
 from gvu.rl.config import dump_config, TrainConfig
+from gvu.rl.curriculum import KindCurriculum
 from gvu.rl.monitor import pick_monitor
 from gvu.rl.setup import RunLog, attach_training, drop_log_after, load_prompt_rows, stop_after_step
 from gvu.rl.step import GRPOStep, MinibatchLoss
@@ -59,6 +61,8 @@ class Trainer(GRPOStep):
         torch.manual_seed(cfg.seed)  # the same on every rank: adapters start identical everywhere
         self.policy = load_model(cfg.model, device=D.device_for(self.dist))
         self.rows = load_prompt_rows(cfg, self.policy.tokenizer)
+        self.curriculum = KindCurriculum(self.rows, cfg.seed, cfg.curriculum_floor, cfg.curriculum_decay) \
+            if cfg.curriculum else None
         if cfg.prompts != "train":  # tags, classes, colours, counts, prompt against include: gvu.eval.check
 
             check_rows(self.rows, cfg.prompts, file_lines(cfg.prompts),
@@ -119,6 +123,10 @@ class Trainer(GRPOStep):
         out = []
         n = len(self.rows)
         for _ in range(self.cfg.prompts_per_step):
+            if self.curriculum is not None:
+                out.append(self.rows[self.curriculum.next_index(self.data_pos)])
+                self.data_pos += 1
+                continue
             epoch, i = divmod(self.data_pos, n)
             order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
             out.append(self.rows[order[i]])
@@ -136,6 +144,7 @@ class Trainer(GRPOStep):
         if self.dist.is_main:
             target = ckpt.save_checkpoint(self.out, self.step, weights, optim, self._rng_state(),
                                           {"data_pos": self.data_pos, "world_size": self.dist.world,
+                                           **({"curriculum": self.curriculum.state_dict()} if self.curriculum else {}),
                                            "config": dataclasses.asdict(self.cfg)}, keep=self.cfg.save_total_limit)
         self.dist.barrier()
         return target
@@ -153,6 +162,10 @@ class Trainer(GRPOStep):
         self.update_gen.set_state(rng["update"])
         torch.set_rng_state(rng["torch"])
         self.step, self.data_pos = state["step"], state["data_pos"]
+        if self.curriculum is not None:
+            if "curriculum" not in state:
+                raise ValueError(f"{c} was written without the curriculum; resume with curriculum=false")
+            self.curriculum.load_state_dict(state["curriculum"])
         self._resumed = True
 
     # ------------------------------------------------------------------------------------------ one step
