@@ -177,9 +177,11 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from gvu.demo import DemoConfig, run_demo
 
     default_out = "runs/demo-quick" if a.quick else f"runs/demo-{a.base}" + ("-flat" if a.flat else "")
+    from gvu.rl.config import parse_overrides
+
     cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or default_out, reward=a.reward, scorer=a.scorer,
                      flat=a.flat, seed=a.seed, threads=a.threads, cache=a.cache, eval_per_prompt=a.per_prompt,
-                     overwrite=a.overwrite, model=a.model)
+                     overwrite=a.overwrite, model=a.model, train=parse_overrides(a.overrides))
     report = run_demo(cfg)
     from gvu.demo import terminal_summary
 
@@ -313,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model", help="start from this base folder instead of the shipped one (bases/BASE)")
     dm.add_argument("--cache", default="runs/cache", help="where --quick keeps the tiny base it pretrains (default "
                     "runs/cache)")
+    dm.add_argument("overrides", nargs="*", help="key=value for any TrainConfig field of the GvU run, e.g. "
+                    "curriculum=true max_steps=90 (configs/default.yaml lists them)")
     dm.set_defaults(func=cmd_demo)
 
     rp = sub.add_parser("report", help="rebuild a demo run's report from its saved outputs (optionally against an "

@@ -32,6 +32,9 @@ from gvu.rl.monitor import process_peak_rss_mib
 from gvu.rl.trainer import Trainer
 
 
+OWN_KEYS = {"model", "output_dir", "seed", "reward", "reward_scorer", "threads"}
+
+
 @dataclass
 class DemoConfig:
     base: str = "regular"
@@ -62,8 +65,15 @@ class DemoConfig:
     0.01. The curves during training keep the trainer's own `eval_per_prompt`. Recorded as used."""
     overwrite: bool = False
     """Replace an earlier demo's files in `out` (without it, such a folder is refused: runs would mix)."""
+    train: dict = dataclasses.field(default_factory=dict)
+    """TrainConfig fields for the GvU run on top of the trainer's defaults (`gvu demo ... curriculum=true`); what the
+    demo's own flags set (model, output_dir, seed, reward, reward_scorer, threads) is refused here."""
 
     def __post_init__(self):
+        taken = sorted(set(self.train) & OWN_KEYS)
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set by the demo's own flags (--model, --out, --seed, --reward, "
+                             "--scorer, --threads), not as key=value")
         if self.eval_per_prompt is None:
             self.eval_per_prompt = 2 if self.quick else 8
         if self.eval_per_prompt < 1:
@@ -83,6 +93,7 @@ def train_overrides(cfg: DemoConfig, base_dir: Path, out: Path) -> dict:
     if cfg.quick:
         o.update(max_steps=6, prompts_per_step=4, num_generations=4, minibatch_size=16, num_prompts=2000,
                  learning_rate=1e-3, eval_steps=3, eval_per_prompt=1, eval_limit=16, save_steps=0)
+    o.update(cfg.train)
     return o
 
 

@@ -301,3 +301,14 @@ def test_full_demo_starts_from_the_shipped_base(monkeypatch, tmp_path):
         assert loaded[-1] == str(demo_module.BASES / (base + ("-flat" if flat else "")))
     with pytest.raises(FileNotFoundError, match="--model"):
         run_demo(DemoConfig(out=str(tmp_path / "own"), model=str(tmp_path / "no-such-base"), threads=1))
+
+
+def test_training_overrides_reach_the_run_and_the_demos_own_flags_are_refused(tmp_path):
+    cfg = DemoConfig(out=str(tmp_path / "run"), train={"curriculum": True, "max_steps": 7})
+    tcfg = TrainConfig(**train_overrides(cfg, tmp_path / "base", tmp_path / "run"))
+    assert tcfg.curriculum and tcfg.max_steps == 7 and tcfg.model == str(tmp_path / "base")
+    with pytest.raises(ValueError, match="--reward"):
+        DemoConfig(train={"reward": "oracle_strict"})
+    p = subprocess.run([*GVU, "demo", "--out", str(tmp_path / "x"), "curriculm=true"], env=ENV, capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and "curriculm" in p.stderr and not (tmp_path / "x").exists()
