@@ -55,9 +55,11 @@ class TrainConfig:
     until `prompts_per_step` groups carry a signal, or `max_sampling_rounds` rollouts were drawn."""
     max_sampling_rounds: int = 4
     """With dynamic_sampling: the most rollouts drawn for one step."""
-    curriculum: bool = False
+    curriculum: bool = True
     """Draw each prompt's kind in proportion to the learning signal its groups carried lately (the running mean of
-    the within-group reward std per kind; no labels, so the same for every reward): gvu.rl.curriculum."""
+    the within-group reward std per kind; no labels, so the same for every reward): gvu.rl.curriculum. Measured on
+    the regular base: the intrinsic reward's GenEval-shapes gain doubles, the oracle's grows by a fifth, and steps
+    are faster (fewer all-equal groups to redraw): docs/rl-defaults.md."""
     curriculum_floor: float = 0.25
     """With curriculum: the share of the mix spread equally over the kinds, so none starves."""
     curriculum_decay: float = 0.5
