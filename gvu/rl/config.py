@@ -58,8 +58,8 @@ class TrainConfig:
     curriculum: bool = True
     """Draw each prompt's kind in proportion to the learning signal its groups carried lately (the running mean of
     the within-group reward std per kind; no labels, so the same for every reward): gvu.rl.curriculum. Measured on
-    the regular base: the intrinsic reward's GenEval-shapes gain doubles, the oracle's grows by a fifth, and steps
-    are faster (fewer all-equal groups to redraw): docs/rl-defaults.md."""
+    the regular base: the intrinsic reward's GenEval-shapes gain doubles and the oracle's grows by a fifth
+    (docs/rl-defaults.md)."""
     curriculum_floor: float = 0.25
     """With curriculum: the share of the mix spread equally over the kinds, so none starves."""
     curriculum_decay: float = 0.5
