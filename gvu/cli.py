@@ -174,17 +174,14 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from gvu.demo import DemoConfig, run_demo
-
-    default_out = "runs/demo-quick" if a.quick else f"runs/demo-{a.base}" + ("-flat" if a.flat else "")
+    from gvu.demo import DemoConfig, run_demo, terminal_summary
     from gvu.rl.config import parse_overrides
 
+    default_out = "runs/demo-quick" if a.quick else f"runs/demo-{a.base}" + ("-flat" if a.flat else "")
     cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or default_out, reward=a.reward, scorer=a.scorer,
                      flat=a.flat, seed=a.seed, threads=a.threads, cache=a.cache, eval_per_prompt=a.per_prompt,
                      overwrite=a.overwrite, model=a.model, train=parse_overrides(a.overrides))
     report = run_demo(cfg)
-    from gvu.demo import terminal_summary
-
     print(terminal_summary(report.parent))
     print(f"report: {report} (and report.html beside it)")
 
