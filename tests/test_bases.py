@@ -14,7 +14,7 @@ from gvu.demo import BASES, shipped_base
 from gvu.models.builtin import load_builtin
 from gvu.models.pretrain import LOG_FILE, pretrain
 
-NAMES = ("regular", "regular-flat")  # the weak base is not shipped yet (docs/bases.md)
+NAMES = ("regular", "weak", "regular-flat")
 REPLAYED_STEPS = 3
 
 

@@ -295,7 +295,7 @@ def test_full_demo_starts_from_the_shipped_base(monkeypatch, tmp_path):
     monkeypatch.setattr(pretrain_module, "pretrain", no_pretraining)
     monkeypatch.setattr(evaluate_module, "evaluate_model", stop)
     monkeypatch.setattr(demo_module, "load_model", lambda path: loaded.append(path))
-    for base, flat in (("regular", False), ("regular", True)):  # the shipped ones (docs/bases.md)
+    for base, flat in (("regular", False), ("weak", False), ("regular", True)):  # the shipped ones (docs/bases.md)
         with pytest.raises(_Stop):
             run_demo(DemoConfig(base=base, flat=flat, out=str(tmp_path / f"{base}{flat}"), threads=1))
         assert loaded[-1] == str(demo_module.BASES / (base + ("-flat" if flat else "")))
