@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gvu.rl.config import TrainConfig
 from gvu.rl.curriculum import KindCurriculum
 
 from tests.test_trainer import base, config, read_log, train, train_lines  # noqa: F401 (the fixture)
@@ -75,7 +76,7 @@ def test_the_order_is_a_function_of_the_state():
 @pytest.mark.parametrize("floor, decay, msg", [(1.5, 0.5, "curriculum_floor"), (0.2, 0.0, "curriculum_decay")])
 def test_bad_settings_are_refused(floor, decay, msg):
     with pytest.raises(ValueError, match=msg):
-        KindCurriculum(rows({"a": 1}), seed=0, floor=floor, decay=decay)
+        TrainConfig(curriculum_floor=floor, curriculum_decay=decay)
 
 
 def test_trainer_follows_the_reward_spread_and_resumes_exactly(base, tmp_path):  # noqa: F811

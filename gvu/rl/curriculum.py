@@ -17,10 +17,7 @@ import numpy as np
 
 class KindCurriculum:
     def __init__(self, rows: list[dict], seed: int, floor: float = 0.25, decay: float = 0.5):
-        if not 0.0 <= floor <= 1.0:
-            raise ValueError(f"curriculum_floor must be in [0, 1], got {floor}")
-        if not 0.0 < decay <= 1.0:
-            raise ValueError(f"curriculum_decay must be in (0, 1], got {decay}")
+        """`floor` in [0, 1] and `decay` in (0, 1], as TrainConfig checks them (curriculum_floor, curriculum_decay)."""
         self.seed, self.floor, self.decay = seed, floor, decay
         self.kinds = sorted({r.get("tag", "") for r in rows})
         self.members = {k: [i for i, r in enumerate(rows) if r.get("tag", "") == k] for k in self.kinds}

@@ -32,8 +32,7 @@ from gvu.eval.check import check_rows, file_lines
 from gvu.models.load import load_model
 from gvu.models.protocol import SamplingConfig
 from gvu.reward import oracle_reward_function, RewardConfig
-from gvu.rl import checkpoint as ckpt
-from gvu.rl import distributed as D, runfolder
+from gvu.rl import checkpoint as ckpt, distributed as D, runfolder
 from gvu.rl.config import dump_config, TrainConfig
 from gvu.rl.curriculum import KindCurriculum
 from gvu.rl.monitor import pick_monitor
@@ -124,12 +123,11 @@ class Trainer(GRPOStep):
         n = len(self.rows)
         for _ in range(self.cfg.prompts_per_step):
             if self.curriculum is not None:
-                out.append(self.rows[self.curriculum.next_index(self.data_pos)])
-                self.data_pos += 1
-                continue
-            epoch, i = divmod(self.data_pos, n)
-            order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
-            out.append(self.rows[order[i]])
+                k = self.curriculum.next_index(self.data_pos)
+            else:
+                epoch, i = divmod(self.data_pos, n)
+                k = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)[i]
+            out.append(self.rows[k])
             self.data_pos += 1
         return out
 
