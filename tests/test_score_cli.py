@@ -185,3 +185,33 @@ def test_score_cli_subprocess(tiny_dir, bench_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "AUC" in proc.stdout
     assert len(out.read_text().splitlines()) == 8
+
+
+def test_score_records_strict_verdicts_and_malformed_blobs(tiny_dir, tmp_path):
+    """An extra copy is right by GenEval's rule and wrong by the strict one; a half-drawn object is a malformed blob.
+    The summary's AUCs against each label follow (fails without the strict verdict and the malformed count)."""
+    from gvu.models.load import load_model
+    from gvu.world.scene import Obj, scene_tokens
+    from gvu.world.spec import code_of, GRID
+
+    row = {"tag": "single_object", "include": [{"class": "cross", "count": 1}], "prompt": "a photo of a cross"}
+    broken = scene_tokens([Obj("cross", "red", "large", 2, 2)]).reshape(GRID, GRID)
+    broken[2, 3] = code_of("square", "red", "tr")  # one foreign quarter: not a cross, not anything
+    scenes = [scene_tokens([Obj("cross", "red", "small", 0, 0)]),
+              scene_tokens([Obj("cross", "red", "small", 0, 0), Obj("cross", "blue", "small", 4, 4)]),
+              broken.reshape(-1), scene_tokens([Obj("square", "red", "small", 3, 3)])]
+    write_prompt_dir(tmp_path, 0, row, list(decode(np.stack(scenes))))
+    recs = score_folder(load_model(str(tiny_dir)), tmp_path)
+    assert [r["correct"] for r in recs] == [True, True, False, False]
+    assert [r["correct_strict"] for r in recs] == [True, False, False, False]
+    assert [r["malformed"] > 0 for r in recs] == [False, False, True, False]
+    # the summary on hand-set rewards: the extra copy and the broken drawing ranked like the right image
+    for r, reward in zip(recs, [0.9, 0.2, 0.95, 0.1]):
+        r["reward"] = reward
+    t = summarise_scores(recs)["tags"]["single_object"]
+    assert t["auc"] == pytest.approx(brute_auc([0.9, 0.2, 0.95, 0.1], [1, 1, 0, 0]))  # 0.5
+    assert t["auc_strict"] == pytest.approx(brute_auc([0.9, 0.2, 0.95, 0.1], [1, 0, 0, 0]))  # 2/3
+    assert t["auc_well_formed"] == 1.0 and t["malformed_incorrect"] == 1
+    old = [{k: v for k, v in r.items() if k not in ("correct_strict", "malformed")} for r in recs]
+    t = summarise_scores(old)["tags"]["single_object"]  # score files written before these fields
+    assert t["auc_strict"] is None and t["auc_well_formed"] is None and t["malformed_incorrect"] == 0

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from gvu.eval.check import check_layout_rows
-from gvu.eval.judging import judge_pixels, off_palette
+from gvu.eval.judging import check_size, off_palette
 from gvu.eval.layout import iter_layout, load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval.quality import auc_by_tag, format_auc, within_group_auc
@@ -30,6 +30,8 @@ from gvu.models.builtin import GVU_FILE
 from gvu.models.load import load_model
 from gvu.reward import SCORERS, RewardConfig, intrinsic_reward
 from gvu.world import spec
+from gvu.world.detect import detect
+from gvu.world.judge import evaluate
 
 SCORE_FIELDS = ("filename", "prompt", "tag", "reward", "correct")
 
@@ -98,7 +100,9 @@ def is_shapes_benchmark(row: dict, pixels) -> bool:
 def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = None, seed: int = 0,
                  progress: bool = False) -> list[dict]:
     """One record per image of a GenEval-layout folder: filename (relative to the folder), prompt, tag, reward,
-    index, sample, and `correct` (exact judge, geneval mode) where the folder is a shapes-world benchmark.
+    index, sample, and where the folder is a shapes-world benchmark: `correct` (exact judge, geneval mode),
+    `correct_strict` (strict mode: exact counts, so an extra copy is wrong) and `malformed` (blobs the detector
+    found but could not read as a shape: half-drawn objects, which the judge never saw in pretraining).
     `cfg.image_path` is forced to 'pixels' (the images ARE pixels); `cfg.micro_batch` images are loaded and
     scored at a time. `seed` draws the contrastive variant's negatives."""
     import numpy as np
@@ -127,15 +131,31 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
             if is_shapes_benchmark(s.row, px) and off_palette(px):
                 rec["clean"] = False  # not an exact render: no verdict, counted apart (gvu.eval.judging)
             elif is_shapes_benchmark(s.row, px):
-                rec["correct"] = bool(judge_pixels(px, s.row, "geneval")["correct"])
+                check_size(px, s.path)
+                dets = detect(px)
+                rec.update(correct=evaluate(dets, s.row, "geneval").correct,
+                           correct_strict=evaluate(dets, s.row, "strict").correct, malformed=int(dets.malformed))
             records.append(rec)
         bar.update(len(chunk))
     bar.close()
     return records
 
 
+def _tag_auc(sel: list[dict], label: str, keep=lambda r: True) -> float | None:
+    """AUC of the reward against `label` over the records of `sel` that hold it and pass `keep`."""
+    import numpy as np
+
+    from gvu.eval.quality import auc
+
+    sel = [r for r in sel if label in r and keep(r)]
+    return auc(np.asarray([r["reward"] for r in sel], dtype=float), np.asarray([r[label] for r in sel], dtype=bool))
+
+
 def summarise_scores(records: list[dict]) -> dict:
-    """Mean reward; where judged: accuracy, pooled AUC overall and per tag, and within-prompt AUC."""
+    """Mean reward; where judged: accuracy, pooled AUC overall and per tag, and within-prompt AUC. Per tag also
+    `auc_strict` (against the strict verdict: GenEval's rule takes "a cross" as at least one, the judge reads
+    exactly one) and `auc_well_formed` (only images with no malformed blob), which tell a judge that misreads
+    from a painter whose drawings it was never taught, or a metric more lenient than the words."""
     import numpy as np
 
     rewards = np.array([r["reward"] for r in records], dtype=float)
@@ -156,7 +176,10 @@ def summarise_scores(records: list[dict]) -> dict:
         bad = [r["reward"] for r in sel if not r["correct"]]
         tags[tag] = {"auc": a["tags"][tag], "images": len(sel), "accuracy": len(good) / len(sel),
                      "mean_reward_correct": float(np.mean(good)) if good else None,
-                     "mean_reward_incorrect": float(np.mean(bad)) if bad else None}
+                     "mean_reward_incorrect": float(np.mean(bad)) if bad else None,
+                     "auc_strict": _tag_auc(sel, "correct_strict"),
+                     "auc_well_formed": _tag_auc(sel, "correct", lambda r: r.get("malformed") == 0),
+                     "malformed_incorrect": sum(1 for r in sel if not r["correct"] and r.get("malformed", 0) > 0)}
     out.update(accuracy=float(np.mean(y)), auc=a["overall"], within_prompt_auc=wg, within_prompt_groups=groups,
                tags=tags)
     return out
@@ -173,15 +196,19 @@ def format_scores(summary: dict, title: str = "") -> str:
         lines.append("  not a shapes-world benchmark: no exact verdicts, so no AUC")
         return "\n".join(lines)
     width = max([len(t) for t in summary["tags"]] + [len("overall")])
-    lines.append(f"  {'tag':<{width}}  {'AUC':>5}  {'acc':>5}  {'images':>6}  {'r|correct':>9}  {'r|wrong':>9}")
+    lines.append(f"  {'tag':<{width}}  {'AUC':>5}  {'acc':>5}  {'images':>6}  {'r|correct':>9}  {'r|wrong':>9}  "
+                 f"{'strict':>6}  {'formed':>6}")
     fmt = lambda v: f"{v:9.4g}" if v is not None else f"{'-':>9}"  # noqa: E731
     for tag, t in summary["tags"].items():
         lines.append(f"  {tag:<{width}}  {format_auc(t['auc'])}  {t['accuracy']:5.3f}  {t['images']:6d}  "
-                     f"{fmt(t['mean_reward_correct'])}  {fmt(t['mean_reward_incorrect'])}")
+                     f"{fmt(t['mean_reward_correct'])}  {fmt(t['mean_reward_incorrect'])}  "
+                     f" {format_auc(t.get('auc_strict'))}   {format_auc(t.get('auc_well_formed'))}")
     lines.append(f"  {'overall':<{width}}  {format_auc(summary['auc'])}  {summary['accuracy']:5.3f}  "
                  f"{summary['judged']:6d}   (pooled over prompts)")
     lines.append(f"  within-prompt AUC {format_auc(summary['within_prompt_auc'])} "
                  f"(mean over {summary['within_prompt_groups']} prompts with both correct and incorrect images)")
+    lines.append("  strict: AUC against the strict verdict (exact counts); formed: AUC over the images with no "
+                 "malformed (half-drawn) object")
     return "\n".join(lines)
 
 
