@@ -244,3 +244,47 @@ def test_relation_examples_are_two_object_scenes_described_by_their_prompt(one_s
         assert judge_image(decode(np.array([codes]))[0], row, "strict")[0].correct
         images.add(tuple(codes))
     assert len(images) > 12
+
+
+def test_wrapped_objects_are_no_object_and_left_out_of_the_description():
+    """wrap_prob puts a large object across the row edge (quarters consecutive in the sequence, apart on the image):
+    the pixel detector finds no object there, only malformed blobs, and every description stays true on the pixels.
+    With wrap_prob 0 the batches are what they were (the shipped bases' manifests replay)."""
+    from gvu.models.pretrain_data import add_wrapped
+    from gvu.world.detect import detect
+    from gvu.world.scene import Obj, scene_tokens
+
+    objs = [Obj("cross", "red", "small", 2, 2), Obj("heart", "blue", "large", 3, 2)]
+    row = {"tag": "two_object", "include": [{"class": "cross", "count": 1}, {"class": "heart", "count": 1}],
+           "prompt": "a photo of a cross and a heart"}
+    pool = ScenePool(scene_tokens(objs)[None], [row], [objs])
+    model = build_builtin("tiny")
+    tok = model.tokenizer
+    cfg = dataclasses.replace(TINY, gen_fraction=0.0, batch_size=24, debris_prob=0.0, wrap_prob=1.0)
+    b = make_batch(model, pool, cfg, np.random.default_rng(0))
+    last, rows_used = spec.GRID - 1, set()
+    for i in range(24):
+        codes = np.array([int(x) - tok.image_token_offset for x in b.ids[i, 2:2 + spec.NUM_TOKENS]])
+        grid = codes.reshape(spec.GRID, spec.GRID)
+        changed = np.argwhere(grid != pool.tokens[0].reshape(spec.GRID, spec.GRID))
+        assert len(changed) == 4 and sorted(set(changed[:, 1].tolist())) == [0, last]
+        r = int(changed[:, 0].min())
+        rows_used.add(r)
+        assert [tuple(x) for x in changed.tolist()] == [(r, last), (r + 1, 0), (r + 1, last), (r + 2, 0)]
+        pixels = decode(codes[None])[0]
+        dets = detect(pixels)
+        assert dets.malformed >= 1 and {k: len(v) for k, v in dets.objects.items()} == {"cross": 1, "heart": 1}
+        on = (b.labels[i] != -100).nonzero()[:, 0].tolist()
+        said = parse_prompt(tok.decode([int(x) for x in b.labels[i, on]][:-1]), SHAPES_LEXICON)
+        assert judge_image(pixels, said, "strict")[0].correct
+    assert len(rows_used) > 1  # placed where there is room, not always in one place
+    # no room: unchanged; and off by default, with the random stream of the batches untouched
+    full = np.full(spec.NUM_TOKENS, spec.code_of("cross", "red", "small"))
+    assert add_wrapped(full, np.random.default_rng(0)) is full
+    assert PretrainConfig().wrap_prob == 0.0
+    off = dataclasses.replace(cfg, wrap_prob=0.0)
+    a = make_batch(model, pool, off, np.random.default_rng(3))
+    assert torch.equal(a.ids[:, 2:2 + spec.NUM_TOKENS] - tok.image_token_offset,
+                       torch.as_tensor(pool.tokens).expand(len(a.ids), -1))
+    with pytest.raises(ValueError, match="wrap_prob"):
+        PretrainConfig(wrap_prob=1.5)

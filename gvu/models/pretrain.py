@@ -29,7 +29,7 @@ import torch
 from gvu.eval.understanding import negatives
 from gvu.models.builtin import build_builtin, BuiltinUMM, save_builtin
 from gvu.models.forward import pad_batch
-from gvu.models.pretrain_data import add_debris, build_pool, relation_example, ScenePool
+from gvu.models.pretrain_data import add_debris, add_wrapped, build_pool, relation_example, ScenePool
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
 from gvu.world.kinds import check_weights, KINDS
@@ -76,6 +76,10 @@ class PretrainConfig:
     objects that form no object). The pixel judge sees nothing there and the description does not mention them,
     so the understanding branch learns what the judge knows: a broken object is no object. Without it, RL found
     that half-drawn objects fool the judge (measured; see docs/results.md)."""
+    wrap_prob: float = 0.0
+    """Fraction of understanding examples whose image also gets one large object wrapped across the row edge
+    (pretrain_data.add_wrapped), left out of the description: the painter's own half-drawn shape, which isolated
+    quarters do not teach (docs/bases.md, "Why some AUCs are low"). Drawn after the debris, only when above 0."""
     aligned_init: bool = True
     """Initialise word and image-code embeddings from shared shape/colour factors (see builtin.align_embeddings)."""
     grid: bool = True
@@ -152,6 +156,8 @@ class PretrainConfig:
             raise ValueError(f"negative_weight must be a finite number >= 0, got {self.negative_weight}")
         if not 0.0 <= self.debris_prob <= 1.0:
             raise ValueError(f"debris_prob must be in [0, 1], got {self.debris_prob}")
+        if not 0.0 <= self.wrap_prob <= 1.0:
+            raise ValueError(f"wrap_prob must be in [0, 1], got {self.wrap_prob}")
         if not 0.0 <= self.gen_fraction <= 1.0:
             raise ValueError(f"gen_fraction must be in [0, 1], got {self.gen_fraction}")
         if self.steps < 1 or self.batch_size < 1:
@@ -213,6 +219,8 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
             row = row or describe(objs, rng, weights=cfg.describe_weights) or pool.rows[k]
             if not relation and rng.random() < cfg.debris_prob:
                 codes = add_debris(codes, rng, int(rng.integers(1, 4)))
+            if not relation and cfg.wrap_prob and rng.random() < cfg.wrap_prob:
+                codes = add_wrapped(codes, rng)
             seq, (a, b) = layout.understanding_sequence(codes, inst, tok.encode(row["prompt"]))
             seqs.append(seq)
             spans.append((a, b + len(layout.und_suffix)))  # the description and <eos>

@@ -1,5 +1,5 @@
-"""The pretraining data of the built-in UMM: the scene pool (scenes with the prompt that produced them), debris,
-and the two-object relation examples (gvu.models.pretrain draws its batches from them)."""
+"""The pretraining data of the built-in UMM: the scene pool (scenes with the prompt that produced them), debris
+(lone quarters, and large objects wrapped across the row edge), and the two-object relation examples (gvu.models.pretrain draws its batches from them)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,26 @@ def add_debris(codes_T: np.ndarray, rng: np.random.Generator, n: int) -> np.ndar
             break
         r, c = free[rng.integers(len(free))]
         grid[r, c] = _QUARTERS[rng.integers(len(_QUARTERS))]
+    return grid.reshape(-1)
+
+
+def add_wrapped(codes_T: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Put one large object across the row edge, as a painter that lays quarters out in raster order draws it when
+    it starts a large object in the last column: top-left at (r, last), top-right at (r+1, 0), bottom-left at
+    (r+1, last), bottom-right at (r+2, 0). Consecutive in the sequence like a real large object, yet no object on the
+    image: the judge must not count it. Only where those cells and their neighbours are empty; else unchanged."""
+    grid = codes_T.reshape(GRID, GRID).copy()
+    last = GRID - 1
+    padded = np.pad(grid != EMPTY, 1)
+    busy = sum(padded[1 + dr:1 + dr + GRID, 1 + dc:1 + dc + GRID] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+    rows = [r for r in range(GRID - 2) if not any(busy[rr, cc] for rr, cc in
+                                                  ((r, last), (r + 1, 0), (r + 1, last), (r + 2, 0)))]
+    if not rows:
+        return codes_T
+    r = rows[int(rng.integers(len(rows)))]
+    shape, color = SHAPES[int(rng.integers(len(SHAPES)))], COLORS[int(rng.integers(len(COLORS)))]
+    for (rr, cc), part in zip(((r, last), (r + 1, 0), (r + 1, last), (r + 2, 0)), ("tl", "tr", "bl", "br")):
+        grid[rr, cc] = code_of(shape, color, part)
     return grid.reshape(-1)
 
 
