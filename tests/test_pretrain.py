@@ -252,7 +252,7 @@ def test_wrapped_objects_are_no_object_and_left_out_of_the_description():
     With wrap_prob 0 the batches are what they were (the shipped bases' manifests replay)."""
     from gvu.models.pretrain_data import add_wrapped
     from gvu.world.detect import detect
-    from gvu.world.scene import Obj, scene_tokens
+    from gvu.world.scene import Obj, scene_tokens, wrapped_rows
 
     objs = [Obj("cross", "red", "small", 2, 2), Obj("heart", "blue", "large", 3, 2)]
     row = {"tag": "two_object", "include": [{"class": "cross", "count": 1}, {"class": "heart", "count": 1}],
@@ -270,6 +270,7 @@ def test_wrapped_objects_are_no_object_and_left_out_of_the_description():
         assert len(changed) == 4 and sorted(set(changed[:, 1].tolist())) == [0, last]
         r = int(changed[:, 0].min())
         rows_used.add(r)
+        assert wrapped_rows(codes) == [r, r + 1] and wrapped_rows(pool.tokens[0]) == []
         assert [tuple(x) for x in changed.tolist()] == [(r, last), (r + 1, 0), (r + 1, last), (r + 2, 0)]
         pixels = decode(codes[None])[0]
         dets = detect(pixels)

@@ -192,6 +192,7 @@ def test_score_records_strict_verdicts_and_malformed_blobs(tiny_dir, tmp_path):
     The summary's AUCs against each label follow (fails without the strict verdict and the malformed count)."""
     from gvu.models.load import load_model
     from gvu.world.scene import Obj, scene_tokens
+    from gvu.models.pretrain_data import add_wrapped
     from gvu.world.spec import code_of, GRID
 
     row = {"tag": "single_object", "include": [{"class": "cross", "count": 1}], "prompt": "a photo of a cross"}
@@ -199,12 +200,16 @@ def test_score_records_strict_verdicts_and_malformed_blobs(tiny_dir, tmp_path):
     broken[2, 3] = code_of("square", "red", "tr")  # one foreign quarter: not a cross, not anything
     scenes = [scene_tokens([Obj("cross", "red", "small", 0, 0)]),
               scene_tokens([Obj("cross", "red", "small", 0, 0), Obj("cross", "blue", "small", 4, 4)]),
-              broken.reshape(-1), scene_tokens([Obj("square", "red", "small", 3, 3)])]
+              broken.reshape(-1), scene_tokens([Obj("square", "red", "small", 3, 3)]),
+              add_wrapped(scene_tokens([]), np.random.default_rng(0))]  # a cross wrapped across the row edge
     write_prompt_dir(tmp_path, 0, row, list(decode(np.stack(scenes))))
     recs = score_folder(load_model(str(tiny_dir)), tmp_path)
-    assert [r["correct"] for r in recs] == [True, True, False, False]
-    assert [r["correct_strict"] for r in recs] == [True, False, False, False]
-    assert [r["malformed"] > 0 for r in recs] == [False, False, True, False]
+    assert [r["correct"] for r in recs] == [True, True, False, False, False]
+    assert [r["correct_strict"] for r in recs] == [True, False, False, False, False]
+    assert [r["malformed"] > 0 for r in recs] == [False, False, True, False, True]
+    assert [r["wrapped"] for r in recs] == [False, False, False, False, True]  # a foreign quarter is no wrap
+    assert summarise_scores(recs)["wrapped_fraction"] == pytest.approx(0.2)
+    recs = recs[:4]
     # the summary on hand-set rewards: the extra copy and the broken drawing ranked like the right image
     for r, reward in zip(recs, [0.9, 0.2, 0.95, 0.1]):
         r["reward"] = reward

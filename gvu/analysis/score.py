@@ -32,6 +32,8 @@ from gvu.reward import SCORERS, RewardConfig, intrinsic_reward
 from gvu.world import spec
 from gvu.world.detect import detect
 from gvu.world.judge import evaluate
+from gvu.world.render import encode
+from gvu.world.scene import wrapped_rows
 
 SCORE_FIELDS = ("filename", "prompt", "tag", "reward", "correct")
 
@@ -102,7 +104,8 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
     """One record per image of a GenEval-layout folder: filename (relative to the folder), prompt, tag, reward,
     index, sample, and where the folder is a shapes-world benchmark: `correct` (exact judge, geneval mode),
     `correct_strict` (strict mode: exact counts, so an extra copy is wrong) and `malformed` (blobs the detector
-    found but could not read as a shape: half-drawn objects, which the judge never saw in pretraining).
+    found but could not read as a shape: half-drawn objects) and `wrapped` (the image holds a large object wrapped
+    across the row edge, the commonest half-drawn shape: gvu.world.scene.wrapped_rows).
     `cfg.image_path` is forced to 'pixels' (the images ARE pixels); `cfg.micro_batch` images are loaded and
     scored at a time. `seed` draws the contrastive variant's negatives."""
     import numpy as np
@@ -134,7 +137,8 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
                 check_size(px, s.path)
                 dets = detect(px)
                 rec.update(correct=evaluate(dets, s.row, "geneval").correct,
-                           correct_strict=evaluate(dets, s.row, "strict").correct, malformed=int(dets.malformed))
+                           correct_strict=evaluate(dets, s.row, "strict").correct, malformed=int(dets.malformed),
+                           wrapped=bool(wrapped_rows(encode(px[None])[0])))
             records.append(rec)
         bar.update(len(chunk))
     bar.close()
@@ -163,6 +167,8 @@ def summarise_scores(records: list[dict]) -> dict:
     judged = [r for r in records if "correct" in r]
     out["judged"] = len(judged)
     out["unclean"] = sum(1 for r in records if r.get("clean") is False)
+    wrapped = [r["wrapped"] for r in records if "wrapped" in r]
+    out["wrapped_fraction"] = float(np.mean(wrapped)) if wrapped else None
     if not judged:
         return out
     s = [r["reward"] for r in judged]
@@ -190,6 +196,9 @@ def format_scores(summary: dict, title: str = "") -> str:
     if not summary["images"]:
         return "\n".join(lines + ["  no images"])
     lines.append(f"  {summary['images']} images, mean reward {summary['mean_reward']:.4g}")
+    if summary.get("wrapped_fraction") is not None:
+        lines.append(f"  {summary['wrapped_fraction']:.1%} of the judged images hold a large object wrapped across the "
+                     "row edge (a half-drawn shape)")
     if summary.get("unclean"):
         lines.append(f"  {summary['unclean']} images not a clean render: no exact verdict, left out of the AUC")
     if not summary["judged"]:

@@ -56,6 +56,18 @@ def scene_tokens(objs: list[Obj] | tuple[Obj, ...]) -> np.ndarray:
     return grid.reshape(NUM_TOKENS)
 
 
+def wrapped_rows(codes_T: np.ndarray) -> list[int]:
+    """Rows r where a quarter of a large object sits in the last column and another in the first column of row r+1:
+    the footprint of a large object started in the last column and laid out in raster order, which wraps across
+    the row edge (consecutive in the sequence, two halves of nothing on the image: a painter's half-drawn shape)."""
+    grid = np.asarray(codes_T).reshape(GRID, GRID)
+    quarter = np.isin(grid, _QUARTER_CODES)
+    return [r for r in range(GRID - 1) if quarter[r, GRID - 1] and quarter[r + 1, 0]]
+
+
+_QUARTER_CODES = np.array([code_of(s, c, p) for s in SHAPES for c in COLORS for p in PART_OFFSETS])
+
+
 @lru_cache(maxsize=None)
 def _footprint(cls: str, size: str) -> tuple[int, int, int, int, int]:
     """Box (x1, y1, x2, y2) relative to the object's top-left cell, and area, of a clean render."""
