@@ -73,7 +73,10 @@ def benchmarks(summary: dict, records: list[dict]) -> dict:
         "understanding": {"matching": u["overall"], "by_perturbation": u["by_perturbation"],
                           "caption_truthfulness": u["caption_truthfulness"], "relation_sign": u["relation_sign"]},
         "reward_auc": {"overall": scores["auc"], "within_prompt": scores["within_prompt_auc"],
-                       "tags": {t: v["auc"] for t, v in scores["tags"].items()}},
+                       "tags": {t: v["auc"] for t, v in scores["tags"].items()},
+                       "tags_strict": {t: v.get("auc_strict") for t, v in scores["tags"].items()},
+                       "tags_well_formed": {t: v.get("auc_well_formed") for t, v in scores["tags"].items()},
+                       "wrapped_fraction": scores.get("wrapped_fraction")},
         "settings": "8 images per prompt, seed 1234, default sampling; AUC on the base's own GenEval-shapes samples",
     }
 
