@@ -25,7 +25,7 @@ from gvu.eval.check import check_layout_rows
 from gvu.eval.judging import check_size, off_palette
 from gvu.eval.layout import iter_layout, load_image
 from gvu.eval.metadata import atomic_write_text
-from gvu.eval.quality import auc_by_tag, format_auc, within_group_auc
+from gvu.eval.quality import auc, auc_by_tag, format_auc, within_group_auc
 from gvu.models.builtin import GVU_FILE
 from gvu.models.load import load_model
 from gvu.reward import SCORERS, RewardConfig, intrinsic_reward
@@ -148,8 +148,6 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
 def _tag_auc(sel: list[dict], label: str, keep=lambda r: True) -> float | None:
     """AUC of the reward against `label` over the records of `sel` that hold it and pass `keep`."""
     import numpy as np
-
-    from gvu.eval.quality import auc
 
     sel = [r for r in sel if label in r and keep(r)]
     return auc(np.asarray([r["reward"] for r in sel], dtype=float), np.asarray([r[label] for r in sel], dtype=bool))
