@@ -1,5 +1,6 @@
 """The pretraining data of the built-in UMM: the scene pool (scenes with the prompt that produced them), debris
-(lone quarters, and large objects wrapped across the row edge), and the two-object relation examples (gvu.models.pretrain draws its batches from them)."""
+(lone quarters, and large objects wrapped across the row edge), and the two-object relation examples
+(gvu.models.pretrain draws its batches from them)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from gvu.eval.prompts import world_classes, world_lexicon
 from gvu.world.kinds import draw
-from gvu.world.scene import realise, scene_tokens
+from gvu.world.scene import QUARTER_CODES, realise, scene_tokens, wrap_cells
 from gvu.world.spec import code_of, COLORS, EMPTY, GRID, SHAPES
 
 
@@ -37,7 +38,10 @@ def build_pool(n: int, seed: int, kinds: tuple[str, ...], progress: bool = True)
     return ScenePool(np.stack(toks), rows, objs)
 
 
-_QUARTERS = [code_of(s, c, p) for s in SHAPES for c in COLORS for p in ("tl", "tr", "bl", "br")]
+def _busy(grid: np.ndarray) -> np.ndarray:
+    """Per cell, how many of it and its eight neighbours hold a code."""
+    padded = np.pad(grid != EMPTY, 1)
+    return sum(padded[1 + dr:1 + dr + GRID, 1 + dc:1 + dc + GRID] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
 
 
 def add_debris(codes_T: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -45,33 +49,28 @@ def add_debris(codes_T: np.ndarray, rng: np.random.Generator, n: int) -> np.ndar
     object or other debris and merges with it)."""
     grid = codes_T.reshape(GRID, GRID).copy()
     for _ in range(n):
-        padded = np.pad(grid != EMPTY, 1)
-        busy = sum(padded[1 + dr:1 + dr + GRID, 1 + dc:1 + dc + GRID] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
-        free = np.argwhere(busy == 0)
+        free = np.argwhere(_busy(grid) == 0)
         if len(free) == 0:
             break
         r, c = free[rng.integers(len(free))]
-        grid[r, c] = _QUARTERS[rng.integers(len(_QUARTERS))]
+        grid[r, c] = QUARTER_CODES[rng.integers(len(QUARTER_CODES))]
     return grid.reshape(-1)
 
 
 def add_wrapped(codes_T: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Put one large object across the row edge, as a painter that lays quarters out in raster order draws it when
-    it starts a large object in the last column: top-left at (r, last), top-right at (r+1, 0), bottom-left at
-    (r+1, last), bottom-right at (r+2, 0). Consecutive in the sequence like a real large object, yet no object on the
-    image: the judge must not count it. Only where those cells and their neighbours are empty; else unchanged."""
+    """Put one large object across the row edge (gvu.world.scene.wrap_cells), as a painter that lays quarters out in
+    raster order draws it when it starts a large object in the last column. Consecutive in the sequence like a real
+    large object, yet no object on the image: the judge must not count it. Only where those cells and their
+    neighbours are empty; else unchanged."""
     grid = codes_T.reshape(GRID, GRID).copy()
-    last = GRID - 1
-    padded = np.pad(grid != EMPTY, 1)
-    busy = sum(padded[1 + dr:1 + dr + GRID, 1 + dc:1 + dc + GRID] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
-    rows = [r for r in range(GRID - 2) if not any(busy[rr, cc] for rr, cc in
-                                                  ((r, last), (r + 1, 0), (r + 1, last), (r + 2, 0)))]
+    busy = _busy(grid)
+    rows = [r for r in range(GRID - 2) if not any(busy[cell] for cell in wrap_cells(r))]
     if not rows:
         return codes_T
     r = rows[int(rng.integers(len(rows)))]
     shape, color = SHAPES[int(rng.integers(len(SHAPES)))], COLORS[int(rng.integers(len(COLORS)))]
-    for (rr, cc), part in zip(((r, last), (r + 1, 0), (r + 1, last), (r + 2, 0)), ("tl", "tr", "bl", "br")):
-        grid[rr, cc] = code_of(shape, color, part)
+    for cell, part in zip(wrap_cells(r), ("tl", "tr", "bl", "br")):
+        grid[cell] = code_of(shape, color, part)
     return grid.reshape(-1)
 
 

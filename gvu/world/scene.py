@@ -56,16 +56,24 @@ def scene_tokens(objs: list[Obj] | tuple[Obj, ...]) -> np.ndarray:
     return grid.reshape(NUM_TOKENS)
 
 
+QUARTER_CODES = np.array([code_of(s, c, p) for s in SHAPES for c in COLORS for p in PART_OFFSETS])
+"""Every quarter of a large object: shape, then colour, then part (tl, tr, bl, br)."""
+
+
+def wrap_cells(r: int) -> list[tuple[int, int]]:
+    """The cells of a large object started in the last column of row r and laid out in raster order, so that it
+    wraps across the row edge: top-left, top-right, bottom-left, bottom-right."""
+    last = GRID - 1
+    return [(r, last), (r + 1, 0), (r + 1, last), (r + 2, 0)]
+
+
 def wrapped_rows(codes_T: np.ndarray) -> list[int]:
     """Rows r where a quarter of a large object sits in the last column and another in the first column of row r+1:
-    the footprint of a large object started in the last column and laid out in raster order, which wraps across
-    the row edge (consecutive in the sequence, two halves of nothing on the image: a painter's half-drawn shape)."""
+    the footprint of wrap_cells, consecutive in the sequence, two halves of nothing on the image (a painter's
+    half-drawn shape)."""
     grid = np.asarray(codes_T).reshape(GRID, GRID)
-    quarter = np.isin(grid, _QUARTER_CODES)
+    quarter = np.isin(grid, QUARTER_CODES)
     return [r for r in range(GRID - 1) if quarter[r, GRID - 1] and quarter[r + 1, 0]]
-
-
-_QUARTER_CODES = np.array([code_of(s, c, p) for s in SHAPES for c in COLORS for p in PART_OFFSETS])
 
 
 @lru_cache(maxsize=None)
