@@ -112,6 +112,8 @@ def check_report(run: Path):
             assert set(c[bench]["tags"]) == set(tags)
             for t, v in c[bench]["tags"].items():
                 assert v[stage] == summary[bench]["tags"][t] == pytest.approx(tags[t], **approx)
+            wrapped = [r["details"]["wrapped"] for r in read_jsonl(run / f"eval_{stage}" / bench / "results.jsonl")]
+            assert c[bench]["wrapped_fraction"][stage] == summary[bench]["wrapped_fraction"] == np.mean(wrapped)
         b, a = o["before"], o["after"]
         assert o["relative"] == (None if b == 0 else pytest.approx((a - b) / b, **approx))
         assert o["gain"] == pytest.approx(a - b, **approx)
@@ -140,6 +142,8 @@ def check_report(run: Path):
     assert (f"| **overall** | **{g['before']:.3f}** ± {g['se_before']:.3f} | **{g['after']:.3f}** ± "
             f"{g['se_after']:.3f} (") in md
     assert f"Gain {g['gain']:+.3f}, 95% interval ± {g['gain_ci95_half_width']:.3f}" in md
+    w = c["geneval"]["wrapped_fraction"]
+    assert f"half-drawn shape, which the detector reads as no object): {w['before']:.1%} before, {w['after']:.1%}" in md
     assert f"{report['reward']['first']:.4f} -> {report['reward']['last']:.4f}." in md
     pictures = [line for line in md.splitlines() if line.startswith("![")]
     for line in pictures:  # the markdown's pictures exist beside it

@@ -67,6 +67,27 @@ def test_summaries_count_unclean_images_apart():
     assert s["tags"] == {"a": 1.0, "b": 0.0} and s["unclean"] == 1 and s["unclean_by_tag"] == {"a": 1}
 
 
+def test_results_and_summaries_mark_wrapped_shapes():
+    """A large object wrapped across the row edge (the painter's half-drawn shape) is marked in the result row and
+    counted in the summary's share; a clean scene and a lone foreign quarter are not."""
+    from gvu.eval.judging import judge_pixels
+    from gvu.models.pretrain_data import add_wrapped
+    from gvu.world.render import decode
+    from gvu.world.scene import Obj, scene_tokens
+    from gvu.world.spec import code_of, GRID
+
+    row = {"tag": "single_object", "include": [{"class": "cross", "count": 1}], "prompt": "a photo of a cross"}
+    lone = scene_tokens([]).reshape(GRID, GRID)
+    lone[1, GRID - 1] = code_of("cross", "red", "tl")
+    scenes = [scene_tokens([Obj("cross", "red", "large", 2, 2)]), lone.reshape(-1),
+              add_wrapped(scene_tokens([]), np.random.default_rng(0))]
+    results = [judge_pixels(px, row) for px in decode(np.stack(scenes))]
+    assert [r["details"]["wrapped"] for r in results] == [False, False, True]
+    assert [r["correct"] for r in results] == [True, False, False]
+    assert summarise(results)["wrapped_fraction"] == pytest.approx(1 / 3)
+    assert "wrapped_fraction" not in summarise([{"tag": "a", "correct": True}])  # rows written before the field
+
+
 def test_score_gives_an_unclean_image_no_verdict(folder, tmp_path):
     from gvu.analysis.score import score_folder, summarise_scores
     from gvu.models.pretrain import PretrainConfig, pretrain

@@ -51,6 +51,7 @@ def compare(before: dict, after: dict) -> dict:
                 "tags": {t: {"before": b["tags"][t], "after": a["tags"].get(t)} for t in b["tags"]},
                 "images": {t: {"before": b.get("images", {}).get(t), "after": a.get("images", {}).get(t)}
                            for t in b["tags"]},
+                "wrapped_fraction": {"before": b.get("wrapped_fraction"), "after": a.get("wrapped_fraction")},
             }
     if "understanding" in before and "understanding" in after:
         b, a = before["understanding"], after["understanding"]
@@ -212,6 +213,11 @@ def _md_scores(c: dict) -> list[str]:
                       f"Gain {o['gain']:+.3f}, 95% interval ± {o['gain_ci95_half_width']:.3f} (± is the standard "
                       f"error of the sampled images, {imgs} per evaluation; the before and after images are drawn "
                       "independently).", ""]
+        w = c[bench].get("wrapped_fraction") or {}
+        if w.get("before") is not None and w.get("after") is not None:
+            lines += [f"Images holding a large object wrapped across the row edge (the painter's commonest half-drawn "
+                      f"shape, which the detector reads as no object): {w['before']:.1%} before, {w['after']:.1%} after. "
+                      "A rise under the intrinsic reward means the policy found a blind spot of its judge.", ""]
     if "understanding" in c:
         u = c["understanding"]
         lines += ["## Understanding (image-text matching)", "", "| perturbation | before | after |", "|---|---|---|"]

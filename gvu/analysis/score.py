@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from gvu.eval.check import check_layout_rows
-from gvu.eval.judging import check_size, off_palette
+from gvu.eval.judging import check_size, off_palette, wrapped_shape
 from gvu.eval.layout import iter_layout, load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval.quality import auc, auc_by_tag, format_auc, within_group_auc
@@ -32,8 +32,6 @@ from gvu.reward import SCORERS, RewardConfig, intrinsic_reward
 from gvu.world import spec
 from gvu.world.detect import detect
 from gvu.world.judge import evaluate
-from gvu.world.render import encode
-from gvu.world.scene import wrapped_rows
 
 SCORE_FIELDS = ("filename", "prompt", "tag", "reward", "correct")
 
@@ -138,7 +136,7 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
                 dets = detect(px)
                 rec.update(correct=evaluate(dets, s.row, "geneval").correct,
                            correct_strict=evaluate(dets, s.row, "strict").correct, malformed=int(dets.malformed),
-                           wrapped=bool(wrapped_rows(encode(px[None])[0])))
+                           wrapped=wrapped_shape(px))
             records.append(rec)
         bar.update(len(chunk))
     bar.close()

@@ -19,6 +19,8 @@ from gvu.eval.layout import iter_layout, load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.world.detect import detect
 from gvu.world.judge import evaluate
+from gvu.world.render import encode
+from gvu.world.scene import wrapped_rows
 from gvu.world.spec import BACKGROUND, COLORS, IMAGE_SIZE, PALETTE
 
 _CLEAN = np.array([(r << 16) | (g << 8) | b for r, g, b in [PALETTE[c] for c in COLORS] + [BACKGROUND]])
@@ -42,8 +44,15 @@ def check_size(pixels: np.ndarray, where) -> None:
                          "judge other images with GenEval's own tools")
 
 
+def wrapped_shape(pixels: np.ndarray) -> bool:
+    """Whether a clean render holds a large object wrapped across the row edge, the painter's commonest half-drawn
+    shape (gvu.world.scene.wrapped_rows): the pixel detector finds no object there, so only this tells a judge that
+    rewards it (docs/bases.md, "Teaching the judge the wrapped shape")."""
+    return bool(wrapped_rows(encode(np.asarray(pixels)[None])[0]))
+
+
 def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval") -> dict:
-    """One GenEval-style result row (without filename) for one image."""
+    """One GenEval-style result row (without filename) for one image; `details.wrapped` as in wrapped_shape."""
     check_size(pixels, "image")
     dets = detect(pixels)
     verdict = evaluate(dets, row, mode)
@@ -51,7 +60,7 @@ def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval") -> dict:
         "tag": row["tag"], "prompt": row["prompt"], "correct": verdict.correct, "reason": verdict.reason,
         "metadata": json.dumps(row),
         "details": {"failures": sorted(verdict.kinds), "malformed": dets.malformed,
-                    "objects": [d.to_json() for d in dets.all()]},
+                    "wrapped": wrapped_shape(pixels), "objects": [d.to_json() for d in dets.all()]},
     }
 
 
@@ -59,7 +68,10 @@ def summarise(results: Iterable[dict]) -> dict:
     """Accuracy per tag and overall; images without a verdict (not clean renders) are counted apart."""
     by_tag: dict[str, list[bool]] = defaultdict(list)
     unclean: dict[str, int] = defaultdict(int)
+    wrapped: list[bool] = []
     for r in results:
+        if "wrapped" in r.get("details", {}):
+            wrapped.append(bool(r["details"]["wrapped"]))
         if r["correct"] is None:
             unclean[r["tag"]] += 1
             continue
@@ -67,6 +79,8 @@ def summarise(results: Iterable[dict]) -> dict:
     tags = {t: float(np.mean(v)) for t, v in by_tag.items()}
     out = {"overall": float(np.mean(list(tags.values()))) if tags else 0.0, "tags": tags,
            "images": {t: len(v) for t, v in by_tag.items()}}
+    if wrapped:
+        out["wrapped_fraction"] = float(np.mean(wrapped))
     if unclean:
         out["unclean"] = sum(unclean.values())
         out["unclean_by_tag"] = dict(unclean)
@@ -112,6 +126,9 @@ def format_summary(summary: dict, title: str = "") -> str:
     for tag, acc in summary["tags"].items():
         lines.append(f"  {tag:<{width}}  {acc:6.3f}  ({summary['images'][tag]} images)")
     lines.append(f"  {'overall':<{width}}  {summary['overall']:6.3f}  (unweighted mean of {len(summary['tags'])} tags)")
+    if summary.get("wrapped_fraction") is not None:
+        lines.append(f"  {summary['wrapped_fraction']:.1%} of the images hold a large object wrapped across the row "
+                     "edge (a half-drawn shape)")
     if summary.get("unclean"):
         lines.append(f"  {summary['unclean']} images {UNCLEAN} (not scored): "
                      + ", ".join(f"{t} {n}" for t, n in summary["unclean_by_tag"].items()))
