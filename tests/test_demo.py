@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import gvu.eval.evaluate as evaluate_module
+from gvu.world.judge import RELATION_OUTCOMES
 from gvu.models.load import load_model
 from gvu.models.protocol import SamplingConfig
 import gvu.models.pretrain as pretrain_module
@@ -142,6 +143,12 @@ def check_report(run: Path):
     assert (f"| **overall** | **{g['before']:.3f}** ± {g['se_before']:.3f} | **{g['after']:.3f}** ± "
             f"{g['se_after']:.3f} (") in md
     assert f"Gain {g['gain']:+.3f}, 95% interval ± {g['gain_ci95_half_width']:.3f}" in md
+    rels = c["geneval"]["relations"]  # each asked relation's outcomes, from the summaries
+    assert set(rels) == set(before["geneval"]["relations"]) and rels  # the quick demo asks some of the four
+    for rel, v in rels.items():
+        assert v == {"before": before["geneval"]["relations"][rel], "after": after["geneval"]["relations"][rel]}
+        assert sum(v["before"][k] for k in RELATION_OUTCOMES) == pytest.approx(1.0)
+        assert (f"| {rel} | " + " | ".join(f"{v['before'][k]:.2f} -> {v['after'][k]:.2f}" for k in RELATION_OUTCOMES)) in md
     w = c["geneval"]["wrapped_fraction"]
     assert f"half-drawn shape, which the detector reads as no object): {w['before']:.1%} before, {w['after']:.1%}" in md
     assert f"{report['reward']['first']:.4f} -> {report['reward']['last']:.4f}." in md

@@ -390,3 +390,26 @@ def test_region_and_size_rules():
     assert v.kinds == {"size"}
     with pytest.raises(ValueError, match="unknown mode"):
         evaluate(_dets(big), row, "lenient")
+
+
+def test_relation_outcome_tells_a_reversed_relation_from_an_unplaced_one():
+    """The outcome of "a cross left of a star" on hand-built scenes: as asked, reversed, on the other axis, missing;
+    the summary gives each relation's shares (fails if the outcome ignored the side or the axis)."""
+    from gvu.eval.judging import judge_pixels, summarise
+    from gvu.world.judge import relation_outcome
+
+    row = {"tag": "position", "prompt": "a photo of a cross left of a star",
+           "include": [{"class": "star", "count": 1}, {"class": "cross", "count": 1, "position": ["left of", 0]}]}
+    scenes = {"as asked": [Obj("cross", "red", "small", 2, 0), Obj("star", "blue", "small", 2, 4)],
+              "reversed": [Obj("cross", "red", "small", 2, 4), Obj("star", "blue", "small", 2, 0)],
+              "other axis": [Obj("cross", "red", "small", 0, 2), Obj("star", "blue", "small", 4, 2)],
+              "missing": [Obj("star", "blue", "small", 2, 4)]}
+    results = []
+    for outcome, objs in scenes.items():
+        px = decode(scene_tokens(objs)[None])[0]
+        assert relation_outcome(detect(px), row) == ("left of", outcome)
+        results.append(judge_pixels(px, row))
+    assert [r["correct"] for r in results] == [True, False, False, False]
+    s = summarise(results)["relations"]["left of"]
+    assert s["images"] == 4 and s["as asked"] == s["reversed"] == s["other axis"] == s["missing"] == 0.25
+    assert relation_outcome(detect(px), {**row, "include": row["include"][:1]}) is None  # no relation asked

@@ -16,6 +16,7 @@ from gvu.analysis.lead import lead_plot, run_lead, SCORES
 from gvu.eval.layout import load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval import plots
+from gvu.world.judge import RELATION_OUTCOMES
 
 
 def _load(path: Path):
@@ -53,6 +54,9 @@ def compare(before: dict, after: dict) -> dict:
                            for t in b["tags"]},
                 "wrapped_fraction": {"before": b.get("wrapped_fraction"), "after": a.get("wrapped_fraction")},
             }
+            if b.get("relations") and a.get("relations"):
+                out[bench]["relations"] = {rel: {"before": v, "after": a["relations"].get(rel)}
+                                           for rel, v in b["relations"].items()}
     if "understanding" in before and "understanding" in after:
         b, a = before["understanding"], after["understanding"]
         out["understanding"] = {
@@ -218,6 +222,7 @@ def _md_scores(c: dict) -> list[str]:
             lines += [f"Images holding a large object wrapped across the row edge (the painter's commonest half-drawn "
                       f"shape, which the detector reads as no object): {w['before']:.1%} before, {w['after']:.1%} after. "
                       "A rise under the intrinsic reward means the policy found a blind spot of its judge.", ""]
+        lines += _md_relations(c[bench].get("relations") or {})
     if "understanding" in c:
         u = c["understanding"]
         lines += ["## Understanding (image-text matching)", "", "| perturbation | before | after |", "|---|---|---|"]
@@ -229,6 +234,20 @@ def _md_scores(c: dict) -> list[str]:
                   for k, v in u.get("relation_sign", {}).items()]
         lines += [""]
     return lines
+
+
+def _md_relations(rels: dict) -> list[str]:
+    """How each asked relation came out, before -> after (gvu.world.judge.relation_outcome)."""
+    rels = {k: v for k, v in rels.items() if v["before"] and v["after"]}
+    if not rels:
+        return []
+    lines = ["How the relation of a two-object prompt came out (share of its images, before -> after):", "",
+             "| asked | " + " | ".join(RELATION_OUTCOMES) + " | images |", "|---" * (len(RELATION_OUTCOMES) + 2) + "|"]
+    for rel, v in rels.items():
+        b, a = v["before"], v["after"]
+        lines.append(f"| {rel} | " + " | ".join(f"{b[k]:.2f} -> {a[k]:.2f}" for k in RELATION_OUTCOMES)
+                     + f" | {b['images']} / {a['images']} |")
+    return lines + [""]
 
 
 def _md_lead(report: dict) -> list[str]:

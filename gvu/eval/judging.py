@@ -18,7 +18,7 @@ from gvu.eval.check import check_layout_rows
 from gvu.eval.layout import iter_layout, load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.world.detect import detect
-from gvu.world.judge import evaluate
+from gvu.world.judge import evaluate, relation_outcome, RELATION_OUTCOMES
 from gvu.world.render import encode
 from gvu.world.scene import wrapped_rows
 from gvu.world.spec import BACKGROUND, COLORS, IMAGE_SIZE, PALETTE
@@ -56,12 +56,12 @@ def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval") -> dict:
     check_size(pixels, "image")
     dets = detect(pixels)
     verdict = evaluate(dets, row, mode)
-    return {
-        "tag": row["tag"], "prompt": row["prompt"], "correct": verdict.correct, "reason": verdict.reason,
-        "metadata": json.dumps(row),
-        "details": {"failures": sorted(verdict.kinds), "malformed": dets.malformed,
-                    "wrapped": wrapped_shape(pixels), "objects": [d.to_json() for d in dets.all()]},
-    }
+    details = {"failures": sorted(verdict.kinds), "malformed": dets.malformed, "wrapped": wrapped_shape(pixels),
+               "objects": [d.to_json() for d in dets.all()]}
+    if (placed := relation_outcome(dets, row)) is not None:
+        details["relation"] = list(placed)  # [relation, outcome]: gvu.world.judge.relation_outcome
+    return {"tag": row["tag"], "prompt": row["prompt"], "correct": verdict.correct, "reason": verdict.reason,
+            "metadata": json.dumps(row), "details": details}
 
 
 def summarise(results: Iterable[dict]) -> dict:
@@ -69,9 +69,12 @@ def summarise(results: Iterable[dict]) -> dict:
     by_tag: dict[str, list[bool]] = defaultdict(list)
     unclean: dict[str, int] = defaultdict(int)
     wrapped: list[bool] = []
+    placed: dict[str, list[str]] = defaultdict(list)
     for r in results:
         if "wrapped" in r.get("details", {}):
             wrapped.append(bool(r["details"]["wrapped"]))
+        if "relation" in r.get("details", {}):
+            placed[r["details"]["relation"][0]].append(r["details"]["relation"][1])
         if r["correct"] is None:
             unclean[r["tag"]] += 1
             continue
@@ -81,6 +84,9 @@ def summarise(results: Iterable[dict]) -> dict:
            "images": {t: len(v) for t, v in by_tag.items()}}
     if wrapped:
         out["wrapped_fraction"] = float(np.mean(wrapped))
+    if placed:  # per relation asked: the share of each outcome, and the images
+        out["relations"] = {rel: {**{o: outcomes.count(o) / len(outcomes) for o in RELATION_OUTCOMES},
+                                  "images": len(outcomes)} for rel, outcomes in sorted(placed.items())}
     if unclean:
         out["unclean"] = sum(unclean.values())
         out["unclean_by_tag"] = dict(unclean)
@@ -129,6 +135,9 @@ def format_summary(summary: dict, title: str = "") -> str:
     if summary.get("wrapped_fraction") is not None:
         lines.append(f"  {summary['wrapped_fraction']:.1%} of the images hold a large object wrapped across the row "
                      "edge (a half-drawn shape)")
+    for rel, o in (summary.get("relations") or {}).items():
+        lines.append(f"  asked {rel!r}: " + ", ".join(f"{o[k]:.2f} {k}" for k in RELATION_OUTCOMES)
+                     + f" ({o['images']} images)")
     if summary.get("unclean"):
         lines.append(f"  {summary['unclean']} images {UNCLEAN} (not scored): "
                      + ", ".join(f"{t} {n}" for t, n in summary["unclean_by_tag"].items()))

@@ -25,12 +25,11 @@ import torch
 from gvu.eval.prompts import build_geneval, build_genevalpp, spread
 from gvu.world import spec
 from gvu.world.grammar import GrammarError, parse_prompt, render_prompt, SHAPES_LEXICON
-from gvu.world.judge import evaluate
+from gvu.world.judge import evaluate, FLIPPED
 from gvu.world.scene import Obj, realise, scene_detections, scene_tokens
 
 PERTURBATIONS = ("color", "count", "relation", "object", "placement")
-_FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
-         "left": "right", "right": "left", "larger": "smaller", "smaller": "larger"}
+_FLIP = {**FLIPPED, "left": "right", "right": "left", "larger": "smaller", "smaller": "larger"}
 
 
 def _finish(row: dict) -> dict:

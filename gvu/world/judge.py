@@ -147,6 +147,32 @@ def _check_sizes(row: dict, groups: list, fail) -> None:
                              f"{min(d.area for d in gl)} <= {max(d.area for d in gs)}")
 
 
+FLIPPED = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+RELATION_OUTCOMES = ("as asked", "reversed", "other axis", "no relation", "missing")
+
+
+def relation_outcome(dets: Detections, row: dict) -> tuple[str, str] | None:
+    """How a prompt's one relation ("A left of B") came out on the image: (relation, outcome). The outcome reads the
+    first detection of each class, as GenEval's check does: 'as asked', 'reversed' (the flipped relation holds),
+    'other axis' (e.g. A above B when asked left of), 'no relation' (too close to call) or 'missing' (A or B not
+    found). It tells a painter that cannot place from one that places on the wrong side. None when the prompt has
+    no relation or more than one."""
+    placed = [req for req in row.get("include", []) if "position" in req]
+    if len(placed) != 1:
+        return None
+    rel, target = placed[0]["position"]
+    a = dets.objects.get(placed[0]["class"], [])
+    b = dets.objects.get(row["include"][target]["class"], [])
+    if not a or not b:
+        return rel, "missing"
+    found = relative_position(a[0], b[0])
+    if rel in found:
+        return rel, "as asked"
+    if FLIPPED[rel] in found:
+        return rel, "reversed"
+    return rel, "other axis" if found else "no relation"
+
+
 def judge_image(pixels: np.ndarray, row: dict, mode: str = "geneval") -> tuple[Verdict, Detections]:
     dets = detect(pixels)
     return evaluate(dets, row, mode), dets
