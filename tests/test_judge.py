@@ -413,3 +413,25 @@ def test_relation_outcome_tells_a_reversed_relation_from_an_unplaced_one():
     s = summarise(results)["relations"]["left of"]
     assert s["images"] == 4 and s["as asked"] == s["reversed"] == s["other axis"] == s["missing"] == 0.25
     assert relation_outcome(detect(px), {**row, "include": row["include"][:1]}) is None  # no relation asked
+
+
+def test_colour_outcome_tells_a_swap_from_one_colour_for_both():
+    """"a red cross and a blue star" on hand-built scenes: each outcome, and the summary's shares (fails if the
+    outcome ignored which object wears which colour)."""
+    from gvu.eval.judging import judge_pixels, summarise
+    from gvu.world.judge import colour_outcome
+
+    row = {"tag": "color_attr", "prompt": "a photo of a red cross and a blue star",
+           "include": [{"class": "cross", "count": 1, "color": "red"}, {"class": "star", "count": 1, "color": "blue"}]}
+    scenes = {"as asked": ("red", "blue"), "swapped": ("blue", "red"), "one colour for both": ("blue", "blue"),
+              "one right": ("red", "green"), "neither": ("green", "yellow"), "missing": ("red", None)}
+    results = []
+    for outcome, (a, b) in scenes.items():
+        objs = [Obj("cross", a, "small", 0, 0)] + ([Obj("star", b, "small", 4, 4)] if b else [])
+        px = decode(scene_tokens(objs)[None])[0]
+        assert colour_outcome(detect(px), row) == outcome
+        results.append(judge_pixels(px, row))
+    assert [r["correct"] for r in results] == [True] + [False] * 5
+    s = summarise(results)["colour_pairs"]
+    assert s["images"] == 6 and all(s[o] == pytest.approx(1 / 6) for o in scenes)
+    assert colour_outcome(detect(px), {**row, "include": [row["include"][0]]}) is None  # one object: no binding

@@ -18,7 +18,7 @@ from gvu.eval.check import check_layout_rows
 from gvu.eval.layout import iter_layout, load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.world.detect import detect
-from gvu.world.judge import evaluate, relation_outcome, RELATION_OUTCOMES
+from gvu.world.judge import colour_outcome, COLOUR_OUTCOMES, evaluate, relation_outcome, RELATION_OUTCOMES
 from gvu.world.render import encode
 from gvu.world.scene import wrapped_rows
 from gvu.world.spec import BACKGROUND, COLORS, IMAGE_SIZE, PALETTE
@@ -60,6 +60,8 @@ def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval") -> dict:
                "objects": [d.to_json() for d in dets.all()]}
     if (placed := relation_outcome(dets, row)) is not None:
         details["relation"] = list(placed)  # [relation, outcome]: gvu.world.judge.relation_outcome
+    if (bound := colour_outcome(dets, row)) is not None:
+        details["colours"] = bound  # gvu.world.judge.colour_outcome
     return {"tag": row["tag"], "prompt": row["prompt"], "correct": verdict.correct, "reason": verdict.reason,
             "metadata": json.dumps(row), "details": details}
 
@@ -70,11 +72,14 @@ def summarise(results: Iterable[dict]) -> dict:
     unclean: dict[str, int] = defaultdict(int)
     wrapped: list[bool] = []
     placed: dict[str, list[str]] = defaultdict(list)
+    bound: list[str] = []
     for r in results:
         if "wrapped" in r.get("details", {}):
             wrapped.append(bool(r["details"]["wrapped"]))
         if "relation" in r.get("details", {}):
             placed[r["details"]["relation"][0]].append(r["details"]["relation"][1])
+        if "colours" in r.get("details", {}):
+            bound.append(r["details"]["colours"])
         if r["correct"] is None:
             unclean[r["tag"]] += 1
             continue
@@ -87,6 +92,8 @@ def summarise(results: Iterable[dict]) -> dict:
     if placed:  # per relation asked: the share of each outcome, and the images
         out["relations"] = {rel: {**{o: outcomes.count(o) / len(outcomes) for o in RELATION_OUTCOMES},
                                   "images": len(outcomes)} for rel, outcomes in sorted(placed.items())}
+    if bound:  # two objects, two colours: the share of each outcome
+        out["colour_pairs"] = {**{o: bound.count(o) / len(bound) for o in COLOUR_OUTCOMES}, "images": len(bound)}
     if unclean:
         out["unclean"] = sum(unclean.values())
         out["unclean_by_tag"] = dict(unclean)
@@ -137,6 +144,9 @@ def format_summary(summary: dict, title: str = "") -> str:
                      "edge (a half-drawn shape)")
     for rel, o in (summary.get("relations") or {}).items():
         lines.append(f"  asked {rel!r}: " + ", ".join(f"{o[k]:.2f} {k}" for k in RELATION_OUTCOMES)
+                     + f" ({o['images']} images)")
+    if (o := summary.get("colour_pairs")) is not None:
+        lines.append("  two objects, two colours: " + ", ".join(f"{o[k]:.2f} {k}" for k in COLOUR_OUTCOMES)
                      + f" ({o['images']} images)")
     if summary.get("unclean"):
         lines.append(f"  {summary['unclean']} images {UNCLEAN} (not scored): "

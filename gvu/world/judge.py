@@ -173,6 +173,30 @@ def relation_outcome(dets: Detections, row: dict) -> tuple[str, str] | None:
     return rel, "other axis" if found else "no relation"
 
 
+COLOUR_OUTCOMES = ("as asked", "swapped", "one colour for both", "one right", "neither", "missing")
+
+
+def colour_outcome(dets: Detections, row: dict) -> str | None:
+    """How a two-object colour binding ("a red cross and a blue star") came out, reading the first detection of each
+    class as GenEval's check does: 'as asked', 'swapped' (each object has the other's colour), 'one colour for both'
+    (both drawn in one of the asked colours), 'one right', 'neither' or 'missing' (an object not found). None unless
+    the prompt names exactly two objects of different classes, one of each, each with a colour."""
+    inc = row.get("include", [])
+    if len(inc) != 2 or any("color" not in q or q.get("count") != 1 for q in inc) or inc[0]["class"] == inc[1]["class"]:
+        return None
+    found = [dets.objects.get(q["class"], []) for q in inc]
+    if not all(found):
+        return "missing"
+    got, want = [f[0].color for f in found], [q["color"] for q in inc]
+    if got == want:
+        return "as asked"
+    if got == want[::-1]:
+        return "swapped"
+    if got[0] == got[1] and got[0] in want:
+        return "one colour for both"
+    return "one right" if got[0] == want[0] or got[1] == want[1] else "neither"
+
+
 def judge_image(pixels: np.ndarray, row: dict, mode: str = "geneval") -> tuple[Verdict, Detections]:
     dets = detect(pixels)
     return evaluate(dets, row, mode), dets
