@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import gvu.eval.evaluate as evaluate_module
-from gvu.world.judge import RELATION_OUTCOMES
+from gvu.world.judge import COLOUR_OUTCOMES, RELATION_OUTCOMES
 from gvu.models.load import load_model
 from gvu.models.protocol import SamplingConfig
 import gvu.models.pretrain as pretrain_module
@@ -149,6 +149,9 @@ def check_report(run: Path):
         assert v == {"before": before["geneval"]["relations"][rel], "after": after["geneval"]["relations"][rel]}
         assert sum(v["before"][k] for k in RELATION_OUTCOMES) == pytest.approx(1.0)
         assert (f"| {rel} | " + " | ".join(f"{v['before'][k]:.2f} -> {v['after'][k]:.2f}" for k in RELATION_OUTCOMES)) in md
+    cp = c["geneval"]["colour_pairs"]  # the colour bindings' outcomes, from the summaries
+    assert cp == {"before": before["geneval"]["colour_pairs"], "after": after["geneval"]["colour_pairs"]}
+    assert ("| " + " | ".join(f"{cp['before'][k]:.2f} -> {cp['after'][k]:.2f}" for k in COLOUR_OUTCOMES)) in md
     w = c["geneval"]["wrapped_fraction"]
     assert f"half-drawn shape, which the detector reads as no object): {w['before']:.1%} before, {w['after']:.1%}" in md
     assert f"{report['reward']['first']:.4f} -> {report['reward']['last']:.4f}." in md

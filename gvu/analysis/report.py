@@ -16,7 +16,7 @@ from gvu.analysis.lead import lead_plot, run_lead, SCORES
 from gvu.eval.layout import load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval import plots
-from gvu.world.judge import RELATION_OUTCOMES
+from gvu.world.judge import COLOUR_OUTCOMES, RELATION_OUTCOMES
 
 
 def _load(path: Path):
@@ -54,6 +54,8 @@ def compare(before: dict, after: dict) -> dict:
                            for t in b["tags"]},
                 "wrapped_fraction": {"before": b.get("wrapped_fraction"), "after": a.get("wrapped_fraction")},
             }
+            if b.get("colour_pairs") and a.get("colour_pairs"):
+                out[bench]["colour_pairs"] = {"before": b["colour_pairs"], "after": a["colour_pairs"]}
             if b.get("relations") and a.get("relations"):
                 out[bench]["relations"] = {rel: {"before": v, "after": a["relations"].get(rel)}
                                            for rel, v in b["relations"].items()}
@@ -223,6 +225,7 @@ def _md_scores(c: dict) -> list[str]:
                       f"shape, which the detector reads as no object): {w['before']:.1%} before, {w['after']:.1%} after. "
                       "A rise under the intrinsic reward means the policy found a blind spot of its judge.", ""]
         lines += _md_relations(c[bench].get("relations") or {})
+        lines += _md_colours(c[bench].get("colour_pairs"))
     if "understanding" in c:
         u = c["understanding"]
         lines += ["## Understanding (image-text matching)", "", "| perturbation | before | after |", "|---|---|---|"]
@@ -248,6 +251,17 @@ def _md_relations(rels: dict) -> list[str]:
         lines.append(f"| {rel} | " + " | ".join(f"{b[k]:.2f} -> {a[k]:.2f}" for k in RELATION_OUTCOMES)
                      + f" | {b['images']} / {a['images']} |")
     return lines + [""]
+
+
+def _md_colours(pairs: dict | None) -> list[str]:
+    """How the colours of two-object, two-colour prompts came out, before -> after (gvu.world.judge.colour_outcome)."""
+    if not pairs:
+        return []
+    b, a = pairs["before"], pairs["after"]
+    return ["How the colours of a two-object, two-colour prompt came out (share of its images, before -> after):", "",
+            "| " + " | ".join(COLOUR_OUTCOMES) + " | images |", "|---" * (len(COLOUR_OUTCOMES) + 1) + "|",
+            "| " + " | ".join(f"{b[k]:.2f} -> {a[k]:.2f}" for k in COLOUR_OUTCOMES) + f" | {b['images']} / {a['images']} |",
+            ""]
 
 
 def _md_lead(report: dict) -> list[str]:
