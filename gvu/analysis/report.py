@@ -223,7 +223,8 @@ def _md_scores(c: dict) -> list[str]:
         if w.get("before") is not None and w.get("after") is not None:
             lines += [f"Images holding a large object wrapped across the row edge (the painter's commonest half-drawn "
                       f"shape, which the detector reads as no object): {w['before']:.1%} before, {w['after']:.1%} after. "
-                      "A rise under the intrinsic reward means the policy found a blind spot of its judge.", ""]
+                      "A rise comes with drawing more large objects; `gvu score` tells whether the judge also rewards "
+                      "them (docs/bases.md, \"Why some AUCs are low\").", ""]
         lines += _md_relations(c[bench].get("relations") or {})
         lines += _md_colours(c[bench].get("colour_pairs"))
     if "understanding" in c:

@@ -53,8 +53,7 @@ def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int =
             imgs = pixels[j * per_prompt:(j + 1) * per_prompt]
             rs = []
             for k, img in enumerate(imgs):
-                r = judge_pixels(img, row, "geneval")
-                r["correct_strict"] = judge_pixels(img, row, "strict")["correct"]
+                r = judge_pixels(img, row, "geneval", with_strict=True)  # one detection for both verdicts
                 r["filename"] = f"{start + j:05d}/samples/{k:04d}.png"
                 rs.append(r)
             if outdir is not None:

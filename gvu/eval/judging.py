@@ -51,11 +51,13 @@ def wrapped_shape(pixels: np.ndarray) -> bool:
     return bool(wrapped_rows(encode(np.asarray(pixels)[None])[0]))
 
 
-def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval") -> dict:
-    """One GenEval-style result row (without filename) for one image; `details.wrapped` as in wrapped_shape."""
+def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval", with_strict: bool = False) -> dict:
+    """One GenEval-style result row (without filename) for one image; `details.wrapped` as in wrapped_shape;
+    `with_strict` adds the strict verdict as `correct_strict` from the same detections."""
     check_size(pixels, "image")
     dets = detect(pixels)
     verdict = evaluate(dets, row, mode)
+    extra = {"correct_strict": evaluate(dets, row, "strict").correct} if with_strict else {}
     details = {"failures": sorted(verdict.kinds), "malformed": dets.malformed, "wrapped": wrapped_shape(pixels),
                "objects": [d.to_json() for d in dets.all()]}
     if (placed := relation_outcome(dets, row)) is not None:
@@ -63,7 +65,7 @@ def judge_pixels(pixels: np.ndarray, row: dict, mode: str = "geneval") -> dict:
     if (bound := colour_outcome(dets, row)) is not None:
         details["colours"] = bound  # gvu.world.judge.colour_outcome
     return {"tag": row["tag"], "prompt": row["prompt"], "correct": verdict.correct, "reason": verdict.reason,
-            "metadata": json.dumps(row), "details": details}
+            "metadata": json.dumps(row), "details": details, **extra}
 
 
 def summarise(results: Iterable[dict]) -> dict:
@@ -74,12 +76,13 @@ def summarise(results: Iterable[dict]) -> dict:
     placed: dict[str, list[str]] = defaultdict(list)
     bound: list[str] = []
     for r in results:
-        if "wrapped" in r.get("details", {}):
-            wrapped.append(bool(r["details"]["wrapped"]))
-        if "relation" in r.get("details", {}):
-            placed[r["details"]["relation"][0]].append(r["details"]["relation"][1])
-        if "colours" in r.get("details", {}):
-            bound.append(r["details"]["colours"])
+        d = r.get("details", {})
+        if "wrapped" in d:
+            wrapped.append(bool(d["wrapped"]))
+        if "relation" in d:
+            placed[d["relation"][0]].append(d["relation"][1])
+        if "colours" in d:
+            bound.append(d["colours"])
         if r["correct"] is None:
             unclean[r["tag"]] += 1
             continue
