@@ -207,3 +207,35 @@ def test_rope2d_positions_turn_by_row_and_column(model, tmp_path):
     assert torch.allclose(back.prompt_logprobs(imgs, PROMPTS)[0], b)
     with pytest.raises(ValueError, match="need grid=True"):
         build_builtin("tiny", rope2d=True, grid=False)
+
+
+def test_paint_gives_the_written_image_the_grid(tmp_path):
+    read = build_builtin("tiny", seed=0, rope2d=True, relative=True)  # the shipped reader, a flat-raster painter
+    paint = build_builtin("tiny", seed=0, rope2d=True, relative=True, paint=True)  # the same weights
+    for a, b in zip(read.lm.parameters(), paint.lm.parameters()):
+        assert torch.equal(a, b)
+    tok, lay = paint.tokenizer, paint.layout
+    c = codes(7, 1)[0].tolist()
+    for prompt in (tok.encode(PROMPTS[0]), []):  # conditional and unconditional rows alike
+        ids = torch.tensor([lay.generation_sequence(prompt, c)])
+        cells = paint.lm.grid_cells(ids)[0]
+        s = len(lay.generation_prefix(prompt))
+        assert cells[s:s + spec.NUM_TOKENS].tolist() == list(range(spec.NUM_TOKENS))
+        assert (cells[:s] == -1).all() and (cells[s + spec.NUM_TOKENS:] == -1).all()
+        assert (read.lm.grid_cells(ids) == -1).all()
+    imgs = codes(8)
+    # understanding reads as before; generation now depends on the grid
+    assert torch.equal(read.prompt_logprobs(imgs, PROMPTS)[0], paint.prompt_logprobs(imgs, PROMPTS)[0])
+    sampling = SamplingConfig()
+    assert (read.image_logprobs(PROMPTS, imgs, sampling) - paint.image_logprobs(PROMPTS, imgs, sampling)).abs().max() > 1e-3
+    # the KV-cached sampler (cells from the prefill's <boi>) and the teacher-forced pass agree, guided or not
+    for sampling in (SamplingConfig(), SamplingConfig(guidance=3.0)):
+        r = paint.sample(PROMPTS, 2, sampling, torch.Generator().manual_seed(0))
+        tf = paint.image_logprobs([p for p in PROMPTS for _ in range(2)], r.image_tokens_NT, sampling)
+        assert torch.allclose(tf, r.logp_NT, atol=1e-4)
+    save_builtin(paint, tmp_path / "p")
+    back = load_builtin(tmp_path / "p")
+    assert back.lm.grid["paint"] and torch.equal(back.image_logprobs(PROMPTS, imgs, sampling),
+                                                 paint.image_logprobs(PROMPTS, imgs, sampling))
+    with pytest.raises(ValueError, match="needs grid=True"):
+        build_builtin("tiny", paint=True, grid=False)

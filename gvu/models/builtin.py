@@ -86,7 +86,7 @@ class BuiltinUMM(SharedVocabUMM):
 
 
 def llama_config(size: str, tok: WordTokenizer, grid: bool = True, bidirectional: bool = False,
-                 relative: bool = False, rope2d: bool = False):
+                 relative: bool = False, rope2d: bool = False, paint: bool = False):
     from transformers import LlamaConfig  # lazy: keeps `import gvu.models.builtin` cheap
 
     if size not in PRESETS:
@@ -95,7 +95,8 @@ def llama_config(size: str, tok: WordTokenizer, grid: bool = True, bidirectional
     if grid:
         p = {**p, GRID_KEY: dict(rows=spec.GRID, cols=spec.GRID, image_token_offset=tok.image_token_offset,
                                  num_codes=tok.num_codes, open_id=tok.see_id,
-                                 bidirectional=bidirectional, relative=relative, rope2d=rope2d)}
+                                 bidirectional=bidirectional, relative=relative, rope2d=rope2d,
+                                 **({"paint": True, "boi_id": tok.boi_id} if paint else {}))}
     return LlamaConfig(
         vocab_size=tok.vocab_size, max_position_embeddings=MAX_POSITIONS,
         num_key_value_heads=p["num_attention_heads"], tie_word_embeddings=True,
@@ -140,10 +141,11 @@ def _model_class(grid: bool):
 
 def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer | None = None,
                   aligned: bool = True, grid: bool = True, bidirectional: bool = False,
-                  relative: bool = False, rope2d: bool = False) -> BuiltinUMM:
+                  relative: bool = False, rope2d: bool = False, paint: bool = False) -> BuiltinUMM:
     """A randomly initialised built-in model (`aligned`: shared word/code factors, see align_embeddings; `grid`:
     understanding reads images with a 2-D row+column embedding, see gvu.models.grid; False is the flat raster;
-    `bidirectional`: with the grid, the tokens of an understanding image also attend to each other both ways).
+    `bidirectional`: with the grid, the tokens of an understanding image also attend to each other both ways;
+    `paint`: the image a generation sequence writes gets the grid's row and column embedding and 2-D rotary too).
     The global torch RNG is left as it was."""
     tok = tokenizer or WordTokenizer()
     if bidirectional and not grid:
@@ -152,7 +154,9 @@ def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer
         raise ValueError("relative image attention is part of the 2-D reader: it needs grid=True")
     if rope2d and not grid:
         raise ValueError("2-D rotary positions are part of the 2-D reader: they need grid=True")
-    config = llama_config(size, tok, grid, bidirectional, relative, rope2d)
+    if paint and not grid:
+        raise ValueError("a 2-D painter (paint) uses the grid's row and column tables: it needs grid=True")
+    config = llama_config(size, tok, grid, bidirectional, relative, rope2d, paint)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         lm = _model_class(grid)(config)

@@ -1,6 +1,6 @@
 """A 2-D reader for the built-in model: a learned row and column embedding added to the image tokens that the
 understanding branch reads, as a vision encoder's 2-D position embeddings do in real UMMs (SigLIP in Janus and
-X-Omni), while generation keeps writing a flat 1-D raster.
+X-Omni), while generation keeps writing a flat 1-D raster unless the config asks for `paint` (below).
 
 `GridLlamaForCausalLM` is a stock `LlamaForCausalLM` plus two small embedding tables; everything else (PEFT,
 save_pretrained/from_pretrained, KV caches, FSDP2) is transformers' own. The grid is added to an image token only
@@ -26,7 +26,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 GRID_KEY = "gvu_grid"
-"""Config attribute holding {rows, cols, image_token_offset, num_codes, open_id} (saved in config.json)."""
+"""Config attribute holding {rows, cols, image_token_offset, num_codes, open_id} and the reader's options
+(bidirectional, relative, rope2d; paint with boi_id) (saved in config.json)."""
 
 
 class GridLlamaForCausalLM(LlamaForCausalLM):
@@ -48,18 +49,50 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         if self.grid.get("relative"):
             directional_init(self.rel_bias)
 
-    def grid_cells(self, ids_NS: torch.Tensor) -> torch.Tensor:
+    def grid_cells(self, ids_NS: torch.Tensor, position_ids: torch.Tensor | None = None,
+                   past: int = 0) -> torch.Tensor:
+        """Cell index of every image token the grid covers, -1 elsewhere: [N, S]. Without `paint`, the tokens of
+        understanding image spans (read_cells); with it, also those of the image a generation sequence writes."""
+        read_NS = self.read_cells(ids_NS)
+        if not self.grid.get("paint"):
+            return read_NS
+        paint_NS = self.span_cells(ids_NS, self.grid["boi_id"])
+        S = ids_NS.shape[1]
+        pos_NS = position_ids if position_ids is not None else torch.arange(S, device=ids_NS.device)[None] + past
+        pos_NS = pos_NS.expand(ids_NS.shape[0], S)
+        opened_N = (ids_NS == self.grid["boi_id"]).any(dim=1)
+        if bool(opened_N.any()):  # remember where each row's image starts, for the cached decode steps after it
+            j_S = torch.arange(S, device=ids_NS.device)
+            last_NS = torch.where(ids_NS == self.grid["boi_id"], j_S, torch.full_like(ids_NS, -1))
+            last_N = last_NS.max(dim=1).values
+            start_N = pos_NS.gather(1, last_N.clamp(min=0)[:, None])[:, 0] + 1
+            self._paint_start_N = torch.where(opened_N, start_N, torch.full_like(start_N, -10 ** 9))
+        elif past > 0 and getattr(self, "_paint_start_N", None) is not None \
+                and self._paint_start_N.shape[0] == ids_NS.shape[0]:
+            k_NS = pos_NS - self._paint_start_N.to(pos_NS.device)[:, None]
+            inside_NS = (k_NS >= 0) & (k_NS < self.grid["rows"] * self.grid["cols"]) & self.is_image(ids_NS)
+            paint_NS = torch.where(inside_NS, k_NS, torch.full_like(k_NS, -1))
+        return torch.where(read_NS >= 0, read_NS, paint_NS)
+
+    def read_cells(self, ids_NS: torch.Tensor) -> torch.Tensor:
         """Cell index of every token inside an understanding image span, -1 elsewhere: [N, S]."""
+        return self.span_cells(ids_NS, self.grid["open_id"])
+
+    def is_image(self, ids_NS: torch.Tensor) -> torch.Tensor:
+        off = self.grid["image_token_offset"]
+        return (ids_NS >= off) & (ids_NS < off + self.grid["num_codes"])
+
+    def span_cells(self, ids_NS: torch.Tensor, opener_id: int) -> torch.Tensor:
+        """Cell index of every image token within rows x cols tokens after an `opener_id` token in view, -1
+        elsewhere: [N, S]."""
         g = self.grid
         T = g["rows"] * g["cols"]
         S = ids_NS.shape[1]
         j_S = torch.arange(S, device=ids_NS.device)
-        opener_NS = torch.where(ids_NS == g["open_id"], j_S, torch.full_like(ids_NS, -1))
+        opener_NS = torch.where(ids_NS == opener_id, j_S, torch.full_like(ids_NS, -1))
         last_open_NS = torch.cummax(opener_NS, dim=1).values
         k_NS = j_S - last_open_NS - 1
-        off = g["image_token_offset"]
-        is_image_NS = (ids_NS >= off) & (ids_NS < off + g["num_codes"])
-        inside_NS = (last_open_NS >= 0) & (k_NS >= 0) & (k_NS < T) & is_image_NS
+        inside_NS = (last_open_NS >= 0) & (k_NS >= 0) & (k_NS < T) & self.is_image(ids_NS)
         return torch.where(inside_NS, k_NS, torch.full_like(k_NS, -1))
 
     def grid_embeds(self, ids_NS: torch.Tensor, cell_NS: torch.Tensor) -> torch.Tensor:
@@ -105,15 +138,16 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
         """Rotary positions of every token along the grid's rows and along its columns, [N, S] each: a token
         outside an image span keeps its 1-D position on both; the image token of cell (r, c) sits at its span
         opener's position + 1 + r along rows and + 1 + c along columns, so two image tokens are (row offset,
-        column offset) apart, and the text after the image sees a horizontal offset as it sees a vertical one."""
+        column offset) apart, and the text after the image sees a horizontal offset as it sees a vertical one.
+        (Position ids count real tokens, so cell k sits k past the opener's position + 1: no opener in view is
+        needed, as in a cached decode step.)"""
         N, S = cell_NS.shape
         if position_ids is None:
             position_ids = torch.arange(S, device=cell_NS.device)[None] + past
         pos_NS = position_ids.expand(N, S)
         inside_NS = cell_NS >= 0
         c = cell_NS.clamp(min=0)
-        opener_NS = (torch.arange(S, device=cell_NS.device)[None] - c - 1).clamp(min=0)
-        base_NS = torch.gather(pos_NS, 1, opener_NS) + 1
+        base_NS = pos_NS - c
         C = self.grid["cols"]
         rows = torch.where(inside_NS, base_NS + c // C, pos_NS)
         cols = torch.where(inside_NS, base_NS + c % C, pos_NS)
@@ -121,17 +155,19 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, **kwargs):
         if input_ids is not None and inputs_embeds is None:
-            cell_NS = self.grid_cells(input_ids)
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+            position_ids = kwargs.get("position_ids")
+            cell_NS = self.grid_cells(input_ids, position_ids, past)
             if self.grid.get("rope2d") and bool((cell_NS >= 0).any()):
-                cache = kwargs.get("cache", kwargs.get("past_key_values"))
-                past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-                self.model.rotary_emb.grid_positions = self.grid_positions(cell_NS, kwargs.get("position_ids"), past)
+                self.model.rotary_emb.grid_positions = self.grid_positions(cell_NS, position_ids, past)
             inputs_embeds = self.grid_embeds(input_ids, cell_NS)
             if (self.grid.get("bidirectional") or self.grid.get("relative")) and attention_mask is not None \
                     and attention_mask.dim() == 2 and attention_mask.shape[1] == input_ids.shape[1]:
-                span = self.span_mask(cell_NS, attention_mask, inputs_embeds.dtype)
+                read_NS = self.read_cells(input_ids) if self.grid.get("paint") else cell_NS
+                span = self.span_mask(read_NS, attention_mask, inputs_embeds.dtype)
                 if span is not None and self.grid.get("relative"):
-                    span = span + self.relative_bias(cell_NS).to(span.dtype)
+                    span = span + self.relative_bias(read_NS).to(span.dtype)
                 attention_mask = attention_mask if span is None else span
             input_ids = None
         try:

@@ -96,6 +96,10 @@ class PretrainConfig:
     """With the grid: rotary positions in two dimensions inside an understanding image (gvu.models.grid
     GridRotaryEmbedding), so the text after the image sees a column offset as it sees a row offset. None: on with
     the grid."""
+    paint: bool = False
+    """With the grid: the image a generation example writes gets the grid's row and column embedding (and, with
+    rope2d, its 2-D rotary positions) as the images understanding reads do; attention stays causal. Off: the
+    painter writes a flat 1-D raster, as in the shipped bases."""
     describe_weights: dict[str, float] | None = None
     """What the understanding branch is taught to say: relative weight of each description kind (see
     describe.describe); None takes the preset's mix (PRESET_DESCRIBE_WEIGHTS), {} all thirteen kinds equally."""
@@ -127,9 +131,9 @@ class PretrainConfig:
             self.relative = self.grid
         if self.rope2d is None:
             self.rope2d = self.grid
-        if (self.relative or self.rope2d or self.bidirectional) and not self.grid:
-            raise ValueError("relative, rope2d and bidirectional are parts of the 2-D reader: they need grid=True "
-                             "(the flat ablation reads the raster as generation writes it)")
+        if (self.relative or self.rope2d or self.bidirectional or self.paint) and not self.grid:
+            raise ValueError("relative, rope2d, bidirectional and paint are parts of the 2-D reader: they need "
+                             "grid=True (the flat ablation reads the raster as generation writes it)")
         if self.preset not in PRESET_GEN_FRACTION:
             raise ValueError(f"preset must be one of {sorted(PRESET_GEN_FRACTION)}, got {self.preset!r}")
         if self.gen_fraction is None:
@@ -345,7 +349,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True,
         torch.set_num_threads(cfg.threads)
     state_path = work / STATE_FILE
     model = build_builtin(cfg.size, seed=cfg.seed, aligned=cfg.aligned_init, grid=cfg.grid,
-                          bidirectional=cfg.bidirectional, relative=cfg.relative, rope2d=cfg.rope2d)
+                          bidirectional=cfg.bidirectional, relative=cfg.relative, rope2d=cfg.rope2d, paint=cfg.paint)
     pool = build_pool(cfg.num_scenes, cfg.seed, cfg.kinds, progress)
     lm = model.lm
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
