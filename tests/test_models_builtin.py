@@ -182,3 +182,19 @@ def test_load_and_save_refuse_other_folders(model, tmp_path):
     with pytest.raises(FileExistsError, match="not a gvu model directory"):
         save_builtin(model, tmp_path)
     assert (tmp_path / "notes.txt").exists()
+
+
+def test_half_precision_weights_load_as_the_saved_model(tmp_path):
+    m = build_builtin("tiny", seed=1)
+    save_builtin(m, tmp_path / "f32")
+    before = [p.detach().clone() for p in m.lm.parameters()]
+    save_builtin(m, tmp_path / "f16", weights_dtype="float16")
+    assert any(not torch.equal(a, p) for a, p in zip(before, m.lm.parameters()))  # rounded to what was written
+    size = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("f32", "f16")}
+    assert size["f16"] < 0.55 * size["f32"]
+    back = load_builtin(tmp_path / "f16")
+    assert all(p.dtype == torch.float32 for p in back.lm.parameters())
+    for a, b in zip(m.lm.state_dict().values(), back.lm.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="weights_dtype must be"):
+        save_builtin(m, tmp_path / "bad", weights_dtype="bfloat16")

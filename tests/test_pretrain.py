@@ -214,6 +214,10 @@ def test_presets_set_gen_fraction():
         PretrainConfig(preset="strong")
     with pytest.raises(ValueError, match="gen_fraction"):
         PretrainConfig(gen_fraction=1.5)
+    with pytest.raises(ValueError, match="save_dtype"):
+        PretrainConfig(save_dtype="bfloat16")
+    with pytest.raises(ValueError, match="paint"):
+        PretrainConfig(grid=False, relative=False, rope2d=False, paint=True)
     # and the fraction is what batches contain
     pool = build_pool(20, seed=0, kinds=TINY.kinds, progress=False)
     model = build_builtin("tiny")

@@ -171,9 +171,11 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return all((Path(path) / f).is_file() for f in REQUIRED_FILES)
 
 
-def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | None = None,
+                 weights_dtype: str = "float32") -> Path:
     """Write the model to `directory` atomically (replacing a gvu model already there). `extra` goes into
-    gvu.json (e.g. how it was pretrained)."""
+    gvu.json (e.g. how it was pretrained). `weights_dtype='float16'` stores the weights at half the size (the
+    config keeps float32, so they load as float32) and rounds the model's own weights to match."""
     target = Path(directory).resolve()
     if hasattr(model.lm, "get_base_model"):
         raise ValueError("the model holds PEFT adapters; merge them first (model.lm = model.lm.merge_and_unload()) "
@@ -183,7 +185,15 @@ def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
+        if weights_dtype == "float16":
+            with torch.no_grad():
+                for p in model.lm.parameters():
+                    p.copy_(p.half().float())
+        elif weights_dtype != "float32":
+            raise ValueError(f"weights_dtype must be 'float32' or 'float16', got {weights_dtype!r}")
         model.lm.save_pretrained(tmp)
+        if weights_dtype == "float16":
+            half_weights(tmp)
         model.tokenizer.save(tmp)
         info = {"kind": "builtin", "format": FORMAT, "grid": model.grid, "size": model.size,
                 "preset": PRESETS.get(model.size), "num_parameters": sum(p.numel() for p in model.lm.parameters()), **(extra or {})}
@@ -195,6 +205,18 @@ def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def half_weights(directory: Path) -> None:
+    """Rewrite every float32 tensor of the folder's safetensors files as float16 (metadata kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            meta = h.metadata()
+            tensors = {k: h.get_tensor(k) for k in h.keys()}
+        save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}, str(f), metadata=meta)
 
 
 def load_builtin(directory: str | os.PathLike, device: str | torch.device | None = None) -> BuiltinUMM:

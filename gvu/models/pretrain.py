@@ -100,16 +100,16 @@ class PretrainConfig:
     """With the grid: the image a generation example writes gets the grid's row and column embedding (and, with
     rope2d, its 2-D rotary positions) as the images understanding reads do; attention stays causal. Off: the
     painter writes a flat 1-D raster, as in the shipped bases."""
+    save_dtype: str = "float32"
+    """How the finished model's weights are stored: 'float16' halves the file (it loads as float32)."""
     describe_weights: dict[str, float] | None = None
     """What the understanding branch is taught to say: relative weight of each description kind (see
     describe.describe); None takes the preset's mix (PRESET_DESCRIBE_WEIGHTS), {} all thirteen kinds equally."""
     negative_prob: float = 0.0
     """Fraction of understanding examples that also carry a hard negative (one fact of the description changed
-    through the grammar, false on the image: a colour, a count, a relation, an object). Off by default: at 0.5
-    (1,000 steps, regular mix) relation matching stayed at chance (0.48) while colour fell to 0.47, captions to
-    0.09 and GenEval-shapes to 0.26 (docs/results.md).
-    The pair adds a ranking loss softplus(logp(negative) - logp(true)) over the description's summed log-probs:
-    the judge is taught which words the image rules out, not only which it allows."""
+    through the grammar, false on the image), with a ranking loss softplus(logp(negative) - logp(true)) over the
+    description's summed log-probs. Off by default: at 0.5 (1,000 steps, regular mix) relation matching stayed at
+    chance (0.48) while colour fell to 0.47 and GenEval-shapes to 0.26 (docs/results.md)."""
     negative_weight: float = 1.0
     """Weight of the ranking loss against the language-modelling loss."""
     relation_fraction: float | None = None
@@ -160,6 +160,8 @@ class PretrainConfig:
             raise ValueError(f"negative_weight must be a finite number >= 0, got {self.negative_weight}")
         if not 0.0 <= self.debris_prob <= 1.0:
             raise ValueError(f"debris_prob must be in [0, 1], got {self.debris_prob}")
+        if self.save_dtype not in ("float32", "float16"):
+            raise ValueError(f"save_dtype must be 'float32' or 'float16', got {self.save_dtype!r}")
         if not 0.0 <= self.wrap_prob <= 1.0:
             raise ValueError(f"wrap_prob must be in [0, 1], got {self.wrap_prob}")
         if not 0.0 <= self.gen_fraction <= 1.0:
@@ -327,7 +329,7 @@ def _log_step(log, step: int, loss: float, parts: dict, lr: float, tokens_per_s:
 def _write_base(model: BuiltinUMM, cfg: PretrainConfig, out: Path, work: Path) -> BuiltinUMM:
     """The finished model into `out`, with its log; the work folder (state, log) goes."""
     model.lm.eval()
-    save_builtin(model, out, extra={"pretrain": asdict(cfg)})
+    save_builtin(model, out, extra={"pretrain": asdict(cfg)}, weights_dtype=cfg.save_dtype)
     os.replace(work / LOG_FILE, out / LOG_FILE)
     (work / STATE_FILE).unlink(missing_ok=True)
     work.rmdir()
