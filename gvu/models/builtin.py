@@ -176,6 +176,8 @@ def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | 
     """Write the model to `directory` atomically (replacing a gvu model already there). `extra` goes into
     gvu.json (e.g. how it was pretrained). `weights_dtype='float16'` stores the weights at half the size (the
     config keeps float32, so they load as float32) and rounds the model's own weights to match."""
+    if weights_dtype not in ("float32", "float16"):
+        raise ValueError(f"weights_dtype must be 'float32' or 'float16', got {weights_dtype!r}")
     target = Path(directory).resolve()
     if hasattr(model.lm, "get_base_model"):
         raise ValueError("the model holds PEFT adapters; merge them first (model.lm = model.lm.merge_and_unload()) "
@@ -189,8 +191,6 @@ def save_builtin(model: BuiltinUMM, directory: str | os.PathLike, extra: dict | 
             with torch.no_grad():
                 for p in model.lm.parameters():
                     p.copy_(p.half().float())
-        elif weights_dtype != "float32":
-            raise ValueError(f"weights_dtype must be 'float32' or 'float16', got {weights_dtype!r}")
         model.lm.save_pretrained(tmp)
         if weights_dtype == "float16":
             half_weights(tmp)

@@ -53,9 +53,15 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
                    past: int = 0) -> torch.Tensor:
         """Cell index of every image token the grid covers, -1 elsewhere: [N, S]. Without `paint`, the tokens of
         understanding image spans (read_cells); with it, also those of the image a generation sequence writes."""
+        return self.cells(ids_NS, position_ids, past)[0]
+
+    def cells(self, ids_NS: torch.Tensor, position_ids: torch.Tensor | None = None,
+              past: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grid_cells, read_cells) from one pass: every cell the grid covers, and those of understanding spans
+        only (which alone attend both ways and take the relative bias)."""
         read_NS = self.read_cells(ids_NS)
         if not self.grid.get("paint"):
-            return read_NS
+            return read_NS, read_NS
         paint_NS = self.span_cells(ids_NS, self.grid["boi_id"])
         S = ids_NS.shape[1]
         pos_NS = position_ids if position_ids is not None else torch.arange(S, device=ids_NS.device)[None] + past
@@ -72,7 +78,7 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
             k_NS = pos_NS - self._paint_start_N.to(pos_NS.device)[:, None]
             inside_NS = (k_NS >= 0) & (k_NS < self.grid["rows"] * self.grid["cols"]) & self.is_image(ids_NS)
             paint_NS = torch.where(inside_NS, k_NS, torch.full_like(k_NS, -1))
-        return torch.where(read_NS >= 0, read_NS, paint_NS)
+        return torch.where(read_NS >= 0, read_NS, paint_NS), read_NS
 
     def read_cells(self, ids_NS: torch.Tensor) -> torch.Tensor:
         """Cell index of every token inside an understanding image span, -1 elsewhere: [N, S]."""
@@ -158,13 +164,12 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
             position_ids = kwargs.get("position_ids")
-            cell_NS = self.grid_cells(input_ids, position_ids, past)
+            cell_NS, read_NS = self.cells(input_ids, position_ids, past)
             if self.grid.get("rope2d") and bool((cell_NS >= 0).any()):
                 self.model.rotary_emb.grid_positions = self.grid_positions(cell_NS, position_ids, past)
             inputs_embeds = self.grid_embeds(input_ids, cell_NS)
             if (self.grid.get("bidirectional") or self.grid.get("relative")) and attention_mask is not None \
                     and attention_mask.dim() == 2 and attention_mask.shape[1] == input_ids.shape[1]:
-                read_NS = self.read_cells(input_ids) if self.grid.get("paint") else cell_NS
                 span = self.span_mask(read_NS, attention_mask, inputs_embeds.dtype)
                 if span is not None and self.grid.get("relative"):
                     span = span + self.relative_bias(read_NS).to(span.dtype)
