@@ -8,7 +8,8 @@ model's default sampling): GenEval-shapes and GenEval++-shapes (exact judge), th
 matching per perturbation, caption truthfulness, the sign of a two-object relation per relation), and the
 reward's AUC against the exact verdicts on the base's own GenEval-shapes samples, per tag (the judge's lead).
 The first logged losses of pretraining are copied from the base's pretrain_log.jsonl: rerunning the command must
-reproduce them (tests/test_bases.py). Generated images go to --work (default runs/manifest-NAME), never into the
+reproduce them (tests/test_bases.py). A base continued from another (`init=DIR`, docs/bases.md) also records, under
+"parent", the command that built DIR and DIR's first losses, which the test replays from scratch. Generated images go to --work (default runs/manifest-NAME), never into the
 base's folder. `--demo RUN` takes the numbers from a `gvu demo` run that started from BASE instead, whose "before" evaluation
 and scoring are these same measurements of the same model (8 images per prompt, seed 1234).
 """
@@ -81,6 +82,19 @@ def benchmarks(summary: dict, records: list[dict]) -> dict:
     }
 
 
+def _parent(command: str, parent: list[str] | None) -> dict:
+    """The manifest's record of the base a continued pretraining started from (its `init=` folder)."""
+    init = [w.removeprefix("init=") for w in shlex.split(command) if w.startswith("init=")]
+    if not parent or len(init) != 1:
+        raise SystemExit("a base continued from another needs exactly one init=DIR in --command and --parent "
+                         "COMMAND SECONDS COMMIT (the command that built DIR)")
+    words = shlex.split(parent[0])
+    if words[:2] != ["gvu", "pretrain"] or words[words.index("--out") + 1] != init[0]:
+        raise SystemExit(f"--parent must be the gvu pretrain command that wrote {init[0]} (its --out)")
+    return {"command": parent[0], "pretraining_seconds": round(float(parent[1])), "commit": parent[2],
+            "first_losses": first_losses(Path(init[0]))}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("base", help="a finished base folder (gvu pretrain --out)")
@@ -90,12 +104,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", help="folder for the evaluation's images (default runs/manifest-NAME)")
     p.add_argument("--demo", help="take the numbers from the before-evaluation of this `gvu demo` run from BASE")
     p.add_argument("--note", help="how the pretraining was timed (e.g. beside another run)")
+    p.add_argument("--parent", nargs=3, metavar=("COMMAND", "SECONDS", "COMMIT"),
+                   help="a base continued from another (`init=DIR` in --command): the command that built DIR, its "
+                        "time and commit; DIR's first losses go in the manifest for the replay test")
     a = p.parse_args(argv)
     base = Path(a.base)
     if not a.command.startswith("gvu pretrain "):
         raise SystemExit(f"--command must be the gvu pretrain command line, got {a.command!r}")
     shlex.split(a.command)  # refuses unbalanced quotes now rather than in the test that replays it
     torch.set_num_threads(1)
+    parent = _parent(a.command, a.parent) if a.parent or "init=" in a.command else None
     work = Path(a.work or f"runs/manifest-{base.name}")
     manifest = {
         "command": a.command,
@@ -106,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "first_losses": first_losses(base),
         "pretrain": json.loads((base / "gvu.json").read_text()).get("pretrain"),
+        **({"parent": parent} if parent else {}),
         "benchmarks": benchmarks(*(from_demo(Path(a.demo), base) if a.demo else measure(base, work))),
     }
     (base / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -125,6 +125,29 @@ def test_interrupt_then_resume_matches_uninterrupted(reference_run, tmp_path, mo
     assert logged == list(range(1, 11)) + [cfg.steps]
 
 
+def test_init_starts_from_a_saved_models_weights(reference_run, tmp_path):
+    """`init` continues pretraining from a saved base: with a zero learning rate the result is the base's weights
+    exactly (a fresh start is not), and a run with steps moves on from them."""
+    parent, trained = reference_run
+    still = pretrain(dataclasses.replace(TINY, steps=3, learning_rate=0.0, init=str(parent)), tmp_path / "a",
+                     progress=False)
+    assert_same_weights(weights(still), weights(trained))
+    fresh = pretrain(dataclasses.replace(TINY, steps=3, learning_rate=0.0), tmp_path / "b", progress=False)
+    assert any(not torch.equal(v, trained.lm.state_dict()[k]) for k, v in fresh.lm.state_dict().items())
+    pool = build_pool(TINY.num_scenes, TINY.seed, TINY.kinds, progress=False)
+    moved = pretrain(dataclasses.replace(TINY, steps=5, init=str(parent)), tmp_path / "c", progress=False)
+    assert abs(fixed_batch_loss(moved, pool) - fixed_batch_loss(trained, pool)) < 0.5 * fixed_batch_loss(fresh, pool)
+    assert json.loads((tmp_path / "c" / "gvu.json").read_text())["pretrain"]["init"] == str(parent)
+
+
+def test_init_refuses_another_architecture(reference_run, tmp_path):
+    parent, _ = reference_run
+    with pytest.raises(ValueError, match="architecture differs.*paint"):
+        pretrain(dataclasses.replace(TINY, steps=2, paint=True, init=str(parent)), tmp_path / "x", progress=False)
+    with pytest.raises(FileNotFoundError, match="not a gvu model directory"):
+        pretrain(dataclasses.replace(TINY, steps=2, init=str(tmp_path / "none")), tmp_path / "y", progress=False)
+
+
 def test_crash_resumes_from_the_last_periodic_state(reference_run, tmp_path, monkeypatch):
     """Not a Ctrl-C (e.g. the machine dies): the periodic state file is all there is, and it is enough."""
     _, uninterrupted = reference_run

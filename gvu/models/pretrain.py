@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from gvu.eval.understanding import negatives
-from gvu.models.builtin import build_builtin, BuiltinUMM, save_builtin
+from gvu.models.builtin import build_builtin, BuiltinUMM, load_builtin, save_builtin
 from gvu.models.forward import pad_batch
+from gvu.models.pretrain_state import lr_lambda as _lr_lambda, restore as _restore, save_state as _save_state
 from gvu.models.pretrain_data import add_debris, add_wrapped, build_pool, relation_example, ScenePool
 from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
@@ -100,6 +101,10 @@ class PretrainConfig:
     """With the grid: the image a generation example writes gets the grid's row and column embedding (and, with
     rope2d, its 2-D rotary positions) as the images understanding reads do; attention stays causal. Off: the
     painter writes a flat 1-D raster, as in the shipped bases."""
+    init: str | None = None
+    """A saved built-in model folder to start from: its weights, with a fresh optimizer and schedule (continued
+    pretraining; how the weak base wears down the regular one's painter, docs/bases.md). Its architecture must be
+    the one this command builds (size, grid, relative, rope2d, bidirectional, paint)."""
     save_dtype: str = "float32"
     """How the finished model's weights are stored: 'float16' halves the file (it loads as float32)."""
     describe_weights: dict[str, float] | None = None
@@ -279,37 +284,6 @@ def lm_loss(lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: 
     return loss, stats
 
 
-def _lr_lambda(cfg: PretrainConfig):
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    return f
-
-
-def _save_state(path: Path, model, opt, sched, step: int, rng: np.random.Generator, cfg: PretrainConfig):
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "step": step, "rng": rng.bit_generator.state, "config": asdict(cfg)}, tmp)
-    os.replace(tmp, path)
-
-
-def _restore(state_path: Path, cfg: PretrainConfig, lm, opt, sched, rng) -> int:
-    """Load a saved run's state into the given objects; the step to resume at (0 without a state)."""
-    if not state_path.exists():
-        return 0
-    state = torch.load(state_path, weights_only=False)
-    if state["config"] != asdict(cfg):
-        raise ValueError(f"{state_path} was written with another configuration; delete it or use the same "
-                         "options to resume")
-    lm.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
-    rng.bit_generator.state = state["rng"]
-    return state["step"]
-
-
 def _update(lm, b: Batch, cfg: PretrainConfig, opt, sched):
     """One optimizer step on a batch; (loss, its parts)."""
     loss, parts = lm_loss(lm, b.ids, b.mask, b.labels, b.is_gen, b.neg_rows, b.true_rows, cfg.negative_weight)
@@ -336,6 +310,24 @@ def _write_base(model: BuiltinUMM, cfg: PretrainConfig, out: Path, work: Path) -
     return model
 
 
+def _initial_model(cfg: PretrainConfig) -> BuiltinUMM:
+    """The model a run starts from: fresh weights, or those of `cfg.init` when they fit this architecture."""
+    model = build_builtin(cfg.size, seed=cfg.seed, aligned=cfg.aligned_init, grid=cfg.grid,
+                          bidirectional=cfg.bidirectional, relative=cfg.relative, rope2d=cfg.rope2d, paint=cfg.paint)
+    if cfg.init is None:
+        return model
+    parent = load_builtin(cfg.init).lm
+    shapes = {k: tuple(v.shape) for k, v in model.lm.state_dict().items()}
+    differ = sorted(k for k in ("gvu_grid", "hidden_size", "num_hidden_layers", "vocab_size")
+                    if getattr(parent.config, k, None) != getattr(model.lm.config, k, None))
+    if differ or shapes != {k: tuple(v.shape) for k, v in parent.state_dict().items()}:
+        raise ValueError(f"init={cfg.init}: that model's architecture differs from the one this command builds "
+                         f"({', '.join(differ) or 'weight shapes'}); give the same size, --flat, relative, rope2d, "
+                         "bidirectional and paint as the command that pretrained it (its gvu.json, 'pretrain')")
+    model.lm.load_state_dict(parent.state_dict())
+    return model
+
+
 def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True,
              stop_after: int | None = None) -> BuiltinUMM | None:
     """Pretrain (or resume) and write the model to `out`; returns the model. With `stop_after`, stop once that
@@ -350,8 +342,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, progress: bool = True,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state_path = work / STATE_FILE
-    model = build_builtin(cfg.size, seed=cfg.seed, aligned=cfg.aligned_init, grid=cfg.grid,
-                          bidirectional=cfg.bidirectional, relative=cfg.relative, rope2d=cfg.rope2d, paint=cfg.paint)
+    model = _initial_model(cfg)
     pool = build_pool(cfg.num_scenes, cfg.seed, cfg.kinds, progress)
     lm = model.lm
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
