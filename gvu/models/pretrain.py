@@ -64,6 +64,10 @@ class PretrainConfig:
     """Fraction of generation examples; None takes the preset's value."""
     uncond_prob: float = 0.1
     """Fraction of generation examples with the prompt dropped (for classifier-free guidance)."""
+    prompt_noise: float = 0.0
+    """Fraction of generation examples whose prompt is another scene's (a noisy caption, as web alt-text is): the
+    painter learns the prompt's images mixed with any image, so it draws the prompt only part of the time; the
+    judge's descriptions stay true. How the shipped bases' painter lags their judge (docs/bases.md)."""
     num_scenes: int = 30_000
     """Size of the scene pool (drawn once); descriptions are drawn fresh for every understanding example."""
     save_every: int = 500
@@ -167,6 +171,8 @@ class PretrainConfig:
             raise ValueError(f"debris_prob must be in [0, 1], got {self.debris_prob}")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError(f"save_dtype must be 'float32' or 'float16', got {self.save_dtype!r}")
+        if not 0.0 <= self.prompt_noise <= 1.0:
+            raise ValueError(f"prompt_noise must be in [0, 1], got {self.prompt_noise}")
         if not 0.0 <= self.wrap_prob <= 1.0:
             raise ValueError(f"wrap_prob must be in [0, 1], got {self.wrap_prob}")
         if not 0.0 <= self.gen_fraction <= 1.0:
@@ -220,6 +226,8 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
         if relation_phase or (not is_gen[-1] and cfg.relation_replay and rng.random() < cfg.relation_replay):
             codes, objs, row = relation_example(rng)
         if is_gen[-1]:
+            if cfg.prompt_noise and rng.random() < cfg.prompt_noise:
+                k = int(rng.integers(len(pool.rows)))  # a noisy caption: another scene's prompt for this image
             prompt = [] if rng.random() < cfg.uncond_prob else tok.encode(pool.rows[k]["prompt"])
             seq = layout.generation_sequence(prompt, codes)
             start = len(layout.generation_prefix(prompt))
