@@ -104,10 +104,10 @@ class PretrainConfig:
     paint: bool = False
     """With the grid: the image a generation example writes gets the grid's row and column embedding (and, with
     rope2d, its 2-D rotary positions) as the images understanding reads do; attention stays causal. Off: the
-    painter writes a flat 1-D raster, as in the shipped bases."""
+    painter writes a flat 1-D raster, as in the earlier bases (the shipped regular and weak bases paint in 2-D)."""
     init: str | None = None
     """A saved built-in model folder to start from: its weights, with a fresh optimizer and schedule (continued
-    pretraining; how the weak base wears down the regular one's painter, docs/bases.md). Its architecture must be
+    pretraining; how the shipped regular and weak bases continue one parent, docs/bases.md). Its architecture must be
     the one this command builds (size, grid, relative, rope2d, bidirectional, paint)."""
     save_dtype: str = "float32"
     """How the finished model's weights are stored: 'float16' halves the file (it loads as float32)."""
