@@ -9,8 +9,8 @@ matching per perturbation, caption truthfulness, the sign of a two-object relati
 reward's AUC against the exact verdicts on the base's own GenEval-shapes samples, per tag (the judge's lead).
 The first logged losses of pretraining are copied from the base's pretrain_log.jsonl: rerunning the command must
 reproduce them (tests/test_bases.py). A base continued from another (`init=DIR`, docs/bases.md) also records, under
-"parent", the command that built DIR and DIR's first losses, which the test replays from scratch. Generated images go to --work (default runs/manifest-NAME), never into the
-base's folder. `--demo RUN` takes the numbers from a `gvu demo` run that started from BASE instead, whose "before" evaluation
+"parent", the command that built DIR and DIR's first losses, which the test replays from scratch. Generated images
+go to --work (default runs/manifest-NAME), never into the base's folder. `--demo RUN` takes the numbers from a `gvu demo` run that started from BASE instead, whose "before" evaluation
 and scoring are these same measurements of the same model (8 images per prompt, seed 1234).
 """
 
@@ -89,7 +89,8 @@ def _parent(command: str, parent: list[str] | None) -> dict:
         raise SystemExit("a base continued from another needs exactly one init=DIR in --command and --parent "
                          "COMMAND SECONDS COMMIT (the command that built DIR)")
     words = shlex.split(parent[0])
-    if words[:2] != ["gvu", "pretrain"] or words[words.index("--out") + 1] != init[0]:
+    out = words[words.index("--out") + 1] if "--out" in words[:-1] else None
+    if words[:2] != ["gvu", "pretrain"] or out != init[0]:
         raise SystemExit(f"--parent must be the gvu pretrain command that wrote {init[0]} (its --out)")
     return {"command": parent[0], "pretraining_seconds": round(float(parent[1])), "commit": parent[2],
             "first_losses": first_losses(Path(init[0]))}

@@ -61,7 +61,8 @@ def test_base_loads_with_its_manifest(name, tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_manifest_command_reproduces_first_losses(name, tmp_path):
     # a base continued from another (init=DIR) is replayed from scratch through the command that built DIR
-    m = manifest(name).get("parent", manifest(name))
+    m = manifest(name)
+    m = m.get("parent", m)
     out = tmp_path / name
     _, cfg = command_config(m["command"], out)
     assert pretrain(cfg, out, progress=False, stop_after=REPLAYED_STEPS) is None

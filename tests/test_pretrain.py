@@ -202,21 +202,24 @@ def test_generation_labels_are_exactly_the_image_codes(one_scene_pool):
 @pytest.mark.parametrize("noise", [0.0, 0.5, 1.0])
 def test_prompt_noise_gives_that_share_of_images_another_scenes_prompt(noise):
     """A noisy caption keeps the image as the target and swaps the prompt for another scene's: the share of
-    generation examples whose prompt is not their scene's follows prompt_noise; understanding is untouched."""
+    generation examples whose prompt is not their scene's follows prompt_noise."""
     model = build_builtin("tiny")
     pool = build_pool(200, seed=0, kinds=TINY.kinds, progress=False)
     cfg = dataclasses.replace(TINY, gen_fraction=1.0, uncond_prob=0.0, batch_size=200, prompt_noise=noise)
     b = make_batch(model, pool, cfg, np.random.default_rng(1))
     prompts_of: dict[tuple, set] = {}  # an image's own prompts (two scenes may draw the same image)
+    codes_of: dict[tuple, list] = {}
     for t, r in zip(pool.tokens, pool.rows):
-        prompts_of.setdefault(tuple(model.layout.image_ids(t)), set()).add(r["prompt"])
+        image = tuple(model.layout.image_ids(t))
+        prompts_of.setdefault(image, set()).add(r["prompt"])
+        codes_of[image] = t
     other = 0
     for i in range(len(b.ids)):
         on = (b.labels[i] != -100).nonzero()[:, 0].tolist()
         seq = b.ids[i, :int(b.mask[i].sum())].tolist()
-        own = prompts_of[tuple(seq[on[0]:on[-1] + 1])]  # the target is a pool scene's image
-        codes = next(t for t in pool.tokens if tuple(model.layout.image_ids(t)) == tuple(seq[on[0]:on[-1] + 1]))
-        other += not any(seq == model.layout.generation_sequence(model.tokenizer.encode(p), codes) for p in own)
+        image = tuple(seq[on[0]:on[-1] + 1])  # the target is a pool scene's image
+        other += not any(seq == model.layout.generation_sequence(model.tokenizer.encode(p), codes_of[image])
+                         for p in prompts_of[image])
     assert abs(other / len(b.ids) - noise) < 0.12
     with pytest.raises(ValueError, match="prompt_noise"):
         dataclasses.replace(TINY, prompt_noise=1.5)
