@@ -50,12 +50,7 @@ def cmd_prompts(a: argparse.Namespace) -> None:
     from gvu.eval import prompts
     from gvu.eval.metadata import write_metadata, write_prompts
 
-    if a.set == "geneval":
-        rows = prompts.build_geneval(a.world, seed=43 if a.seed is None else a.seed, n=a.n or 100)
-    elif a.set == "genevalpp":
-        rows = prompts.build_genevalpp(a.world, seed=0 if a.seed is None else a.seed, n=a.n or 40)
-    else:
-        rows = prompts.build_train(a.world, seed=0 if a.seed is None else a.seed, n=a.n or 50_000)
+    rows = prompts.build_set(a.set, a.world, seed=a.seed, n=a.n)
     out = Path(a.out)
     write_metadata(out / "evaluation_metadata.jsonl", rows)
     write_prompts(out / "generation_prompts.txt", rows)
@@ -121,7 +116,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
     if a.out:
         claim_eval_folder(a.out, a.overwrite)
     summary = evaluate_model(load_model(a.model), a.benchmark, sampling=SamplingConfig(guidance=a.guidance),
-                             per_prompt=a.per_prompt, seed=a.seed, out=a.out)
+                             per_prompt=a.per_prompt, seed=a.seed, val_seed=a.val_seed, out=a.out)
     print(summary["table"])
     if a.out:
         print(f"wrote {Path(a.out) / 'summary.json'}")
@@ -167,20 +162,18 @@ def _resume_config(saved: dict, overrides: dict, run: Path, new_model: bool) -> 
     return {**saved, **overrides, "output_dir": str(run)}
 
 
-def cmd_report(a: argparse.Namespace) -> None:
-    from gvu.analysis.report import write_report
-
-    print(f"report: {write_report(a.run, oracle=a.oracle)} (and report.html, report.json beside it)")
-
-
 def cmd_demo(a: argparse.Namespace) -> None:
-    from gvu.demo import DemoConfig, run_demo, terminal_summary
+    from gvu.demo import DemoConfig, run_demo, run_demo_seeds, terminal_summary
     from gvu.rl.config import parse_overrides
 
     default_out = "runs/demo-quick" if a.quick else f"runs/demo-{a.base}" + ("-flat" if a.flat else "")
     cfg = DemoConfig(base=a.base, quick=a.quick, out=a.out or default_out, reward=a.reward, scorer=a.scorer,
                      flat=a.flat, seed=a.seed, threads=a.threads, cache=a.cache, eval_per_prompt=a.per_prompt,
                      overwrite=a.overwrite, model=a.model, train=parse_overrides(a.overrides))
+    if a.seeds > 1:
+        summary = run_demo_seeds(cfg, a.seeds)
+        print(f"{summary.read_text()}\nseeds: {summary} (and seeds.json; each seed's report in {cfg.out}/seed-K)")
+        return
     report = run_demo(cfg)
     print(terminal_summary(report.parent))
     print(f"report: {report} (and report.html beside it)")
@@ -210,11 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prompts", help="build a prompt set in GenEval's metadata format")
-    s.add_argument("set", choices=["geneval", "genevalpp", "train"])
+    s.add_argument("set", choices=["geneval", "genevalpp", "val", "train"], help="test, validation or training set")
     s.add_argument("--world", choices=["shapes", "coco"], default="shapes")
-    s.add_argument("--seed", type=int, default=None, help="default: 43 for geneval (GenEval's own), 0 otherwise")
+    s.add_argument("--seed", type=int, default=None, help="default: 43 for geneval, 7 for val, 0 otherwise")
     s.add_argument("-n", type=int, default=None,
-                   help="geneval: prompts per task (100); genevalpp: per tag (40); train: total (50000)")
+                   help="geneval: prompts per task (100); genevalpp and val: per kind (40); train: total (50000)")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=cmd_prompts)
 
@@ -261,9 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="generate for a benchmark, judge, and summarise")
     ev.add_argument("--model", required=True)
-    ev.add_argument("--benchmark", default="all", help="geneval | genevalpp | understanding | all | FILE.jsonl")
+    ev.add_argument("--benchmark", default="all", help="geneval|genevalpp|val_geneval|val_genevalpp|understanding, "
+                    "a group (all, val, test) or FILE.jsonl")
     ev.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=4)
-    ev.add_argument("--seed", type=SEED, default=0)
+    ev.add_argument("--seed", type=SEED, default=0, help="evaluation seed (the validation benchmarks: --val-seed)")
+    ev.add_argument("--val-seed", dest="val_seed", type=SEED, default=4321)
     ev.add_argument("--guidance", type=finite(0), default=1.0, help="classifier-free guidance scale (1 = off)")
     ev.add_argument("--out", help="folder for images (GenEval layout), results and summary.json")
     ev.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
@@ -306,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the flat raster (no 2-D reader)")
     dm.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in --out")
     dm.add_argument("--seed", type=SEED, default=0)
+    dm.add_argument("--seeds", type=COUNT, default=1, help="this many training seeds from --seed, in OUT/seed-K, "
+                    "and their mean with its interval in OUT/seeds.md")
     dm.add_argument("--threads", type=THREADS, default=0)
     dm.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=None,
                     help="images per prompt in the before/after evaluation (default 8; --quick: 2)")
@@ -318,10 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="rebuild a demo run's report from its saved outputs (optionally against an "
                         "oracle run of the same base)")
-    rp.add_argument("run", help="a `gvu demo` output folder")
+    rp.add_argument("run", help="a `gvu demo` output folder, or a `gvu demo --seeds` folder (rebuilds its seeds.md)")
     rp.add_argument("--oracle", help="a `gvu demo --reward oracle_strict` folder of the same base: adds the "
                     "fraction of the oracle's gain")
-    rp.set_defaults(func=cmd_report)
+    rp.set_defaults(func=_lazy("gvu.analysis.seeds", "cmd_report"))
 
     ld = sub.add_parser("lead", help="per-tag judge's lead (reward AUC on the base's own samples) against "
                         "per-tag gain, for one or more demo runs: a table, JSON and a scatter plot")

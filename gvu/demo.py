@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gvu.analysis.lead import SCORES
-from gvu.analysis.report import QUICK_NOTE, write_report
+from gvu.analysis.report import BENCH_TITLES, QUICK_NOTE, write_report
 from gvu.analysis.score import score_folder, write_scores
+from gvu.analysis.seeds import seed_dirs, write_seeds
 from gvu.analysis.sensitivity import run_sensitivity
 from gvu.eval import evaluate as evaluation
 from gvu.models.builtin import is_model_dir
@@ -152,7 +153,7 @@ def _run(cfg: DemoConfig, out: Path, progress: bool) -> Path:
     timings["pretrain"] = time.perf_counter() - t
 
     tcfg = TrainConfig(**train_overrides(cfg, base, out))
-    eval_kw = dict(sampling=SamplingConfig(), per_prompt=cfg.eval_per_prompt, seed=tcfg.eval_seed,
+    eval_kw = dict(sampling=SamplingConfig(), per_prompt=cfg.eval_per_prompt, seed=tcfg.eval_seed, val_seed=tcfg.val_seed,
                    limit=tcfg.eval_limit or None, progress=progress)
 
     t = time.perf_counter()
@@ -192,7 +193,7 @@ def terminal_summary(run: Path) -> str:
     """The before/after table of a finished demo, for the terminal (report.md holds the same numbers)."""
     report = json.loads((Path(run) / "report.json").read_text())
     lines = []
-    for bench, title in (("geneval", "GenEval-shapes"), ("genevalpp", "GenEval++-shapes")):
+    for bench, title in BENCH_TITLES.items():
         c = report["comparison"].get(bench)
         if c is None:
             continue
@@ -208,3 +209,15 @@ def terminal_summary(run: Path) -> str:
         lines += [QUICK_NOTE]
     return "\n".join(lines)
 
+
+
+def run_demo_seeds(cfg: DemoConfig, seeds: int, progress: bool = True) -> Path:
+    """The same demo for `seeds` training seeds (cfg.seed, cfg.seed + 1, ...), each in `out`/seed-K, then their mean
+    with the combined interval in `out`/seeds.md and seeds.json (gvu.analysis.seeds)."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    numbers = list(range(cfg.seed, cfg.seed + seeds))
+    runs = seed_dirs(cfg.out, numbers)
+    for seed, run in zip(numbers, runs):
+        run_demo(dataclasses.replace(cfg, seed=seed, out=str(run)), progress=progress)
+    return write_seeds(cfg.out, runs)

@@ -12,8 +12,8 @@ from pathlib import Path
 from gvu.eval.layout import load_image, read_layout
 from gvu.eval.metadata import read_metadata, write_metadata
 from gvu.eval.prompts import build_geneval
-from gvu.world.kinds import prompt_key
-from gvu.eval.prompts import test_keys as held_out_keys  # renamed: pytest would collect test_keys
+from gvu.world.kinds import scene_key
+from gvu.eval.prompts import held_out_scenes
 from gvu.models.load import SPEC_FORMS
 from gvu.world.render import blank_tokens, decode
 
@@ -44,7 +44,7 @@ def test_prompts_geneval_coco_is_byte_identical_to_genevals_files(tmp_path):
 def test_prompts_genevalpp_and_train_write_valid_files(tmp_path):
     gvu("prompts", "genevalpp", "--out", tmp_path / "pp")
     gvu("prompts", "train", "-n", 500, "--out", tmp_path / "tr")
-    keys = held_out_keys("shapes")
+    keys = held_out_scenes("shapes")
     for d, tags in (("pp", 7), ("tr", None)):
         rows = read_metadata(tmp_path / d / "evaluation_metadata.jsonl")  # validates every row
         lines = (tmp_path / d / "generation_prompts.txt").read_text().splitlines()
@@ -53,7 +53,7 @@ def test_prompts_genevalpp_and_train_write_valid_files(tmp_path):
             assert len({r["tag"] for r in rows}) == tags and len(rows) > 200
     train = read_metadata(tmp_path / "tr" / "evaluation_metadata.jsonl")
     assert len(train) == 500
-    assert not {prompt_key(r) for r in train} & keys  # no test prompt leaks into training
+    assert not {scene_key(r) for r in train} & keys  # no test or validation scene leaks into training
     # the seed is honoured: same seed, same file; another seed, another file
     gvu("prompts", "train", "-n", 500, "--seed", 0, "--out", tmp_path / "tr0")
     gvu("prompts", "train", "-n", 500, "--seed", 1, "--out", tmp_path / "tr1")

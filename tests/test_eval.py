@@ -62,8 +62,10 @@ def recompute(results: list[dict], key: str = "correct") -> tuple[float, dict]:
 
 def test_summary_json_contract(evaluated):
     summary = json.loads((evaluated / "summary.json").read_text())
-    assert set(summary) == {"geneval", "genevalpp", "understanding"}  # one key per benchmark, nothing else
-    for name, rows in (("geneval", build_geneval("shapes")), ("genevalpp", build_genevalpp("shapes"))):
+    # one key per benchmark, nothing else: the test ones, the validation ones, understanding
+    assert set(summary) == {"geneval", "genevalpp", "val_geneval", "val_genevalpp", "understanding"}
+    for name, rows in (("geneval", build_geneval("shapes")), ("genevalpp", build_genevalpp("shapes")),
+                       ("val_geneval", benchmark_rows("val_geneval")), ("val_genevalpp", benchmark_rows("val_genevalpp"))):
         s = summary[name]
         assert 0.0 <= s["overall"] <= 1.0 and 0.0 <= s["strict_overall"] <= 1.0
         assert list(s["tags"]) == list(dict.fromkeys(r["tag"] for r in rows))  # every tag, in benchmark order

@@ -152,7 +152,7 @@ def test_ints_are_accepted_for_floats():
     ({"reward_scorer": "judge"}, "reward scorer must be one of ('policy', 'reference'), got 'judge'"),
     ({"reward_image_path": "latents"}, "reward image_path must be one of ('tokens', 'pixels')"),
     ({"instruction": 3}, "reward instruction must be a string"),
-    ({"eval_benchmarks": ["geneval", "mmlu"]}, "unknown eval_benchmarks ['mmlu']; use geneval, genevalpp, understanding"),
+    ({"eval_benchmarks": ["geneval", "mmlu"]}, "unknown eval_benchmarks ['mmlu']; use geneval, genevalpp, val_geneval, val_genevalpp, understanding"),
     ({"logging_steps": 0}, "logging_steps must be >= 1"),
     ({"eval_steps": -1}, "eval_steps must be >= 0"),
     ({"save_steps": -5}, "save_steps must be >= 0"),
@@ -202,8 +202,8 @@ def test_rows_per_step():
 def test_prompt_weights_set_the_built_in_training_mix():
     from collections import Counter
 
-    from gvu.eval.prompts import test_keys
-    from gvu.world.kinds import prompt_key
+    from gvu.eval.prompts import held_out_scenes
+    from gvu.world.kinds import scene_key
     from gvu.models.tokenizer import WordTokenizer
     from gvu.rl.setup import load_prompt_rows
 
@@ -215,7 +215,7 @@ def test_prompt_weights_set_the_built_in_training_mix():
     counted = [r["include"] for r in rows if r["tag"] == "counting"]
     assert all(len(inc) == 1 and 2 <= inc[0]["count"] <= 7 and inc[0]["color"] for inc in counted)
     assert {inc[0]["count"] for inc in counted} == set(range(2, 8))
-    assert not {prompt_key(r) for r in rows} & test_keys("shapes")
+    assert not {scene_key(r) for r in rows} & held_out_scenes("shapes")
     # empty weights: the thirteen test kinds, none of the training-only one
     default = load_prompt_rows(load_config(None, {"num_prompts": 400}), WordTokenizer())
     assert not [r for r in default if r["tag"] == "counting"]  # every plain counting prompt is a test prompt

@@ -36,11 +36,32 @@ def overall_se(summary: dict) -> float | None:
     return float(sum(p * (1 - p) / images[t] for t, p in tags.items()) ** 0.5 / len(tags))
 
 
+def tag_gain_half_width(p_before: float, n_before: int | None, p_after: float | None,
+                        n_after: int | None) -> float | None:
+    """95% half-width of one tag's gain from its images alone: two independent binomial proportions, each with one
+    success and one failure added (Agresti and Caffo's interval), so a tag at 0 or 1 still carries its doubt."""
+    if p_after is None or not n_before or not n_after:
+        return None
+
+    def var(p: float, n: int) -> float:
+        q = (p * n + 1) / (n + 2)
+        return q * (1 - q) / (n + 2)
+
+    return 1.96 * (var(p_before, n_before) + var(p_after, n_after)) ** 0.5
+
+
+BENCH_TITLES = {"geneval": "GenEval-shapes", "genevalpp": "GenEval++-shapes",
+                "val_geneval": "Validation: GenEval-shapes kinds", "val_genevalpp": "Validation: GenEval++-shapes kinds",
+                "file": "Prompt file"}
+"""The generation benchmarks a report compares, in order, with their titles (docs/protocol.md: the validation
+benchmarks are the ones choices are read from)."""
+
+
 def compare(before: dict, after: dict) -> dict:
-    """Before/after per benchmark: overall (with standard errors and a 95% interval of the gain), per tag,
-    relative change."""
+    """Before/after per benchmark: overall (with standard errors and a 95% interval of the gain), per tag (with
+    the gain's 95% interval), relative change."""
     out = {}
-    for bench in ("geneval", "genevalpp", "file"):
+    for bench in BENCH_TITLES:
         if bench in before and bench in after:
             b, a = before[bench], after[bench]
             se_b, se_a = overall_se(b), overall_se(a)
@@ -49,7 +70,10 @@ def compare(before: dict, after: dict) -> dict:
                 "overall": {"before": b["overall"], "after": a["overall"], "relative": _rel(b["overall"], a["overall"]),
                             "se_before": se_b, "se_after": se_a, "gain": a["overall"] - b["overall"],
                             "gain_ci95_half_width": half},
-                "tags": {t: {"before": b["tags"][t], "after": a["tags"].get(t)} for t in b["tags"]},
+                "tags": {t: {"before": b["tags"][t], "after": a["tags"].get(t),
+                             "gain_ci95_half_width": tag_gain_half_width(
+                                 b["tags"][t], b.get("images", {}).get(t), a["tags"].get(t),
+                                 a.get("images", {}).get(t))} for t in b["tags"]},
                 "images": {t: {"before": b.get("images", {}).get(t), "after": a.get("images", {}).get(t)}
                            for t in b["tags"]},
                 "wrapped_fraction": {"before": b.get("wrapped_fraction"), "after": a.get("wrapped_fraction")},
@@ -203,19 +227,19 @@ def _md_settings(d: dict) -> list[str]:
 
 def _md_scores(c: dict) -> list[str]:
     lines = []
-    for bench, title in (("geneval", "GenEval-shapes"), ("genevalpp", "GenEval++-shapes")):
+    for bench, title in BENCH_TITLES.items():
         if bench not in c:
             continue
         o = c[bench]["overall"]
-        lines += [f"## {title}", "", "| tag | before | after |", "|---|---|---|"]
-        lines += [f"| {t} | {v['before']:.3f} | {v['after']:.3f} |" for t, v in c[bench]["tags"].items()]
+        lines += [f"## {title}", "", "| tag | before | after | gain (95% interval) |", "|---|---|---|---|"]
+        lines += [f"| {t} | {v['before']:.3f} | {v['after']:.3f} | {_gain(v)} |" for t, v in c[bench]["tags"].items()]
         if o.get("gain_ci95_half_width") is None:
-            lines += [f"| **overall** | **{o['before']:.3f}** | **{o['after']:.3f}** ({_pct(o['relative'])}) |", ""]
+            lines += [f"| **overall** | **{o['before']:.3f}** | **{o['after']:.3f}** ({_pct(o['relative'])}) | |", ""]
         else:
             n = c[bench].get("images", {})
             imgs = sum(v["before"] or 0 for v in n.values())
             lines += [f"| **overall** | **{o['before']:.3f}** ± {o['se_before']:.3f} | **{o['after']:.3f}** ± "
-                      f"{o['se_after']:.3f} ({_pct(o['relative'])}) |", "",
+                      f"{o['se_after']:.3f} ({_pct(o['relative'])}) | {_gain(o)} |", "",
                       f"Gain {o['gain']:+.3f}, 95% interval ± {o['gain_ci95_half_width']:.3f} (± is the standard "
                       f"error of the sampled images, {imgs} per evaluation; the before and after images are drawn "
                       "independently).", ""]
@@ -238,6 +262,16 @@ def _md_scores(c: dict) -> list[str]:
                   for k, v in u.get("relation_sign", {}).items()]
         lines += [""]
     return lines
+
+
+def _gain(v: dict) -> str:
+    """A gain with its 95% interval, marked when the interval excludes zero."""
+    if v.get("after") is None:
+        return ""
+    gain, half = v["after"] - v["before"], v.get("gain_ci95_half_width")
+    if half is None:
+        return f"{gain:+.3f}"
+    return f"{gain:+.3f} ± {half:.3f}" + (" *" if abs(gain) > half else "")
 
 
 def _md_relations(rels: dict) -> list[str]:
@@ -318,7 +352,7 @@ def write_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None
     log = _log(run / "train" / "log.jsonl")
     if log:
         keys = [k for k in ("reward", "accuracy", "reward_auc", "kl", "eval_geneval", "eval_genevalpp",
-                            "eval_understanding") if any(k in m for m in log)]
+                            "eval_val_geneval", "eval_val_genevalpp", "eval_understanding") if any(k in m for m in log)]
         pictures["Reward and evaluation over training steps"] = plots.metrics_plot(log, keys, run / "curves.png",
                                                                               empty_notes=EMPTY_PANELS)
     for bench in ("geneval", "genevalpp"):

@@ -18,10 +18,14 @@ from gvu.eval.check import read_checked
 from gvu.eval.judging import format_summary, judge_pixels, summarise, write_results
 from gvu.eval.layout import write_prompt_dir
 from gvu.eval.metadata import atomic_write_text
-from gvu.eval.prompts import build_geneval, build_genevalpp, spread
+from gvu.eval.prompts import build_geneval, build_genevalpp, build_val, spread, VAL_BENCHMARKS, VAL_EVAL_SEED
 from gvu.eval.understanding import build_understanding_set, RELATIONS, run_understanding, UnderstandingSet
 
-BENCHMARKS = ("geneval", "genevalpp", "understanding")
+BENCHMARKS = ("geneval", "genevalpp", *VAL_BENCHMARKS, "understanding")
+"""The test benchmarks (GenEval-shapes, GenEval++-shapes), the validation benchmarks (their kinds on scenes in
+neither test set nor any training set: docs/protocol.md) and the understanding benchmark."""
+GROUPS = {"all": BENCHMARKS, "val": tuple(VAL_BENCHMARKS), "test": ("geneval", "genevalpp")}
+"""Names of several benchmarks at once: `gvu eval --benchmark val` runs both validation benchmarks."""
 
 
 def benchmark_rows(name: str) -> list[dict]:
@@ -29,7 +33,15 @@ def benchmark_rows(name: str) -> list[dict]:
         return build_geneval("shapes")
     if name == "genevalpp":
         return build_genevalpp("shapes")
+    if name in VAL_BENCHMARKS:
+        return build_val("shapes", VAL_BENCHMARKS[name])
     raise ValueError(f"unknown benchmark {name!r}")
+
+
+def benchmark_seed(name: str, seed: int, val_seed: int = VAL_EVAL_SEED) -> int:
+    """The evaluation seed a benchmark draws with: the validation benchmarks have their own, so no choice read
+    from them sees the test numbers' draws."""
+    return val_seed if name in VAL_BENCHMARKS else seed
 
 
 @torch.no_grad()
@@ -88,10 +100,12 @@ def run_benchmark(model, name: str, sampling, per_prompt: int = 4, seed: int = 0
 
 
 def evaluate_model(model, benchmark: str = "all", *, sampling, per_prompt: int = 4, seed: int = 0,
-                   out: str | os.PathLike | None = None, progress: bool = True, limit: int | None = None) -> dict:
-    """`gvu eval`: one benchmark, all three, or a shapes-world metadata file; summary.json in `out`. `limit` keeps
+                   val_seed: int = VAL_EVAL_SEED, out: str | os.PathLike | None = None, progress: bool = True,
+                   limit: int | None = None) -> dict:
+    """`gvu eval`: one benchmark, a group of them (all, val, test: GROUPS), or a shapes-world metadata file;
+    summary.json in `out`. The validation benchmarks draw with `val_seed`, the others with `seed`. `limit` keeps
     that many prompts of each benchmark, spread over its tags (see gvu.eval.prompts.spread), for quick runs."""
-    names = list(BENCHMARKS) if benchmark == "all" else [benchmark]
+    names = list(GROUPS.get(benchmark, [benchmark]))
     summary: dict = {}
     lines = []
     for name in names:
@@ -100,14 +114,15 @@ def evaluate_model(model, benchmark: str = "all", *, sampling, per_prompt: int =
             # every row checked (the world, the model's words) before the first image, errors with file:line
             rows = read_checked(name, tokenizer=getattr(model, "tokenizer", None))
         elif name not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark {name!r}; use geneval, genevalpp, understanding, all or a "
+            raise ValueError(f"unknown benchmark {name!r}; use {', '.join(BENCHMARKS)}, {', '.join(GROUPS)} or a "
                              "shapes-world metadata FILE.jsonl")
         key = "file" if rows is not None else name
-        s = run_benchmark(model, key, sampling, per_prompt, seed, limit, Path(out) / key if out and
+        key_seed = benchmark_seed(key, seed, val_seed)
+        s = run_benchmark(model, key, sampling, per_prompt, key_seed, limit, Path(out) / key if out and
                           key != "understanding" else None, progress, rows)
         summary[key] = s
         lines.append(_format_understanding(s) if key == "understanding" else
-                     format_summary(s, f"{key} ({sum(s['images'].values())} images, seed {seed})"))
+                     format_summary(s, f"{key} ({sum(s['images'].values())} images, seed {key_seed})"))
     if out:
         atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=1) + "\n")
     summary["table"] = "\n".join(lines)

@@ -154,14 +154,18 @@ class TrainConfig:
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
     eval_steps: int = 20
     """Evaluate every this many steps (and at the start and end); 0: never."""
-    eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "understanding"])
-    """Held-out benchmarks evaluated during training."""
+    eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "val_geneval",
+                                                                "val_genevalpp", "understanding"])
+    """Held-out benchmarks evaluated during training: the test ones, the validation ones (read choices from these:
+    docs/protocol.md) and understanding."""
     eval_per_prompt: int = 2
     """Images per prompt in evaluation."""
     eval_limit: int = 0
     """Use only the first N prompts of each benchmark (0: all); for quick runs."""
     eval_seed: int = 1234
-    """Fixed evaluation seed: every evaluation draws with the same generators."""
+    """Fixed evaluation seed of the test benchmarks: every evaluation draws with the same generators."""
+    val_seed: int = 4321
+    """Fixed evaluation seed of the validation benchmarks (their own, not the test benchmarks')."""
     monitor: str = "auto"
     """What the trainer watches (gvu.rl.monitor): 'shapes' (the exact shapes-world judge every step, accuracy
     and reward AUC; shapes-world benchmarks at eval_steps), 'reward' (reward statistics every step; at eval_steps
@@ -232,8 +236,9 @@ class TrainConfig:
              f"monitor must be auto, shapes or reward, got {self.monitor!r}")
         need(not self.eval_command or "{dir}" in self.eval_command,
              f"eval_command must contain {{dir}} (the evaluation folder), got {self.eval_command!r}")
-        unknown = set(self.eval_benchmarks) - {"geneval", "genevalpp", "understanding"}
-        need(not unknown, f"unknown eval_benchmarks {sorted(unknown)}; use geneval, genevalpp, understanding")
+        known = ("geneval", "genevalpp", "val_geneval", "val_genevalpp", "understanding")
+        unknown = set(self.eval_benchmarks) - set(known)
+        need(not unknown, f"unknown eval_benchmarks {sorted(unknown)}; use {', '.join(known)}")
 
     @property
     def rows_per_step(self) -> int:

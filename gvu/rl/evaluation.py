@@ -13,7 +13,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from gvu.eval.evaluate import benchmark_rows, generate_layout, run_benchmark
+from gvu.eval.evaluate import benchmark_rows, benchmark_seed, generate_layout, run_benchmark
 from gvu.eval.metadata import read_metadata
 from gvu.eval.plots import image_grid
 from gvu.eval.prompts import spread
@@ -42,7 +42,8 @@ def evaluate_shapes(trainer) -> dict:
             if i % max(1, len(sets[name]) // 8) == 0 and len(grid_imgs) < 16:
                 grid_imgs.append(imgs[0]); grid_caps.append(row["prompt"]); grid_ok.append(rs[0]["correct"])
 
-        s = run_benchmark(trainer.policy, name, trainer.sampling, cfg.eval_per_prompt, cfg.eval_seed,
+        s = run_benchmark(trainer.policy, name, trainer.sampling, cfg.eval_per_prompt,
+                          benchmark_seed(name, cfg.eval_seed, cfg.val_seed),
                           cfg.eval_limit or None, progress=False, rows=sets.get(name), on_images=keep,
                           uset=sets.get("understanding"))
         out.update(_metrics(name, s))

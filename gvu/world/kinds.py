@@ -86,7 +86,9 @@ def draw(kind: str, rng: np.random.Generator, classes: list[str], lex: Lexicon) 
 
 
 def prompt_key(row: dict) -> str:
-    """Identity of a prompt ignoring object order: what 'the same prompt' means for test overlap."""
+    """Identity of a prompt's metadata ignoring object order: what 'the same prompt' means inside one benchmark
+    (GenEval++'s draw keeps distinct ones). Two wordings of one scene have different keys; `scene_key` is the
+    identity that keeps test scenes out of training sets."""
     inc = row["include"]
 
     def item(it: dict) -> str:
@@ -107,3 +109,31 @@ def check_weights(weights: dict, name: str = "prompt weights") -> None:
     numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights.values())
     if not numbers or not all(w >= 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
         raise ValueError(f"{name} must be >= 0 with at least one > 0, got {weights}")
+
+
+# A relation read in one direction: "B right of A" is "A left of B", "B below A" is "A above B".
+_ONE_DIRECTION = {"left of": ("left of", False), "right of": ("left of", True),
+                  "above": ("above", False), "below": ("above", True)}
+
+
+def scene_key(row: dict) -> str:
+    """Identity of the scene a prompt describes, whatever its wording, object order or tag: the objects (each with
+    its count, colour, size and region) and each relation read in one direction. So "a hexagon below a cross" is
+    the scene of "a cross above a hexagon", and "one square and one cross" (multi_object_count_attr) the scene of
+    "a cross and a square" (two_object). `exclude` is left out: it follows from the tag (counting's "exactly")."""
+    inc = row["include"]
+
+    def obj(it: dict) -> str:
+        return json.dumps({k: v for k, v in it.items() if k != "position"}, sort_keys=True)
+
+    relations = []
+    for it in inc:
+        if "position" in it:
+            rel, other = it["position"][0], it["position"][1]
+            if rel not in _ONE_DIRECTION:
+                raise ValueError(f"unknown relation {rel!r} in {row.get('prompt', row)!r}; known: "
+                                 f"{', '.join(_ONE_DIRECTION)}")
+            canon, flip = _ONE_DIRECTION[rel]
+            a, b = obj(it), obj(inc[other])
+            relations.append(json.dumps([b, canon, a] if flip else [a, canon, b]))
+    return json.dumps([sorted(obj(it) for it in inc), sorted(relations)])
