@@ -1,13 +1,15 @@
-"""Reliability probes: every careless or hostile use of issues 18 and 27 run against the `gvu` command line, one
+"""Reliability probes: every careless or hostile use of issues 18, 27 and 44 run against the `gvu` command line, one
 table row each (probe, exit code, first line of the message, verdict).
 
   OK      the command did what it should: a refusal with a one-line message that names the flag, file or line
           and what to do, or (where the use is legitimate) a success that wrote where it should
   SILENT  the bad input was accepted, or failed with a traceback or a message that names neither flag nor file
+          (or a hostile file's code ran: the file it would write is there)
   LOSS    files of another run (or a finished model) were changed or removed
 
 Commands run in this process through `gvu.cli.main` (one torch import, so the whole table takes well under a
-minute on one CPU thread) on a tiny base pretrained for two steps in a temporary folder.
+minute on one CPU thread) on a tiny base pretrained for two steps in a temporary folder, and on the tiny X-Omni
+the tests write (tests/_tiny_xomni.py), whose Python files each write a marker when they run.
 
     python scripts/reliability.py            # prints the table; exit 1 if any row is not OK
 """
@@ -37,6 +39,7 @@ from gvu.eval.prompts import build_geneval, build_train
 from gvu.cli import main as gvu_main
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 
 
 TIMEOUT = 60  # seconds per command: every probe here should end in a second or two
@@ -89,11 +92,15 @@ class Table:
     def __init__(self):
         self.rows: list[tuple[str, int, str, str]] = []
 
-    def refuse(self, name: str, result: tuple[int, str], *needles: str, keep: dict[Path, dict] | None = None):
-        """A refusal: non-zero exit, no traceback, the message holding every needle; `keep` unchanged."""
+    def refuse(self, name: str, result: tuple[int, str], *needles: str, keep: dict[Path, dict] | None = None,
+               absent: Path | None = None):
+        """A refusal: non-zero exit, no traceback, the message holding every needle; `keep` unchanged; `absent`
+        (the file a hostile file's code would write) not there."""
         rc, text = result
         msg = first_line(text)
         ok = rc not in (0, 1, 124) and not msg.startswith("Traceback") and all(n in text for n in needles)
+        if absent is not None and absent.exists():
+            ok, msg = False, f"(its code ran: {absent.name} was written) {msg}"[:140]
         self.add(name, rc, msg, ok, keep)
 
     def add(self, name: str, rc: int, msg: str, ok: bool, keep: dict[Path, dict] | None = None):
@@ -339,6 +346,66 @@ def pretrain_probes(t: Table, w: Path) -> None:
           rc == 0 and '"size": "large"' in (w / "PL-large" / "gvu.json").read_text())
 
 
+class WritesAFile:
+    """A pickled object whose unpickling by a reader that runs code opens (so creates) `path`."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def code_probes(t: Table, w: Path, s: dict) -> None:
+    """Run files are data (a pickle that would run code is refused); a checkpoint's own Python runs only with
+    trust_remote_code=1 in the model spec, never because a folder says so."""
+    from _tiny_xomni import write_flux_folder, write_tiny_xomni
+
+    A = w / "A"
+    for name in ("optim.pt", "rng.pt"):
+        H = w / f"H-{name.split('.')[0]}"
+        shutil.copytree(A, H)
+        marker = w / f"ran-{name}"
+        torch.save({"optimizer": WritesAFile(marker), "update": WritesAFile(marker)}, H / "checkpoint-2" / name)
+        t.refuse(f"train --resume, {name} a pickle that would write a file", gvu("train", "--resume", H),
+                 str(H / "checkpoint-2" / name), "more than data", "checkpoint-1", absent=marker)
+    state = w / ".PH.pretrain" / "pretrain_state.pt"
+    state.parent.mkdir()
+    marker = w / "ran-pretrain_state.pt"
+    torch.save({"model": {}, "opt": WritesAFile(marker), "step": 1}, state)
+    t.refuse("pretrain resumed from a state pickle that would write a file", gvu(
+        "pretrain", "--size", "tiny", "--steps", 2, "--num-scenes", 20, "--batch-size", 4, "--out", w / "PH"),
+        str(state), "more than data", absent=marker)
+    flux = write_flux_folder(w / "FLUX.1-dev")
+
+    def double(name: str, extra: str = "") -> tuple[Path, str, Path]:
+        """A tiny X-Omni of its own (a module imported once does not run again), its spec with flux (and
+        `extra`), and the marker its code writes."""
+        marker = w / f"ran-{name}"
+        tiny = write_tiny_xomni(w / name, marker=marker)
+        return tiny, f"xomni:{tiny}?device=cpu&dtype=float32&grid=4x4&code_pixels=2&flux={flux}{extra}", marker
+
+    gen = ("--metadata", w / "good.jsonl", "--per-prompt", 1)
+    _, spec, marker = double("X1")
+    t.refuse("generate xomni:...&flux= without trust_remote_code=1", gvu("generate", "--model", spec, *gen,
+                                                                          "--outdir", w / "X1-out"),
+             "trust_remote_code=1", "init_vision", absent=marker)
+    _, spec, marker = double("X2", "&code=remote")
+    t.refuse("generate xomni:...&code=remote without trust_remote_code=1", gvu("generate", "--model", spec, *gen,
+                                                                                "--outdir", w / "X2-out"),
+             "trust_remote_code=1", "code=remote", absent=marker)
+    saved, _, marker = double("X3")  # a model folder whose gvu.json claims the consent for the user
+    (saved / "gvu.json").write_text(json.dumps({"kind": "xomni", "weights": "full", "options": {
+        "dtype": "float32", "device": "cpu", "grid": "4x4", "code_pixels": "2", "flux": str(flux),
+        "trust_remote_code": "1"}}))
+    t.refuse("generate --model DIR whose gvu.json says trust_remote_code", gvu("generate", "--model", saved, *gen,
+                                                                               "--outdir", w / "X3-out"),
+             "trust_remote_code=1", absent=marker)
+    _, spec, marker = double("X4", "&trust_remote_code=1")
+    rc, text = gvu("generate", "--model", spec, *gen, "--outdir", w / "X4-out")
+    t.add("generate xomni:...&flux=...&trust_remote_code=1 runs it", rc, first_line(text),
+          rc == 0 and (w / "X4-out" / "00001" / "samples" / "0000.png").is_file() and marker.exists())
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", help="keep the probes' files here (default: a temporary folder, removed)")
@@ -358,6 +425,7 @@ def main(argv=None) -> int:
         judge_probes(t, w)
         phrasing_probes(t, w, s)
         pretrain_probes(t, w)
+        code_probes(t, w, s)
         t.print()
     return 0 if all(r[3] == "OK" for r in t.rows) else 1
 

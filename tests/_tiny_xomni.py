@@ -18,6 +18,10 @@ as ST:LINE). Written for these tests, not copied. Where the adapter touches it, 
   hands them to the pipeline as [1, H*W, C] (MX:226-236) and returns ONE PIL image; the pipeline draws from
   torch's global RNG and reads the prompt.
 
+For the consent tests (tests/test_remote_code.py) it can also ship its own tokenizer class (tokenizer_config.json's
+auto_map, as a checkpoint whose tokenizer is its own code would) and have every one of its Python files append its
+module name to a marker file when it runs, so a test sees whether any of the checkpoint's code ran.
+
 Weights are filled from a generator seeded by each weight's name, not by transformers' initialisation, so the
 same folder comes out under any transformers version (tests/data/xomni_reference.json was computed from it by
 this code under transformers 4.51.3: scripts/xomni_reference.py).
@@ -239,6 +243,14 @@ class XOmniForCausalLM(Qwen2ForCausalLM):  # MX:95-313
         return CausalLMOutputWithPast(logits=logits.float(), past_key_values=outputs.past_key_values)
 '''
 
+TOKENIZATION_PY = '''
+from transformers import PreTrainedTokenizerFast
+
+
+class TinyXOmniTokenizer(PreTrainedTokenizerFast):  # a tokenizer that is the checkpoint's own code
+    pass
+'''
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
     "assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -276,23 +288,34 @@ def fill_by_name(state: dict) -> dict:
     return out
 
 
-def write_tiny_xomni(folder: Path, num_codes: int = 64) -> Path:
+def write_tiny_xomni(folder: Path, num_codes: int = 64, marker: Path | None = None,
+                     own_tokenizer: bool = False) -> Path:
     """The modelling files, a config, name-seeded weights and a tokenizer with the chat template; the weights
-    are written directly under the checkpoint's names, so writing needs no version of the modelling code."""
+    are written directly under the checkpoint's names, so writing needs no version of the modelling code.
+    `marker`: every Python file of the checkpoint appends its module name to this file when it runs;
+    `own_tokenizer`: the tokenizer is the checkpoint's own class (TOKENIZATION_PY), named by an auto_map."""
     import torch
     from safetensors.torch import save_file
 
     from gvu.models.hf import tiny_byte_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "configuration_tiny_xomni.py").write_text(CONFIG_PY)
-    (folder / "vision_tiny_xomni.py").write_text(VISION_PY)
-    (folder / "modeling_tiny_xomni.py").write_text(MODELING_PY)
+    mark = f"with open({str(marker)!r}, 'a') as _marker: _marker.write(__name__ + '\\n')\n" if marker else ""
+    code = {"configuration_tiny_xomni.py": CONFIG_PY, "vision_tiny_xomni.py": VISION_PY,
+            "modeling_tiny_xomni.py": MODELING_PY, **({"tokenization_tiny_xomni.py": TOKENIZATION_PY}
+                                                      if own_tokenizer else {})}
+    for name, text in code.items():
+        (folder / name).write_text(mark + text)
     text_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     mm = [f"<MM-Token-{k}>" for k in range(num_codes)] + ["<SOM>", "<EOM>", "<IMAGE>"]
     tok = tiny_byte_tokenizer(text_specials + mm, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHAT_TEMPLATE)
     assert tok.convert_tokens_to_ids("<MM-Token-0>") == TEXT_VOCAB
     tok.save_pretrained(folder)
+    if own_tokenizer:
+        tc = json.loads((folder / "tokenizer_config.json").read_text())
+        tc.update(tokenizer_class="TinyXOmniTokenizer",
+                  auto_map={"AutoTokenizer": [None, "tokenization_tiny_xomni.TinyXOmniTokenizer"]})
+        (folder / "tokenizer_config.json").write_text(json.dumps(tc, indent=1))
     config = tiny_config(num_codes)
     config.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     (folder / "config.json").write_text(json.dumps(config, indent=1))

@@ -30,7 +30,8 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def spec(folder, tmp_path_factory):
-    return f"{BASE}&flux={write_flux_folder(tmp_path_factory.mktemp('flux') / 'FLUX.1-dev')}"
+    # flux= runs the checkpoint's own vision code: the spec consents (tests/test_remote_code.py)
+    return f"{BASE}&flux={write_flux_folder(tmp_path_factory.mktemp('flux') / 'FLUX.1-dev')}&trust_remote_code=1"
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_without_flux_it_samples_and_judges_codes_and_says_how_to_get_pixels(fol
 
 def test_a_flux_folder_that_is_not_one_is_an_error_naming_it(folder, tmp_path):
     with pytest.raises(OSError, match="model_index.json"):
-        load_model(f"xomni:{folder}{BASE}&flux={tmp_path}")
+        load_model(f"xomni:{folder}{BASE}&flux={tmp_path}&trust_remote_code=1")
 
 
 def test_a_bad_code_option_is_refused(folder):
@@ -139,10 +140,12 @@ def test_train_two_steps_with_the_published_recipe_then_generate_in_geneval_layo
     assert all(np.isfinite(m["loss"]) and m["skipped_minibatches"] == 0 for m in lines)
     info = json.loads((out / "final" / "gvu.json").read_text())
     assert info["kind"] == "xomni" and info["weights"] == "lora" and info["train"]["beta"] == 0.03
+    assert "trust_remote_code" not in info["options"]
     rows = [json.loads(line) for line in (tmp_path / "prompts" / "evaluation_metadata.jsonl").read_text().splitlines()]
     (tmp_path / "two.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    gvu("generate", "--model", out, "--metadata", tmp_path / "two.jsonl", "--outdir", tmp_path / "images",
-        "--per-prompt", 2, "--min-p", 0.03, cwd=ROOT)
+    # the saved run does not record the consent (it is the user's): the folder spec gives it again
+    gvu("generate", "--model", f"{out}?trust_remote_code=1", "--metadata", tmp_path / "two.jsonl", "--outdir",
+        tmp_path / "images", "--per-prompt", 2, "--min-p", 0.03, cwd=ROOT)
     for i in range(2):
         d = tmp_path / "images" / f"{i:05d}"
         assert json.loads((d / "metadata.jsonl").read_text())["prompt"] == rows[i]["prompt"]

@@ -39,7 +39,7 @@ def test_gvus_x_omni_code_reproduces_x_omnis_own_logits_in_both_modes(folder):
 
 def test_x_omnis_own_code_breaks_under_this_transformers_and_the_load_names_the_pin(folder):
     with pytest.raises(ValueError, match=r"remote code.*transformers==4\.51\.3.*diffusers==0\.34\.0.*timm.*einops"):
-        load_model(f"xomni:{folder}?device=cpu&dtype=float32&code=remote")
+        load_model(f"xomni:{folder}?device=cpu&dtype=float32&code=remote&trust_remote_code=1")
 
 
 def test_the_one_token_check_turns_a_first_forward_failure_into_what_to_install(folder):

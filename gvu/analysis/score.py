@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlencode
 
 from gvu.eval.check import check_layout_rows
 from gvu.eval.judging import check_size, off_palette, wrapped_shape
@@ -27,7 +28,7 @@ from gvu.eval.layout import iter_layout, load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval.quality import auc, auc_by_tag, format_auc, within_group_auc
 from gvu.models.builtin import GVU_FILE
-from gvu.models.load import load_model
+from gvu.models.load import folder_spec, load_model
 from gvu.reward import SCORERS, RewardConfig, intrinsic_reward
 from gvu.world import spec
 from gvu.world.detect import detect
@@ -57,18 +58,25 @@ def _recorded_base(run: Path, model_dir: Path) -> list[str]:
 
 
 def resolve_scorer(spec: str | os.PathLike, scorer: str = "policy") -> tuple[str, str]:
-    """(model spec to load, one line saying what it is) for a scorer of a model spec."""
+    """(model spec to load, one line saying what it is) for a scorer of a model spec. A folder's
+    `?trust_remote_code=1` (the user's consent) goes to its reference as well."""
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
-    run = Path(spec)
     if scorer == "policy":
         return str(spec), f"policy: {spec}"
+    folder, options = folder_spec(str(spec))
+    path, what = _reference(folder)
+    return path + (f"?{urlencode(options)}" if options else ""), what
+
+
+def _reference(spec: str) -> tuple[str, str]:
+    run = Path(spec)
     is_train_output = (run / "final" / GVU_FILE).is_file()
     model_dir = run / "final" if is_train_output else run
     if _is_model(run / "reference"):
         return str(run / "reference"), f"reference: {run / 'reference'}"
     tried = []
-    for base in _recorded_base(run, model_dir):
+    for base in (b.split("?", 1)[0] for b in _recorded_base(run, model_dir)):  # a record's options: not consent
         for cand in (Path(base), run / base):
             tried.append(str(cand))
             if _is_model(cand):

@@ -24,8 +24,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gvu.models.hf import (finish_loading, flag, import_callable, load_options, load_pretrained, PlainTokenizer,
-                           save_transformers_model)
+from gvu.models.hf import (finish_loading, flag, import_callable, load_options, load_pretrained, load_tokenizer,
+                           needs_consent, PlainTokenizer, save_transformers_model)
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM
 
 ADAPTER_FILES = ("gvu_causal_lm.yaml", "gvu_causal_lm.yml", "gvu_causal_lm.json")
@@ -155,7 +155,8 @@ class CausalLMAdapter:
     model: str = ""
     """Weights to load (folder or hub name); empty: the folder holding this file."""
     trust_remote_code: bool = False
-    """Passed to from_pretrained (models with their own modelling code, such as X-Omni)."""
+    """The model needs its own modelling code (passed to from_pretrained); the file alone does not let it run: the
+    spec must say trust_remote_code=1 too."""
     pad_token: str = ""
     """Padding token text; empty: the tokenizer's pad token, else its eos token."""
     format: SequenceFormat = field(default_factory=SequenceFormat)
@@ -188,9 +189,11 @@ def find_adapter_file(folder: Path) -> Path | None:
 
 
 def load_causal_lm(path: str | os.PathLike, device=None, dtype="auto", gradient_checkpointing=False,
-                   attn_implementation: str | None = None, logits_chunk=0) -> GridSharedVocabUMM:
-    """A GridSharedVocabUMM from a folder holding an adapter file (and usually the weights)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+                   attn_implementation: str | None = None, logits_chunk=0,
+                   trust_remote_code=False) -> GridSharedVocabUMM:
+    """A GridSharedVocabUMM from a folder holding an adapter file (and usually the weights). `trust_remote_code`:
+    the user's consent to run the model's own modelling code, which the adapter file's key asks for."""
+    from transformers import AutoModelForCausalLM
 
     folder = Path(path)
     adapter_file = find_adapter_file(folder) if folder.is_dir() else None
@@ -200,7 +203,10 @@ def load_causal_lm(path: str | os.PathLike, device=None, dtype="auto", gradient_
                                 "live (see docs/real-models.md)")
     ad = read_adapter_file(adapter_file)
     src = ad.model or str(folder)
-    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=ad.trust_remote_code)
+    if ad.trust_remote_code and not flag(trust_remote_code):  # a file in the folder cannot consent for the user
+        raise needs_consent(f"causal-lm:{path}", f"{adapter_file} says trust_remote_code: true, so loading {src} "
+                            "would run its own modelling code (the files its config.json's auto_map names)")
+    tok = load_tokenizer(src, "causal-lm", ad.trust_remote_code)
     lm = load_pretrained(AutoModelForCausalLM, src, "causal-lm", dtype, attn_implementation,
                          trust_remote_code=ad.trust_remote_code)
     vocab = lm.get_output_embeddings().weight.shape[0]

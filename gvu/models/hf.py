@@ -200,6 +200,35 @@ def load_pretrained(cls, name: str, kind: str, dtype=None, attn_implementation: 
         raise ValueError(f"{kind}:{name}: could not load the checkpoint ({err})") from err
 
 
+CONSENT = "trust_remote_code=1"
+"""The model-spec option by which the user lets a checkpoint's own Python run (docs/real-models.md). Never read from
+a saved folder's gvu.json: consent is the user's, on the command line or in the config they pass."""
+
+
+def needs_consent(spec: str, what: str) -> ValueError:
+    """The refusal of a load that would run a checkpoint's own code the user did not ask for: what would run, and
+    the option that asks for it."""
+    return ValueError(f"{spec}: {what}; gvu runs a checkpoint's own code only when asked: add {CONSENT} to the "
+                      "model spec if you trust where that code comes from (docs/real-models.md)")
+
+
+def load_tokenizer(name: str, kind: str, trust_remote_code: bool = False, check_floor: bool = True):
+    """AutoTokenizer without the checkpoint's code wherever its files allow it (a tokenizer class transformers
+    has); the checkpoint's own tokenizer code only where the files need it, and then only with the user's consent
+    (`trust_remote_code`), else a refusal naming the option before any of it runs."""
+    from transformers import AutoTokenizer
+
+    try:
+        return load_pretrained(AutoTokenizer, name, kind, check_floor=check_floor, trust_remote_code=False)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):  # not transformers' refusal of a tokenizer that needs its code
+            raise
+        if not trust_remote_code:
+            raise needs_consent(f"{kind}:{name}", "its tokenizer is the checkpoint's own Python code (a class "
+                                "tokenizer_config.json's auto_map names), which loading it would run") from None
+    return load_pretrained(AutoTokenizer, name, kind, check_floor=check_floor, trust_remote_code=True)
+
+
 def load_options(dtype, attn_implementation: str | None = None, **more) -> dict:
     """The load options a saved model's gvu.json records (strings, as a spec's ?key=value would give them)."""
     return {"dtype": dtype_name(dtype), **({"attn_implementation": attn_implementation} if attn_implementation

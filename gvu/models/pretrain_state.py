@@ -1,5 +1,6 @@
 """A pretraining run's resumable state (weights, optimizer, schedule, step, batch generator) and its learning-rate
-schedule: gvu.models.pretrain writes it every `save_every` steps and on Ctrl-C, and resumes from it."""
+schedule: gvu.models.pretrain writes it every `save_every` steps and on Ctrl-C, and resumes from it, reading it as
+data only (gvu/datafile.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from gvu.datafile import load_data, NotData
 
 
 def lr_lambda(cfg):
@@ -33,7 +36,10 @@ def restore(state_path: Path, cfg, lm, opt, sched, rng) -> int:
     """Load a saved run's state into the given objects; the step to resume at (0 without a state)."""
     if not state_path.exists():
         return 0
-    state = torch.load(state_path, weights_only=False)
+    try:
+        state = load_data(state_path)  # data only: a state file from elsewhere cannot run code as it loads
+    except NotData as err:
+        raise ValueError(f"{err}; delete it (or the whole {state_path.parent}) to pretrain from the start") from None
     if state["config"] != asdict(cfg):
         raise ValueError(f"{state_path} was written with another configuration; delete it or use the same "
                          "options to resume")

@@ -26,11 +26,14 @@ What the adapter does about X-Omni's interface (from X-Omni's public inference c
 The language model runs on gvu's own X-Omni code (gvu/models/xomni_lm.py, the checkpoint's weight names) by
 default; `code=remote` runs the checkpoint's own modelling code instead, which needs transformers 4.51.3. Either
 way one token goes through both modes at load, and a failure names what to install (docs/real-models.md).
+`code=remote` and `flux` run the checkpoint's own Python, so both are refused unless the spec says
+`trust_remote_code=1`; the tokenizer loads without the checkpoint's code wherever its files allow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +43,7 @@ from gvu.models.causal_lm import build_grid_layout, GridSharedVocabUMM, Sequence
 from gvu.models.emu3 import parse_grid
 from gvu.models.forward import eval_mode
 from gvu.models.hf import (base_model, disable_dropout, finish_loading, flag, load_options, load_pretrained,
-                           PlainTokenizer, save_transformers_model)
+                           load_tokenizer, needs_consent, PlainTokenizer, save_transformers_model)
 from gvu.models.xomni_lm import XOmniConfig, XOmniForCausalLM
 
 XOMNI_TRANSFORMERS = "4.51.3"
@@ -281,18 +284,41 @@ def check_one_token(lm, name: str, code: str) -> None:
         xo.set_generation_mode(before)
 
 
+def check_consent(name: str, code: str, flux: str, vision_source: str, trust: bool) -> None:
+    """code=remote and flux= run the checkpoint's own Python (the modelling files its config.json's auto_map names,
+    and what they import): refused before anything loads unless the user consented (trust_remote_code=1)."""
+    if trust:
+        return
+    if code == "remote":
+        raise needs_consent(f"xomni:{name}", f"code=remote runs the checkpoint's own modelling code "
+                            f"({_code_files(name)})")
+    if flux:
+        source = vision_source or name
+        raise needs_consent(f"xomni:{name}", f"flux= sets up X-Omni's vision parts with the checkpoint's own code "
+                            f"(init_vision and detokenize_image in {source}: {_code_files(source)})")
+
+
+def _code_files(source: str) -> str:
+    """The modelling file config.json's auto_map names, where the folder is at hand."""
+    try:
+        ref = json.loads((Path(source) / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
+        return f"{ref.split('--')[-1].rsplit('.', 1)[0]}.py and what it imports"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "the modelling files its config.json's auto_map names"
+
+
 def load_xomni(name: str, device=None, dtype="auto", gradient_checkpointing=False, grid=None, flux: str = "",
                code_pixels=PIXELS_PER_CODE, attn_implementation: str | None = None, code: str = "gvu",
-               vision_source: str = "") -> XOmniUMM:
+               vision_source: str = "", trust_remote_code=False) -> XOmniUMM:
     """X-Omni (X-Omni/X-Omni-En or a local copy): gvu's X-Omni code on its weights (`code=gvu`, the default) or
     the checkpoint's own modelling code (`code=remote`, transformers 4.51.3). `vision_source`: the published
-    checkpoint whose vision code and files init_vision reads (default `name`; a saved run records it)."""
-    from transformers import AutoTokenizer
-
+    checkpoint whose vision code and files init_vision reads (default `name`; a saved run records it).
+    `trust_remote_code`: the user's consent to run the checkpoint's code (never recorded in a saved run)."""
     if code not in ("gvu", "remote"):
         raise ValueError(f"xomni: code={code!r}; 'gvu' (gvu's X-Omni code, the default) or 'remote' (the "
                          "checkpoint's own modelling code, transformers 4.51.3)")
-    tok = load_pretrained(AutoTokenizer, name, "xomni", check_floor=False, trust_remote_code=True)
+    check_consent(name, code, flux, vision_source, flag(trust_remote_code))
+    tok = load_tokenizer(name, "xomni", flag(trust_remote_code), check_floor=False)
     try:
         lm = _load_lm(name, code, dtype, attn_implementation)
     except ValueError:  # already says what is wrong (a missing file or weight, a missing package)

@@ -4,7 +4,8 @@ A checkpoint folder holds the trainable weights (all of them, or only the LoRA a
 scheduler states (keyed by parameter name and unsharded, so any number of processes can load them), the
 random states the loop carries (the minibatch generator and torch's global RNG; rollouts draw from per-prompt
 generators seeded by the data position), the step and the data position, and the config. It is written into
-a temporary sibling folder and renamed, so an interrupted save leaves the previous checkpoint intact.
+a temporary sibling folder and renamed, so an interrupted save leaves the previous checkpoint intact. Every file
+is read back as data only (gvu/datafile.py): a checkpoint from elsewhere cannot run code as it is resumed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from gvu.datafile import load_data, NotData
 
 STATE = "trainer_state.json"
 _NAME = re.compile(r"checkpoint-(\d+)$")
@@ -62,13 +65,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def _unreadable(path: Path, err: BaseException) -> ValueError:
-    """A damaged checkpoint file: name it, and the checkpoint to resume from instead."""
+    """A damaged checkpoint file, or one that is more than data (NotData): name it, and the checkpoint to resume
+    from instead."""
     ckpt = path.parent
     earlier = [c for c in list_checkpoints(ckpt.parent) if _step(c) < _step(ckpt)]
     what = (f"resume from the previous checkpoint instead: gvu train --resume {earlier[-1]}" if earlier else
             f"there is no earlier checkpoint in {ckpt.parent}: start the run again with --overwrite")
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return ValueError(f"{path} is damaged and cannot be read ({reason}); {what}")
+    problem = str(err) if isinstance(err, NotData) else f"{path} is damaged and cannot be read ({reason})"
+    return ValueError(f"{problem}; {what}")
 
 
 def _step(ckpt: Path) -> int:
@@ -87,17 +92,17 @@ def read_state(ckpt: Path) -> dict:
     return state
 
 
-def _load(path: Path, weights_only: bool):
+def _load(path: Path):
+    """One checkpoint file, as data only (gvu/datafile.py): a file that would run code is refused, none of it run."""
     try:
-        return torch.load(path, weights_only=weights_only)
+        return load_data(path)
     except FileNotFoundError:
         raise
-    except Exception as err:  # truncated or overwritten: pickle, zip and EOF errors of every kind
+    except Exception as err:  # truncated or overwritten (pickle, zip and EOF errors of every kind), or NotData
         raise _unreadable(path, err) from None
 
 
 def load_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
     """(trainable weights, optimizer+scheduler states, rng states, trainer state)."""
     state = read_state(ckpt)
-    return (_load(ckpt / "trainable.pt", True), _load(ckpt / "optim.pt", False), _load(ckpt / "rng.pt", False),
-            state)
+    return _load(ckpt / "trainable.pt"), _load(ckpt / "optim.pt"), _load(ckpt / "rng.pt"), state
