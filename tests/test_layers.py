@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "gvu"
-# bottom to top; argcheck is stdlib-only argument parsing, usable by any layer
-LAYERS = ("argcheck", "world", "eval", "models", "reward", "rl", "analysis", "demo", "perf", "cli")
+# bottom to top; argcheck is stdlib-only argument parsing and datafile the weights-only reader of run files (torch
+# only), both usable by any layer
+LAYERS = ("argcheck", "datafile", "world", "eval", "models", "reward", "rl", "analysis", "demo", "perf", "cli")
 LAZY_OK = {"gvu.cli"}  # the CLI imports each command's library code when the command runs
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
 LONG_OK = {("gvu.cli", "build_parser")}  # the argument parser: one flat list of commands and flags
