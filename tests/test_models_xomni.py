@@ -142,7 +142,7 @@ def test_hub_ids_become_local_snapshots_before_init_vision(folder, spec, monkeyp
         with pytest.raises(OSError, match="the tests reach no hub"):
             load()
 
-    flux = spec.split("flux=")[1]
+    flux = spec.split("flux=")[1].split("&")[0]
     hub = {"X-Omni/X-Omni-En": str(folder), "black-forest-labs/FLUX.1-dev": flux}
     calls = []
 
@@ -151,7 +151,8 @@ def test_hub_ids_become_local_snapshots_before_init_vision(folder, spec, monkeyp
         return hub[repo_id]
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    model = load_model(f"xomni:{folder}{BASE}&flux=black-forest-labs/FLUX.1-dev&vision_source=X-Omni/X-Omni-En")
+    model = load_model(f"xomni:{folder}{BASE}&flux=black-forest-labs/FLUX.1-dev&vision_source=X-Omni/X-Omni-En"
+                       "&trust_remote_code=1")
     assert calls == [("X-Omni/X-Omni-En", None), ("black-forest-labs/FLUX.1-dev", FLUX_FILES)]  # the hub once each
     assert model.lm.name_or_path == str(folder)  # init_vision read every file from the snapshot, none from the hub
     assert (model.options["flux"], model.options["vision_source"]) == ("black-forest-labs/FLUX.1-dev",
