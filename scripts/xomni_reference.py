@@ -26,7 +26,7 @@ def compute(folder: Path, out: Path) -> None:
     lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, torch_dtype=torch.float32).eval()
     ids, mask, pos = reference_batch(folder)
     ref = {"transformers": transformers.__version__, "torch": torch.__version__, "code": type(lm).__module__,
-           "input_ids": ids.tolist(), "attention_mask": mask.tolist(), **logits_both_modes(lm, ids, mask, pos)}
+           "rope_theta": lm.config.rope_theta, "input_ids": ids.tolist(), "attention_mask": mask.tolist(), **logits_both_modes(lm, ids, mask, pos)}
     out.write_text(json.dumps(ref) + "\n")
     print(f"wrote {out}: transformers {transformers.__version__}, {type(lm).__module__}.{type(lm).__name__}")
 

@@ -1,11 +1,19 @@
 """X-Omni through `xomni:` on a tiny X-Omni that these tests write (tests/_tiny_xomni.py, X-Omni's own conventions):
 gvu's X-Omni code on its weights, its generation mode, codes beyond lm_head, its own chat format, the checkpoint's
-own vision code (set up by init_vision on the model's device, called with its own signature), the model without
-vision, and the published recipe end to end through the CLI."""
+own vision code (set up by init_vision, then put on the model's device, called with its own signature; its files
+read through name_or_path; hub ids made local folders first; flash-attn checked), the sampling values of the
+checkpoint's generation_config.json, the model without vision, and the published recipe end to end through the
+CLI."""
 
+import importlib.util
+import inspect
 import json
+import re
+import shutil
 import subprocess
 import sys
+import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +23,10 @@ import torch
 from gvu.models.load import load_model
 from gvu.models.protocol import UnifiedModel
 import gvu.models.xomni as xomni
-from gvu.models.xomni import XOmniUMM
+from gvu.models.protocol import SamplingConfig
+from gvu.models.shared_vocab import SharedVocabUMM
+from gvu.models.xomni import FLUX_FILES, XOmniUMM
+from gvu.models.xomni_lm import XOmniConfig, XOmniForCausalLM, XOmniModel
 from _adapters import PROMPTS, SAMPLINGS
 from _tiny_xomni import write_flux_folder, write_tiny_xomni
 
@@ -99,8 +110,142 @@ def test_vision_is_set_up_by_init_vision_on_the_models_final_device(folder, spec
     xo = load_model(f"xomni:{folder}{spec}").lm
     assert moved_before_vision == [True]
     assert not isinstance(xo.decoder_pipe, torch.nn.Module)  # the model's .to() would never reach it
-    assert xo.decoder_pipe.moves == [str(xo.device)]  # told once, by init_vision, where the model is
-    assert all(not p.requires_grad for p in xo.image_tokenizer.parameters())  # frozen, as in X-Omni
+    assert xo.decoder_pipe.moves == [str(xo.device)] * 2  # by init_vision (MX:149), then by gvu
+    params = list(xo.image_tokenizer.parameters())
+    assert params and all(not p.requires_grad for p in params)  # the tokenizer's weights, frozen as in X-Omni
+
+
+def test_the_decoder_pipeline_is_put_on_the_models_device_when_init_vision_leaves_it(tmp_path, spec):
+    folder = write_tiny_xomni(tmp_path / "no-move", moves_pipeline=False)
+    model = load_model(f"xomni:{folder}{spec}")
+    assert model.lm.decoder_pipe.moves == [str(model.lm.device)]  # init_vision never moved it; gvu did
+    r = model.sample(PROMPTS[:1], 2, SAMPLINGS["plain"], torch.Generator().manual_seed(0))
+    assert model.decode(r.image_tokens_NT, prompts=r.row_prompts(), seeds=[0, 1]).shape == (2, 8, 8, 3)
+
+
+def _vision_module(folder):
+    spec = importlib.util.spec_from_file_location("tiny_xomni_vision", folder / "vision_tiny_xomni.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hub_ids_become_local_snapshots_before_init_vision(folder, spec, monkeypatch):
+    import huggingface_hub
+
+    # given a hub id, X-Omni's init_vision asks the hub through diffusers 0.34 (DC:390-403, DP:1485-1490), whose
+    # legacy arguments the huggingface_hub installed here drops (no TypeError: measured with the real diffusers
+    # 0.34.0, docs/real-models.md); the tiny vision code does the same, then finds no network
+    vision = _vision_module(folder)
+    for load in (lambda: vision.TinyFluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev"),
+                 lambda: vision.TinyFluxTransformer.from_pretrained("X-Omni/X-Omni-En", subfolder="flux_transformer")):
+        with pytest.raises(OSError, match="the tests reach no hub"):
+            load()
+
+    flux = spec.split("flux=")[1].split("&")[0]
+    hub = {"X-Omni/X-Omni-En": str(folder), "black-forest-labs/FLUX.1-dev": flux}
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):  # the hub, as the local folders above
+        calls.append((repo_id, allow_patterns))
+        return hub[repo_id]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = load_model(f"xomni:{folder}{BASE}&flux=black-forest-labs/FLUX.1-dev&vision_source=X-Omni/X-Omni-En"
+                       "&trust_remote_code=1")
+    assert calls == [("X-Omni/X-Omni-En", None), ("black-forest-labs/FLUX.1-dev", FLUX_FILES)]  # the hub once each
+    assert model.lm.name_or_path == str(folder)  # init_vision read every file from the snapshot, none from the hub
+    assert (model.options["flux"], model.options["vision_source"]) == ("black-forest-labs/FLUX.1-dev",
+                                                                       "X-Omni/X-Omni-En")  # a save re-resolves
+    r = model.sample(PROMPTS[:1], 2, SAMPLINGS["plain"], torch.Generator().manual_seed(0))
+    assert torch.equal(model.encode(model.decode(r.image_tokens_NT, prompts=r.row_prompts(), seeds=[0, 1])),
+                       r.image_tokens_NT.cpu())
+
+
+def test_init_vision_reads_the_tokenizers_files_through_name_or_path(folder, spec, tmp_path):
+    # a full-weights save holds no vision files: they are read from the published checkpoint (vision_source)
+    weights_only = tmp_path / "weights-only"
+    shutil.copytree(folder, weights_only, ignore=shutil.ignore_patterns("vision", "flux_transformer"))
+    with pytest.raises(FileNotFoundError, match="siglip_tiny.pt"):
+        load_model(f"xomni:{weights_only}{spec}")
+    model = load_model(f"xomni:{weights_only}{spec}&vision_source={folder}")
+    assert model.lm.name_or_path == str(folder) and model.reads_pixels
+
+
+def test_a_checkpoint_whose_vision_code_imports_flash_attn_needs_it_built_for_this_torch(tmp_path, spec,
+                                                                                       monkeypatch):
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here; the test shows the error of an environment without it")
+    folder = write_tiny_xomni(tmp_path / "with-flash-attn", imports_flash_attn=True)
+    with pytest.raises(ValueError, match=r"image tokenizer \(vision_tiny_xomni\.py\) imports flash_attn, which does "
+                                         r"not import here .*pip install 'diffusers==0\.34\.0' timm einops "
+                                         r"torchvision, then pip install flash-attn --no-build-isolation \(compiled "
+                                         r"against the torch installed here, " + re.escape(torch.__version__)):
+        load_model(f"xomni:{folder}{spec}")
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))  # importable, as on a GPU box
+    with pytest.raises(ValueError, match=r"runs flash-attn in every attention, a CUDA kernel, and the model is on "
+                                         r"cpu: load with flux on a GPU"):
+        load_model(f"xomni:{folder}{spec}")
+
+
+def test_the_decoder_runs_x_omnis_true_cfg_only(model):
+    pipe, latents = model.lm.decoder_pipe, torch.rand(1, 16, 3)
+    with pytest.raises(AssertionError):  # X-Omni's pipeline asserts a scale above 1 and a negative prompt
+        pipe(latents, ["a cat"], negative_prompt=[""], height=8, width=8, true_cfg_scale=1.0)
+    with pytest.raises(AssertionError):
+        pipe(latents, ["a cat"], negative_prompt=None, height=8, width=8, true_cfg_scale=1.5)
+    assert pipe(latents, ["a cat"], negative_prompt=[""], height=8, width=8, true_cfg_scale=1.5).images
+
+
+def test_the_checkpoints_generation_config_replaces_transformers_defaults_as_in_x_omnis_trainer(tmp_path, capsys):
+    gen = {"temperature": 0.7, "top_k": 3, "top_p": 1.0, "repetition_penalty": 1.05, "transformers_version": "4.51.3"}
+    model = load_model(f"xomni:{write_tiny_xomni(tmp_path / 'gen', generation_config=gen)}{BASE}")
+    assert model.sampling_defaults == {"temperature": 0.7, "top_k": 3}
+    err = capsys.readouterr().err
+    assert "generation_config.json sets temperature 0.7, top_k 3" in err
+    assert "also sets repetition_penalty 1.05, which X-Omni's trainer applies and gvu's sampler does not" in err
+    recipe = SamplingConfig(temperature=1.0, top_k=50, top_p=1.0, min_p=0.03)  # configs/gvu-xomni.yaml
+    assert model.effective_sampling(recipe) == SamplingConfig(temperature=0.7, top_k=3, top_p=1.0, min_p=0.03)
+    own = SamplingConfig(temperature=0.9, top_k=10, min_p=0.03)  # values a run sets itself stay
+    assert model.effective_sampling(own) == own
+    r = model.sample(PROMPTS[:2], 2, recipe, torch.Generator().manual_seed(0))
+    with torch.no_grad(), model.mode("image"):
+        direct = SharedVocabUMM.image_logprobs(model, r.row_prompts(), r.image_tokens_NT,
+                                               model.effective_sampling(recipe))
+    assert (direct - r.logp_NT).abs().max().item() <= 1e-4  # drawn from the checkpoint's top_k 3, temperature 0.7
+    assert (r.logp_NT > -torch.log(torch.tensor(3.0)) - 1e-4).any()  # three codes at most: one has p >= 1/3
+    old = dict(gen, transformers_version="4.37.0")  # a file older than 4.50 lends only its token ids
+    assert load_model(f"xomni:{write_tiny_xomni(tmp_path / 'old', generation_config=old)}{BASE}").sampling_defaults == {}
+
+
+def test_gvus_forward_names_the_cache_cache_and_warns_of_nothing(model):
+    assert "cache" in inspect.signature(XOmniForCausalLM.forward).parameters
+    assert "past_key_values" not in inspect.signature(XOmniForCausalLM.forward).parameters
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = model.sample(PROMPTS[:1], 2, SAMPLINGS["plain"], torch.Generator().manual_seed(0))  # with the KV cache
+        model.image_logprobs(r.row_prompts(), r.image_tokens_NT, SAMPLINGS["plain"])
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+def test_rope_follows_x_omnis_config_values(model):
+    def inv_freq(theta, d):
+        return 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+
+    rot = model.lm.model.rotary_emb  # the tiny checkpoint carries X-Omni's rope_theta
+    assert torch.allclose(rot.inv_freq.double(), inv_freq(1e6, 16), rtol=1e-6)
+    # X-Omni-En's language model (Qwen2.5-7B's values, in transformers 4.51.3's config.json layout): head_dim 128,
+    # rope_theta 1e6, 32,768 positions; vocabularies and layers cut so the model builds in a moment
+    cfg = XOmniConfig.from_dict({"hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4,
+                                 "rope_theta": 1000000.0, "max_position_embeddings": 32768, "rope_scaling": None,
+                                 "num_hidden_layers": 0, "vocab_size": 8, "mm_vocab_size": 8, "image_vocab_size": 4})
+    rot = XOmniModel(cfg).rotary_emb
+    assert torch.allclose(rot.inv_freq.double(), inv_freq(1e6, 128), rtol=1e-6)
+    pos = torch.tensor([[0, 1, 577, 4095]])  # within float32's reach of the angle (ulp of 4095: 5e-4 rad)
+    cos, sin = rot(torch.zeros(1, 4, 128), pos)
+    angle = pos[0, :, None].double() * inv_freq(1e6, 128)
+    assert torch.allclose(cos[0, :, :64].double(), angle.cos(), atol=1e-3)
+    assert torch.allclose(sin[0, :, 64:].double(), angle.sin(), atol=1e-3)
 
 
 def test_without_flux_it_samples_and_judges_codes_and_says_how_to_get_pixels(folder):

@@ -24,6 +24,7 @@ def folder(tmp_path_factory):
 
 def test_the_reference_was_computed_by_x_omnis_own_code_under_its_pin():
     assert REF["transformers"] == "4.51.3" and REF["code"].endswith("modeling_tiny_xomni")
+    assert REF["rope_theta"] == 1e6  # X-Omni's, read by 4.51.3 from the config's top level
 
 
 def test_gvus_x_omni_code_reproduces_x_omnis_own_logits_in_both_modes(folder):

@@ -21,7 +21,11 @@ What the adapter does about X-Omni's interface (from X-Omni's public inference c
   re-encodes with `image_tokenizer.encode`, as the official trainer does. Departure, stated: the official reward
   re-encodes at the decoded image's own size; here pixels are resized to the generation grid (rows x
   `code_pixels`) first, so the judge reads as many codes as it drew. Without `flux` the model samples and judges
-  its codes directly (no pixels; `decode` says what to pass).
+  its codes directly (no pixels; `decode` says what to pass). Before init_vision: hub ids become local snapshots
+  (so neither init_vision nor diffusers 0.34 asks the hub), and flash-attn is checked where the checkpoint's vision
+  code imports it; after: both parts are put on the model's device.
+- Sampling: where the checkpoint ships a generation_config.json, its temperature / top_k / top_p replace the
+  values a run leaves at transformers' own defaults, as they do in X-Omni's trainer (`sampling_defaults`).
 
 The language model runs on gvu's own X-Omni code (gvu/models/xomni_lm.py, the checkpoint's weight names) by
 default; `code=remote` runs the checkpoint's own modelling code instead, which needs transformers 4.51.3. Either
@@ -33,7 +37,11 @@ way one token goes through both modes at load, and a failure names what to insta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +52,25 @@ from gvu.models.emu3 import parse_grid
 from gvu.models.forward import eval_mode
 from gvu.models.hf import (base_model, disable_dropout, finish_loading, flag, load_options, load_pretrained,
                            load_tokenizer, needs_consent, PlainTokenizer, save_transformers_model)
+from gvu.models.protocol import SamplingConfig
 from gvu.models.xomni_lm import XOmniConfig, XOmniForCausalLM
 
 XOMNI_TRANSFORMERS = "4.51.3"
-# what X-Omni's own code needs (its requirements.txt; flash-attn where the checkpoint's config asks for it)
+# what X-Omni's own code needs (its requirements.txt), and flash-attn, which its image tokenizer imports at the top
+# of modeling_vit.py and calls in every attention; built against the torch of the environment it runs in (X-Omni
+# pins torch 2.6, so a prebuilt wheel for that torch does not load here)
 REMOTE_PACKAGES = "'transformers==4.51.3' 'diffusers==0.34.0' timm einops torchvision"
 VISION_PACKAGES = "'diffusers==0.34.0' timm einops torchvision"
+FLASH_ATTN_INSTALL = "pip install flash-attn --no-build-isolation"
+# a diffusers pipeline folder is model_index.json and one subfolder per component; FLUX.1-dev's hub repository also
+# holds a single-file copy of its weights at the top, which the pipeline does not read
+FLUX_FILES = ["model_index.json", "*/*"]
+# transformers 4.51.3's GenerationConfig defaults (generation/configuration_utils.py:424-426) of the sampling keys
+# gvu's sampler implements, and of those it does not (428-447)
+HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+HF_OTHER_DEFAULTS = {"typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "repetition_penalty": 1.0,
+                     "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
+                     "sequence_bias": None, "renormalize_logits": False}
 SOM, EOM, IMAGE = "<SOM>", "<EOM>", "<IMAGE>"
 DEFAULT_GRID = (36, 36)
 PIXELS_PER_CODE = 16
@@ -76,7 +97,8 @@ class XOmniUMM(GridSharedVocabUMM):
     lora_scope = "model"
     supports_fsdp2 = False  # the decoder and the image tokenizer are called outside the root forward
 
-    def __init__(self, lm, hf_tokenizer, grid=DEFAULT_GRID, code_pixels: int = PIXELS_PER_CODE):
+    def __init__(self, lm, hf_tokenizer, grid=DEFAULT_GRID, code_pixels: int = PIXELS_PER_CODE,
+                 sampling_defaults: dict | None = None):
         xo = base_model(lm)
         if not hasattr(xo, "set_generation_mode"):
             raise ValueError("this model has no 'set_generation_mode': not X-Omni's modelling code (load it with "
@@ -97,6 +119,15 @@ class XOmniUMM(GridSharedVocabUMM):
         super().__init__(lm, PlainTokenizer(hf_tokenizer), layout, answer_template=fmt.answer,
                          unconditional_prompt=fmt.unconditional_prompt)
         self.kind = "xomni"
+        # the checkpoint's generation_config.json values that replace transformers' defaults (checkpoint_sampling)
+        self.sampling_defaults = dict(sampling_defaults or {})
+
+    def effective_sampling(self, sampling: SamplingConfig) -> SamplingConfig:
+        """`sampling` with each value that equals transformers' default replaced by the checkpoint's, as
+        transformers 4.51.3's generate does for X-Omni's trainer (generation/utils.py:1683-1702); the same in the
+        sampler and the teacher-forced pass, so the two still describe one distribution."""
+        return dataclasses.replace(sampling, **{k: v for k, v in self.sampling_defaults.items()
+                                                if getattr(sampling, k) == HF_SAMPLING_DEFAULTS[k]})
 
     @contextlib.contextmanager
     def mode(self, mode: str):
@@ -110,11 +141,11 @@ class XOmniUMM(GridSharedVocabUMM):
 
     def sample(self, prompts, group_size, sampling, generator):
         with self.mode("image"):
-            return super().sample(prompts, group_size, sampling, generator)
+            return super().sample(prompts, group_size, self.effective_sampling(sampling), generator)
 
     def image_logprobs(self, prompts_N, image_tokens_NT, sampling):
         with self.mode("image"):
-            return super().image_logprobs(prompts_N, image_tokens_NT, sampling)
+            return super().image_logprobs(prompts_N, image_tokens_NT, self.effective_sampling(sampling))
 
     def prompt_logprobs(self, images, prompts, instruction="Describe the image in detail."):
         with self.mode("text"):
@@ -226,27 +257,123 @@ def _checkpoint_class(name: str, config):
         return get_class_from_dynamic_module(ref, name)
     except ImportError as err:
         raise ValueError(f"xomni:{name}: X-Omni's own code could not be imported ({err}); its vision parts need: "
-                         f"pip install {VISION_PACKAGES}") from err
+                         f"{vision_install()}") from err
+
+
+def vision_install() -> str:
+    """The install line for X-Omni's vision parts, flash-attn included."""
+    return (f"pip install {VISION_PACKAGES}, then {FLASH_ATTN_INSTALL} (compiled against the torch installed here, "
+            f"{torch.__version__}, with CUDA's nvcc; docs/real-models.md)")
+
+
+_FLASH_ATTN_IMPORT = re.compile(r"^\s*(from|import)\s+flash_attn\b", re.M)
+
+
+def check_flash_attn(folder: str, device: torch.device) -> None:
+    """X-Omni's image tokenizer (the checkpoint's modeling_vit.py) imports flash_attn at the top of the file and
+    calls flash_attn_func in every attention, a CUDA kernel: refused before anything is built, with what to do,
+    where the checkpoint's code imports it and flash-attn does not import here or the model is not on a GPU."""
+    files = sorted(f.name for f in Path(folder).glob("*.py")
+                   if _FLASH_ATTN_IMPORT.search(f.read_text(errors="replace")))
+    if not files:
+        return
+    try:
+        importlib.import_module("flash_attn")
+    except ImportError as err:  # missing, or built for another torch (an undefined symbol)
+        raise ValueError(f"xomni:{folder}: X-Omni's image tokenizer ({', '.join(files)}) imports flash_attn, which "
+                         f"does not import here ({err}): {vision_install()}") from err
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"xomni:{folder}: X-Omni's image tokenizer ({', '.join(files)}) runs flash-attn in every "
+                         f"attention, a CUDA kernel, and the model is on {device}: load with flux on a GPU "
+                         "(device=cuda)")
+
+
+def local_snapshot(name: str, what: str, allow_patterns=None) -> str:
+    """`name` as a local folder: itself when it is one, else the hub repository's snapshot (huggingface_hub's
+    snapshot_download, which fetches only what its cache lacks). Given a hub id, X-Omni's init_vision would ask the
+    hub itself, through its own hf_hub_download calls and through diffusers 0.34, whose hub code was written for
+    huggingface_hub 0.x (its legacy `proxies=` and `local_dir_use_symlinks=` are dropped with a warning by the
+    huggingface_hub transformers 5 requires; the rest of that path was not run here: docs/real-models.md). Given
+    folders, init_vision and diffusers only read files, and the flash-attn check can read the checkpoint's code."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if Path(name).expanduser().exists():
+        raise ValueError(f"xomni: {what}={name!r} is a file; give a folder or a hub id")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id=name, allow_patterns=allow_patterns)
+    except Exception as err:  # noqa: BLE001 - not a repository, no network, gated: the same advice
+        raise ValueError(f"xomni: {what}={name!r} is no local folder and its hub snapshot could not be had "
+                         f"({type(err).__name__}: {err}); download it and pass the folder") from err
+
+
+def _move_vision(xo) -> None:
+    """Both vision parts onto the model's device, whatever the checkpoint's init_vision did: the FLUX pipeline is
+    no nn.Module, so it does not move with the model, and diffusers builds it on the CPU."""
+    device = next(xo.parameters()).device
+    xo.image_tokenizer.to(device)
+    xo.decoder_pipe.to(device)
 
 
 def set_up_vision(lm, name: str, flux: str) -> None:
-    """The checkpoint's init_vision on the model's final device (its FLUX pipeline is no nn.Module and stays
-    where it is created); the image tokenizer frozen and without dropout, as in X-Omni. `name`: the published
-    checkpoint, whose modelling files and vision files (read from the model's name_or_path) init_vision uses."""
+    """The checkpoint's init_vision, then both parts on the model's device (its FLUX pipeline is no nn.Module);
+    the image tokenizer frozen and without dropout, as in X-Omni. `name`: a local folder of the published
+    checkpoint, whose modelling files and vision files (read from the model's name_or_path) init_vision uses;
+    `flux`: a local FLUX.1-dev folder (both made so by local_snapshot)."""
     xo = base_model(lm)
+    check_flash_attn(name, next(xo.parameters()).device)
     if isinstance(xo, XOmniForCausalLM) and xo.checkpoint_code is None:  # imported only now: it needs diffusers
         xo.checkpoint_code = _checkpoint_class(name, xo.config)
     xo.name_or_path = name  # a full-weights save holds no vision files; they stay in the published checkpoint
     try:
         xo.init_vision(flux)
     except ImportError as err:
-        raise ValueError(f"xomni:{name}: X-Omni's vision parts could not be set up ({err}): pip install "
-                         f"{VISION_PACKAGES}") from err
+        raise ValueError(f"xomni:{name}: X-Omni's vision parts could not be set up ({err}): "
+                         f"{vision_install()}") from err
     if not has_vision(xo):
         raise ValueError(f"xomni:{name}: init_vision({flux!r}) set up no image_tokenizer and decoder_pipe")
+    _move_vision(xo)
     for p in xo.image_tokenizer.parameters():
         p.requires_grad_(False)
     disable_dropout(xo.image_tokenizer)
+
+
+def checkpoint_sampling(name: str) -> tuple[dict, dict]:
+    """The checkpoint's generation_config.json values that X-Omni's trainer samples with: its GenerationConfig
+    (grpo_trainer.py:285-294) sets no top_k and leaves temperature and top_p at transformers' defaults, and
+    transformers 4.51.3 replaces every value left at its default by the checkpoint's own where the file was
+    written by transformers >= 4.50 (generation/utils.py:1683-1702). Returns (the values gvu's sampler takes:
+    temperature, top_k, top_p; the values it does not implement, a departure); both empty without such a file."""
+    from transformers.utils import cached_file
+
+    path = cached_file(name, "generation_config.json", _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+    if path is None:
+        return {}, {}
+    cfg = json.loads(Path(path).read_text())
+    # a file without a version is read as written by the running transformers, 4.51.3 for X-Omni's trainer
+    written = tuple(int(x) for x in re.findall(r"\d+", str(cfg.get("transformers_version", XOMNI_TRANSFORMERS)))[:2])
+    if written < (4, 50):  # older files lend only their token ids (generation/utils.py:1703-1711)
+        return {}, {}
+    take = {k: cfg[k] for k, d in HF_SAMPLING_DEFAULTS.items() if cfg.get(k) is not None and cfg[k] != d}
+    other = {k: cfg[k] for k, d in HF_OTHER_DEFAULTS.items() if k in cfg and cfg[k] != d}
+    return take, other
+
+
+def say_sampling(name: str, take: dict, other: dict) -> None:
+    """One line on stderr naming the checkpoint's sampling values and what gvu does with them."""
+    if take:
+        print(f"xomni:{name}: generation_config.json sets {_kv(take)}; where a run leaves temperature / top_k / "
+              f"top_p at transformers' defaults ({_kv(HF_SAMPLING_DEFAULTS)}), gvu samples with these, as X-Omni's "
+              "trainer does", file=sys.stderr)
+    if other:
+        print(f"xomni:{name}: generation_config.json also sets {_kv(other)}, which X-Omni's trainer applies and "
+              "gvu's sampler does not implement: this run departs from the paper's sampling there", file=sys.stderr)
+
+
+def _kv(d: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items())
 
 
 def _remedy(code: str) -> str:
@@ -256,7 +383,7 @@ def _remedy(code: str) -> str:
     if code == "remote":
         return (f"X-Omni's own modelling code is written for transformers {XOMNI_TRANSFORMERS} ({have}): either "
                 f"drop code=remote (gvu's own X-Omni code runs on this transformers) or use an environment with "
-                f"pip install {REMOTE_PACKAGES} (and flash-attn where the checkpoint asks for flash_attention_2), "
+                f"pip install {REMOTE_PACKAGES} and {FLASH_ATTN_INSTALL} (X-Omni's image tokenizer imports it), "
                 "gvu installed there with pip install --no-deps -e .")
     return (f"gvu's X-Omni code was checked on transformers 5.22.0 and 5.25.0 ({have}): pip install "
             "'transformers==5.25.0'")
@@ -329,8 +456,12 @@ def load_xomni(name: str, device=None, dtype="auto", gradient_checkpointing=Fals
     lm = finish_loading(lm, device, flag(gradient_checkpointing))
     check_one_token(lm, name, code)
     if flux:  # after the move: init_vision builds its parts on the model's device of the moment
-        set_up_vision(lm, vision_source or name, flux)
-    umm = XOmniUMM(lm, tok, grid=parse_grid(grid) if grid else DEFAULT_GRID, code_pixels=int(code_pixels))
+        set_up_vision(lm, local_snapshot(vision_source or name, "vision_source"),
+                      local_snapshot(flux, "flux", FLUX_FILES))
+    take, other = checkpoint_sampling(name)
+    say_sampling(name, take, other)
+    umm = XOmniUMM(lm, tok, grid=parse_grid(grid) if grid else DEFAULT_GRID, code_pixels=int(code_pixels),
+                   sampling_defaults=take)
     umm.source = str(name)
     umm.options = load_options(dtype, attn_implementation, grid="x".join(map(str, umm.grid)), flux=flux,
                                code_pixels=umm.code_pixels if umm.code_pixels != PIXELS_PER_CODE else None,

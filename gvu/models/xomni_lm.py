@@ -135,14 +135,20 @@ class XOmniForCausalLM(Qwen2PreTrainedModel, GenerationMixin):
                              "(its modelling files next to config.json and an auto_map entry)")
         return fn
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, num_logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=None, num_logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+        """`cache`: the KV cache under the name transformers gives it since the rename (`past_key_values` is
+        deprecated and goes in 5.40); a caller still passing `past_key_values` reaches Qwen2Model.forward through
+        **kwargs and gets transformers' own deprecation warning there."""
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("X-Omni's forward needs input_ids (its layers tell image codes from text by id), "
                              "not inputs_embeds")
+        if CACHE_ARG == "past_key_values":  # a transformers from before the rename: only the old name exists
+            cache = kwargs.pop("past_key_values", cache)
+        if cache is not None:
+            kwargs[CACHE_ARG] = cache
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=use_cache, **{CACHE_ARG: cache if cache is not None else past_key_values},
-                         **kwargs)
+                         use_cache=use_cache, **kwargs)
         h = out.last_hidden_state[:, -num_logits_to_keep:]
         V, C = self.config.vocab_size, self.config.image_vocab_size
         logits = h.new_full((*h.shape[:-1], V + self.config.mm_vocab_size), torch.finfo(h.dtype).min)
