@@ -208,3 +208,30 @@ def test_relation_sign_counts_each_relation_against_its_flip():
     assert r["scenes"] == 2 * sum(1 for row in build_geneval("shapes") if row["tag"] == "position")
     assert abs(r["all"] - 0.5) < 0.15  # the four relations are about equally frequent among GenEval's prompts
     assert relation_sign(FixedWords(), scenes_per_prompt=1, limit=3)["scenes"] == 3
+
+
+class ColourOrder:
+    """Prefers the prompt whose first colour word comes first in the palette's order, whatever the image."""
+
+    def prompt_logprobs(self, images, prompts, instruction="Describe the image in detail."):
+        from gvu.world.spec import COLORS
+
+        def first(p):
+            return min((p.index(c), c) for c in COLORS if f" {c} " in f" {p} ")[1]
+
+        score = torch.tensor([[-float(COLORS.index(first(p)))] for p in prompts])
+        return score, torch.ones_like(score, dtype=torch.bool)
+
+
+def test_colour_binding_counts_the_true_colours_against_the_swapped_ones():
+    from gvu.eval.understanding import colour_binding
+    from gvu.world.spec import COLORS
+
+    rows = [r for r in build_geneval("shapes") if r["tag"] == "color_attr"]
+    # the order-preferring stub wins exactly where the true prompt names the earlier palette colour first
+    expected = np.mean([COLORS.index(r["include"][0]["color"]) < COLORS.index(r["include"][1]["color"])
+                        for r in rows])
+    r = colour_binding(ColourOrder(), scenes_per_prompt=2)
+    assert r["scenes"] == 2 * len(rows) and r["all"] == pytest.approx(expected)
+    assert 0.2 < r["all"] < 0.8  # the stub is no judge: about half
+    assert colour_binding(FixedWords(), scenes_per_prompt=1, limit=5) == {"all": 0.0, "scenes": 5}  # ties lose

@@ -94,6 +94,10 @@ def compare(before: dict, after: dict) -> dict:
         if "relation_sign" in b and "relation_sign" in a:
             out["understanding"]["relation_sign"] = {k: {"before": v, "after": a["relation_sign"].get(k)}
                                                      for k, v in b["relation_sign"].items() if k != "scenes"}
+        if "colour_binding" in b and "colour_binding" in a:
+            out["understanding"]["colour_binding"] = {"before": b["colour_binding"]["all"],
+                                                      "after": a["colour_binding"]["all"],
+                                                      "scenes": b["colour_binding"]["scenes"]}
     return out
 
 
@@ -260,6 +264,10 @@ def _md_scores(c: dict) -> list[str]:
                   f"{u['caption_truthfulness']['after']:.3f} |"]
         lines += [f"| relation sign: {k} | {v['before']:.3f} | {v['after']:.3f} |"
                   for k, v in u.get("relation_sign", {}).items()]
+        if u.get("colour_binding"):
+            b = u["colour_binding"]
+            lines += [f"| colour binding (true colours above swapped, {b['scenes']} scenes) | {b['before']:.3f} | "
+                      f"{b['after']:.3f} |"]
         lines += [""]
     return lines
 

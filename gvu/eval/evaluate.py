@@ -135,7 +135,9 @@ def _format_understanding(u: dict) -> str:
             + f"  caption truthfulness  {u['caption_truthfulness']:.3f}"
             + ("" if "relation_sign" not in u else "\n  relation sign  {:.3f}  ({} scenes: {})".format(
                 u["relation_sign"]["all"], u["relation_sign"]["scenes"],
-                ", ".join(f"{k} {u['relation_sign'][k]:.2f}" for k in RELATIONS if k in u["relation_sign"]))))
+                ", ".join(f"{k} {u['relation_sign'][k]:.2f}" for k in RELATIONS if k in u["relation_sign"])))
+            + ("" if "colour_binding" not in u else "\n  colour binding  {:.3f}  ({} scenes: the true colours above "
+               "the swapped ones)".format(u["colour_binding"]["all"], u["colour_binding"]["scenes"])))
 
 
 def row_seeds(seed: int, first_row: int, n: int) -> list[int]:

@@ -10,6 +10,8 @@ seed), so the benchmark measures understanding alone, not the model's own drawin
   judge finds it false on the image.
   The model "chooses" by its own prompt log-likelihood (sum over the prompt's tokens). Accuracy is over
   (image, negative) pairs, overall and per perturbation type.
+- Relation sign and colour binding: on ground-truth scenes, the true prompt against the same words with the
+  relation flipped, or with the two objects' colours swapped (`relation_sign`, `colour_binding`).
 - Caption truthfulness: a greedy caption, parsed by the grammar and judged on the image in strict mode
   (a caption the grammar cannot parse counts as false).
 """
@@ -168,6 +170,30 @@ def relation_sign(model, seed: int = 0, scenes_per_prompt: int = 4, batch_size: 
     return out
 
 
+def colour_binding(model, seed: int = 0, scenes_per_prompt: int = 2, batch_size: int = 128,
+                   limit: int | None = None) -> dict:
+    """Which colour goes with which shape: on ground-truth scenes of GenEval-shapes' colour-attribute prompts (two
+    objects, two colours; `scenes_per_prompt` each, realised with their own seed), how often the true prompt scores
+    above the same prompt with the two colours swapped ("a red circle and a blue square" against "a blue circle and
+    a red square"): same image, same words in another order, so only binding each colour to its shape can decide.
+    A judge that reads binding this poorly cannot reward it (docs/results.md)."""
+    rows = [r for r in build_geneval("shapes") if r["tag"] == "color_attr"][:limit]
+    rng = np.random.default_rng([seed, 13])
+    tokens, true_p, swap_p = [], [], []
+    for row in rows:
+        swapped = copy.deepcopy(row)
+        a, b = swapped["include"]
+        a["color"], b["color"] = b["color"], a["color"]
+        swapped = _finish(swapped)
+        for _ in range(scenes_per_prompt):
+            tokens.append(scene_tokens(realise(row, rng)))
+            true_p.append(row["prompt"])
+            swap_p.append(swapped["prompt"])
+    toks = torch.as_tensor(np.stack(tokens))
+    wins = sequence_logprob(model, toks, true_p, batch_size) > sequence_logprob(model, toks, swap_p, batch_size)
+    return {"all": float(wins.mean()), "scenes": int(len(wins))}
+
+
 def run_understanding(model, uset: UnderstandingSet | None = None, batch_size: int = 128,
                       captions: bool = True, sign_scenes_per_prompt: int = 4, sign_limit: int | None = None) -> dict:
     uset = uset or build_understanding_set()
@@ -191,6 +217,8 @@ def run_understanding(model, uset: UnderstandingSet | None = None, batch_size: i
     if sign_scenes_per_prompt:
         result["relation_sign"] = relation_sign(model, scenes_per_prompt=sign_scenes_per_prompt,
                                                 batch_size=batch_size, limit=sign_limit)
+        result["colour_binding"] = colour_binding(model, scenes_per_prompt=max(1, sign_scenes_per_prompt // 2),
+                                                  batch_size=batch_size, limit=sign_limit)
     if captions:
         texts = []
         for s in range(0, len(toks), batch_size):

@@ -56,7 +56,8 @@ def _metrics(name: str, s: dict) -> dict:
     if name == "understanding":
         return {"eval_understanding": s["overall"], "eval_caption_truthfulness": s["caption_truthfulness"],
                 **{f"eval_understanding/{k}": v for k, v in s["by_perturbation"].items()},
-                **{f"eval_relation_sign/{k}": v for k, v in s.get("relation_sign", {}).items() if k != "scenes"}}
+                **{f"eval_relation_sign/{k}": v for k, v in s.get("relation_sign", {}).items() if k != "scenes"},
+                **({"eval_colour_binding": s["colour_binding"]["all"]} if "colour_binding" in s else {})}
     return {f"eval_{name}": s["overall"], f"eval_{name}_strict": s["strict_overall"],
             **{f"eval_{name}/{tag}": v for tag, v in s["tags"].items()}}
 
