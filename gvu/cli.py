@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--scorer", choices=["policy", "reference"], default="policy")
     dm.add_argument("--flat", action="store_true", help="the ablation base bases/regular-flat: understanding reads "
                     "the flat raster (no 2-D reader)")
-    dm.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in --out")
+    dm.add_argument("--overwrite", action="store_true", help="start over, removing a demo's files from --out (without "
+                    "it, the same command on an unfinished demo resumes it, on a finished one shows its report)")
     dm.add_argument("--seed", type=SEED, default=0)
     dm.add_argument("--seeds", type=COUNT, default=1, help="this many training seeds from --seed, in OUT/seed-K, "
                     "and their mean with its interval in OUT/seeds.md")

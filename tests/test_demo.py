@@ -5,14 +5,17 @@ evaluation summaries, the GenEval results rows, the training log).
 The quick preset pretrains 300 steps, about half a minute on the shared CPU. So `run_demo` runs in-process
 first with a wrapper around `pretrain` that changes only the step count and writes where the real quick
 settings say (the cache key comes from them), and is stopped once the base exists; then the CLI run, as run.sh
-runs it, must find and reuse that base. Everything after pretraining is the real quick pipeline, once."""
+runs it, must find and reuse that base. Everything after pretraining is the real quick pipeline, once; and once
+more, killed with SIGKILL in training and run again, for the resume."""
 
 import base64
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -326,3 +329,153 @@ def test_training_overrides_reach_the_run_and_the_demos_own_flags_are_refused(tm
     p = subprocess.run([*GVU, "demo", "--out", str(tmp_path / "x"), "curriculm=true"], env=ENV, capture_output=True,
                        text=True)
     assert p.returncode == 2 and "curriculm" in p.stderr and not (tmp_path / "x").exists()
+
+
+MEASURED = ("time/", "mem/", "step_time")  # the training log's clock and memory readings: never equal across runs
+
+
+def numbers(run: Path) -> dict:
+    """What an interrupted demo must reproduce: the report's numbers (not the run's name, times or memory), every
+    training step's metrics, and the trained weights."""
+    report = json.loads((run / "report.json").read_text())
+    log = [{k: v for k, v in m.items() if not k.startswith(MEASURED)} for m in read_jsonl(run / "train" / "log.jsonl")]
+    return {"comparison": report["comparison"], "reward": report["reward"], "sensitivity": report["sensitivity"],
+            "lead": {**report["lead"], "run": None}, "log": log,
+            "weights": (run / "train" / "final" / "model.safetensors").read_bytes()}
+
+
+def test_a_demo_killed_during_training_resumes_to_the_uninterrupted_numbers(cli_run, workdir, monkeypatch, capsys):
+    """SIGKILL once training has written a checkpoint, then the same command (in this process, which saves a
+    start-up): the lock is taken over, the evaluation before and the scores are kept as they were, training goes on
+    from the checkpoint, and every number of the report, every step of the training log and the trained weights
+    equal those of the uninterrupted run."""
+    from gvu.cli import main
+
+    run = cli_run[0]
+    args = ["demo", "--quick", "--out", "killed", "--threads", "1"]
+    out = workdir / "killed"
+    p = subprocess.Popen([*GVU, *args], cwd=workdir, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while p.poll() is None and not list((out / "train").glob("checkpoint-[1-5]/trainer_state.json")):
+            time.sleep(0.01)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == -signal.SIGKILL, "the demo ended before training wrote a checkpoint"
+    assert not (out / "train" / "final").exists() and not (out / "eval_after").exists()
+    step = max(int(c.parent.name.split("-")[1]) for c in (out / "train").glob("checkpoint-*/trainer_state.json"))
+    kept = {**snapshot(out / "eval_before"), "log": (out / "train" / "log.jsonl").read_text().splitlines()[:step + 1]}
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert main(args) == 0
+    r = capsys.readouterr()
+    assert "no longer running" in r.err and "report: killed/report.md" in r.out
+    assert "eval_before, score_before finished earlier, kept" in r.err
+    assert f"training resumes from killed/train/checkpoint-{step} (step {step} of 6)" in r.err
+    again = {**snapshot(out / "eval_before"), "log": (out / "train" / "log.jsonl").read_text().splitlines()[:step + 1]}
+    assert again == kept  # not recomputed: the same bytes, the same modification times
+    check_report(out)
+    assert numbers(out) == numbers(run)
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["resumptions"] == [{"kept": ["eval_before", "score_before"], "threads": 1, "train_from_step": step}]
+    assert list(demo["timings"]) == ["pretrain", "eval_before", "score_before", "train", "eval_after", "sensitivity"]
+    assert f"training from its checkpoint of step {step}" in (out / "report.md").read_text()
+
+
+def test_a_finished_demo_run_again_shows_its_report_and_computes_nothing(cli_run, workdir, monkeypatch, capsys):
+    """`bash run.sh main` twice: the second prints the table and the report's path and exits 0."""
+    import gvu.demo as demo_module
+    from gvu.cli import main
+
+    run = cli_run[0]
+    before = snapshot(run)
+
+    def computes(*args, **kwargs):
+        raise AssertionError("a finished demo was computed again")
+
+    for name in ("evaluate_model",):
+        monkeypatch.setattr(evaluate_module, name, computes)
+    for name in ("run_sensitivity", "score_folder", "write_report"):
+        monkeypatch.setattr(demo_module, name, computes)
+    monkeypatch.setattr(demo_module.Trainer, "train", computes)
+    monkeypatch.chdir(workdir)
+    assert main(["demo", "--quick", "--out", "run", "--threads", "2"]) == 0  # the thread count may change
+    got = capsys.readouterr()
+    assert "run holds this demo, finished; nothing to compute" in got.err
+    assert got.out == (workdir / "stdout.txt").read_text()  # the same table and report path as the first time
+    assert snapshot(run) == before
+
+
+def test_a_demo_run_again_with_other_options_is_refused_naming_them(cli_run, workdir, monkeypatch, capsys):
+    from gvu.cli import main
+
+    run = cli_run[0]
+    before = snapshot(run)
+    monkeypatch.chdir(workdir)
+    assert main(["demo", "--quick", "--out", "run", "--seed", "1", "--per-prompt", "3", "max_steps=7"]) == 2
+    err = capsys.readouterr().err
+    assert "run holds a demo run with other options (seed: 0 there, 1 now; eval_per_prompt: 2 there, 3 now; " \
+           "train.max_steps: not set there, 7 now)" in err and "--overwrite" in err
+    (workdir / "other" / "eval_before").mkdir(parents=True)  # another run's files, without a record of its options
+    assert main(["demo", "--quick", "--out", "other"]) == 2
+    assert "other holds another run's files (eval_before) but no record of its options (demo.json)" in \
+        capsys.readouterr().err
+    assert snapshot(run) == before
+
+
+def test_an_interrupted_stage_runs_again_and_the_finished_ones_are_kept(cli_run, workdir, monkeypatch, capsys):
+    """Ctrl-C in the evaluation after training (its folder half written): the message says how to go on; the
+    rerun keeps the stages before it and gives the uninterrupted run's files."""
+    import shutil
+
+    run = cli_run[0]
+    copy = workdir / "interrupted"
+    shutil.copytree(run, copy)
+    demo = json.loads((copy / "demo.json").read_text())
+    for stage in ("eval_after", "sensitivity"):
+        del demo["timings"][stage]
+    (copy / "demo.json").write_text(json.dumps(demo))
+    for name in ("report.md", "report.json", "report.html"):
+        (copy / name).unlink()
+    shutil.rmtree(copy / "eval_after" / "genevalpp")  # as a run killed in that benchmark leaves it
+    (copy / "eval_after" / "summary.json").unlink()
+    kept = snapshot(copy / "train")
+    real = evaluate_module.evaluate_model
+
+    def ctrl_c(model, benchmark, *, out, **kw):
+        (Path(out) / "geneval" / "00000").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(evaluate_module, "evaluate_model", ctrl_c)
+    cfg = DemoConfig(quick=True, out="interrupted", threads=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(cfg, progress=False)
+    assert "interrupted during eval_after; interrupted keeps the finished stages (eval_before, score_before, " \
+           "train): run the same command again to go on from there" in capsys.readouterr().err
+    assert not (copy / ".gvu.lock").exists()
+    monkeypatch.setattr(evaluate_module, "evaluate_model", real)
+    run_demo(cfg, progress=False)
+    assert "finished earlier, kept; running eval_after, sensitivity" in capsys.readouterr().err
+    assert snapshot(copy / "train") == kept
+    assert numbers(copy) == numbers(run)
+    assert snapshot(copy / "eval_after").keys() == snapshot(run / "eval_after").keys()
+
+
+def test_a_rerun_may_change_only_what_leaves_the_experiment_alone():
+    from gvu.demo import option_differences
+
+    def recorded(cfg):
+        return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+    quick = recorded(DemoConfig(quick=True, out="a", threads=1, train={"save_steps": 2}))
+    assert option_differences(quick, DemoConfig(quick=True, out="/elsewhere/a", threads=4, overwrite=True,
+                                                train={"save_steps": 5, "save_total_limit": 3})) == []
+    assert option_differences(quick, DemoConfig(quick=True, cache="c2", train={"beta": 0.1})) == [
+        "cache: 'runs/cache' there, 'c2' now", "train.beta: not set there, 0.1 now"]
+    full = recorded(DemoConfig())
+    assert option_differences(full, DemoConfig(cache="c2")) == []  # the full demo never reads the cache
+    del full["flat"]  # an option an older demo.json lacks
+    assert option_differences(full, DemoConfig(reward="oracle_strict")) == [
+        "reward: 'intrinsic' there, 'oracle_strict' now", "flat: not recorded there, False now"]

@@ -226,6 +226,10 @@ def _md_settings(d: dict) -> list[str]:
         if d.get("timings"):
             lines += ["Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in d["timings"].items())
                       + (f"; peak resident memory {d['peak_rss_mib']:.0f} MiB." if d.get("peak_rss_mib") else "."), ""]
+        for r in d.get("resumptions") or []:  # the times above: each that of the run that finished the stage
+            step = r.get("train_from_step")
+            lines += [f"Resumed after an interruption, keeping {', '.join(r.get('kept') or []) or 'no stage'}"
+                      + ("" if step is None else f", training from its checkpoint of step {step}") + ".", ""]
     return lines
 
 

@@ -5,8 +5,10 @@ second run into the same folder stops before it computes anything; `gvu pretrain
 place whole at its end, holds the same lock in a file beside the folder (`lock_beside`). A lock whose process is
 gone (a run killed with kill -9) is reported and taken over. A fresh run into a folder that holds another run's
 files refuses and says how to go on (`--resume`, `--overwrite`, another folder); `--overwrite` removes exactly
-those files, never anything else in the folder. Unfinished checkpoint writes (`.checkpoint-tmp-*`, left by a
-kill during a save) are removed when the next run takes the folder.
+those files, never anything else in the folder. `gvu demo` judges its folder's files by the options its demo.json
+records (gvu.demo.earlier_run): the same demo is resumed, or shown if finished; another is refused, naming what
+differs. Unfinished checkpoint writes (`.checkpoint-tmp-*`, left by a kill during a save) are removed when the next
+run takes the folder.
 
 Image folders (`gvu generate`, `gvu world render`) are claimed the same way without a lock: a folder that already
 holds prompt folders is refused (the judge would score old and new images together) unless `--overwrite`, which
