@@ -1,5 +1,5 @@
-"""Reliability probes: every careless or hostile use of issues 18, 27 and 44 run against the `gvu` command line, one
-table row each (probe, exit code, first line of the message, verdict).
+"""Reliability probes: every careless or hostile use of issues 18, 27, 41 and 44 run against the `gvu` command line,
+one table row each (probe, exit code, first line of the message, verdict).
 
   OK      the command did what it should: a refusal with a one-line message that names the flag, file or line
           and what to do, or (where the use is legitimate) a success that wrote where it should
@@ -7,8 +7,9 @@ table row each (probe, exit code, first line of the message, verdict).
           (or a hostile file's code ran: the file it would write is there)
   LOSS    files of another run (or a finished model) were changed or removed
 
-Commands run in this process through `gvu.cli.main` (one torch import, so the whole table takes well under a
-minute on one CPU thread) on a tiny base pretrained for two steps in a temporary folder, and on the tiny X-Omni
+Commands run in this process through `gvu.cli.main` (one torch import; a run a probe kills or interrupts is a
+fork of this process, so the whole table takes about a minute on one CPU thread) on a tiny base pretrained for two
+steps in a temporary folder, and on the tiny X-Omni
 the tests write (tests/_tiny_xomni.py), whose Python files each write a marker when they run.
 
     python scripts/reliability.py            # prints the table; exit 1 if any row is not OK
@@ -71,6 +72,50 @@ def gvu(*args) -> tuple[int, str]:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
     return rc, err.getvalue() + out.getvalue()
+
+
+class spawn:
+    """`gvu ARGS` in a forked copy of this process (torch already imported, so no start-up), its output into `log`:
+    a run to kill or interrupt from here, as a user would its process."""
+
+    def __init__(self, *args, log: Path):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid, self.returncode = os.fork(), None
+        if self.pid == 0:  # the child: the command, then out without running the parent's clean-ups
+            rc = 1
+            try:
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                rc = gvu_main([str(a) for a in args])
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(rc)
+
+    def done(self) -> bool:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode is not None
+
+    def signal(self, sig: int) -> int:
+        """Send `sig` if it still runs; wait for its end; its exit code (-N: killed by signal N)."""
+        if not self.done():
+            os.kill(self.pid, sig)
+        deadline = time.monotonic() + TIMEOUT
+        while not self.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.done():
+            os.kill(self.pid, signal.SIGKILL)
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
 
 
 def digest(folder: Path) -> dict:
@@ -216,8 +261,58 @@ def run_folder_probes(t: Table, w: Path, s: dict) -> None:
     D.mkdir()
     for f in ("demo.json", "report.json", "report.md"):
         (D / f).write_text("{}\n")
-    t.refuse("demo --out EARLIER_DEMO", gvu("demo", "--quick", "--out", D, "--cache", w / "cache"), "--overwrite",
+    t.refuse("demo --out EARLIER_DEMO (no record of its options)", gvu("demo", "--quick", "--out", D, "--cache",
+                                                                     w / "cache"), "--overwrite", "demo.json",
              keep={D: digest(D)})
+
+
+def demo_numbers(run: Path) -> tuple:
+    """What a resumed demo must reproduce: the report's before/after scores, reward trend, sensitivity, weights."""
+    r = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
+    weights = run / "train" / "final" / "model.safetensors"
+    return (r.get("comparison"), r.get("reward"), r.get("sensitivity"), weights.is_file() and weights.read_bytes())
+
+
+def demo_probes(t: Table, w: Path, s: dict) -> None:
+    """`gvu demo` killed (kill -9) in training, run again, stopped there with Ctrl-C, run again, ends with the
+    numbers of an uninterrupted run; a finished one run again computes nothing; other options are refused, named."""
+    demo = ["demo", "--quick", "--model", s["base"], "--threads", 1, "--per-prompt", 1, "max_steps=4",  # the pipeline
+            "eval_steps=0", "eval_limit=4", "prompts_per_step=2", "num_generations=2", "minibatch_size=4"]  # at its least
+    U = w / "DU"
+    rc, text = gvu(*demo, "--out", U)
+    assert rc == 0, text
+    keep = {U: digest(U)}
+    rc, text = gvu(*demo, "--out", U)
+    t.add("demo run again on its finished folder: shown, nothing computed", rc, first_line(text),
+          rc == 0 and "report:" in text and "nothing to compute" in text, keep)
+    t.refuse("demo run again with another --seed", gvu(*demo, "--seed", 1, "--out", U), "seed: 0 there, 1 now",
+             "--overwrite", keep=keep)
+
+    K = w / "DK"
+    killed = spawn(*demo, "--out", K, log=w / "DK.log")
+    while not killed.done() and not (K / "train" / "checkpoint-1" / "trainer_state.json").is_file():
+        time.sleep(0.01)
+    killed.signal(signal.SIGKILL)
+    before = digest(K / "eval_before") if (K / "eval_before").is_dir() else None
+    # run again, and press Ctrl-C once the resumed training has logged a step of its own
+    again = spawn(*demo, "--out", K, log=w / "DK-again.log")
+    log = K / "train" / "log.jsonl"
+    while not again.done() and not ((K / ".gvu.lock").is_file() and str(again.pid) in (K / ".gvu.lock").read_text()
+                                    and log.is_file() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.01)
+    again.signal(signal.SIGINT)
+    text = (w / "DK-again.log").read_text()
+    t.add("demo killed (kill -9) in training, run again: resumed (then Ctrl-C)", again.returncode, next(
+        (ln for ln in text.splitlines() if "training resumes" in ln), first_line(text))[:140],
+        killed.returncode == -signal.SIGKILL and "training resumes from" in text and before is not None
+        and digest(K / "eval_before") == before)
+    first = (again.returncode, text)
+    rc, text = gvu(*demo, "--out", K)
+    t.add("demo stopped with Ctrl-C in training, run again: uninterrupted numbers", rc, next(
+        (ln for ln in first[1].splitlines() if ln.startswith("interrupted during")), first_line(first[1]))[:140],
+        first[0] == 130 and "run the same command again" in first[1] and rc == 0 and "resuming the demo" in text
+        and json.loads((K / "demo.json").read_text())["resumptions"][0].get("train_from_step") == 1
+        and demo_numbers(K) == demo_numbers(U))
 
 
 def generate_probes(t: Table, w: Path, s: dict) -> None:
@@ -420,6 +515,7 @@ def main(argv=None) -> int:
         s = setup(w)
         t = Table()
         run_folder_probes(t, w, s)
+        demo_probes(t, w, s)
         generate_probes(t, w, s)
         metadata_probes(t, w, s)
         judge_probes(t, w)
