@@ -50,6 +50,10 @@ def cmd_prompts(a: argparse.Namespace) -> None:
     from gvu.eval import prompts
     from gvu.eval.metadata import write_metadata, write_prompts
 
+    if a.set == "dpg":  # its own files: DPG-shapes, or DPG-Bench's prompts and question file
+        return _lazy("gvu.eval.dpg_shapes", "cmd_prompts_dpg")(a)
+    if a.csv:
+        raise ValueError("--csv is DPG-Bench's question file: it goes with gvu prompts dpg --world coco")
     rows = prompts.build_set(a.set, a.world, seed=a.seed, n=a.n)
     out = Path(a.out)
     write_metadata(out / "evaluation_metadata.jsonl", rows)
@@ -66,15 +70,6 @@ def cmd_world_render(a: argparse.Namespace) -> None:
     claim_image_folder(a.outdir, a.overwrite)
     render_ground_truth(rows, a.outdir, per_prompt=a.per_prompt, seed=a.seed)
     print(f"rendered {len(rows)} prompts x {a.per_prompt} images to {a.outdir}")
-
-
-def cmd_judge(a: argparse.Namespace) -> None:
-    from gvu.eval.judging import format_summary, judge_folder, write_results
-
-    results, summary = judge_folder(a.dir, mode="strict" if a.strict else "geneval", unclean=a.unclean)
-    if a.out:
-        write_results(a.out, results)
-    print(format_summary(summary, f"{a.dir} ({'strict' if a.strict else 'geneval'} mode, {len(results)} images)"))
 
 
 def pretrain_config_of(a: argparse.Namespace):
@@ -186,6 +181,8 @@ def cmd_generate(a: argparse.Namespace) -> None:
     from gvu.models.protocol import SamplingConfig
     from gvu.rl.runfolder import claim_image_folder
 
+    if a.dpg:  # DPG-Bench's layout: one 2x2 grid per prompt file, named by its item id
+        return _lazy("gvu.analysis.dpg", "cmd_generate_dpg")(a)
     rows = read_checked(a.metadata, world=False)  # format and tags; the world and words once the model is known
     model = load_model(a.model)
     check_rows(rows, a.metadata, file_lines(a.metadata), world=getattr(model, "world", None) == "shapes",
@@ -203,11 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prompts", help="build a prompt set in GenEval's metadata format")
-    s.add_argument("set", choices=["geneval", "genevalpp", "val", "train"], help="test, validation or training set")
+    s.add_argument("set", choices=["geneval", "genevalpp", "val", "train", "dpg"],
+                   help="test, validation or training set; dpg: dense prompts (DPG-shapes, or DPG-Bench's own)")
     s.add_argument("--world", choices=["shapes", "coco"], default="shapes")
     s.add_argument("--seed", type=int, default=None, help="default: 43 for geneval, 7 for val, 0 otherwise")
     s.add_argument("-n", type=int, default=None,
-                   help="geneval: prompts per task (100); genevalpp and val: per kind (40); train: total (50000)")
+                   help="geneval: prompts per task (100); genevalpp and val: per kind (40); train: total (50000); "
+                   "dpg: total (200)")
+    s.add_argument("--csv", help="dpg --world coco: your copy of DPG-Bench's dpg_bench.csv, checked and copied")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=cmd_prompts)
 
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--unclean", choices=["refuse", "report"], default="refuse",
                    help="images that are not exact palette renders (JPEG, grayscale, resized): refuse the folder "
                         "(default), or report them as 'not a clean render', counted apart and never scored")
-    j.set_defaults(func=cmd_judge)
+    j.set_defaults(func=_lazy("gvu.eval.dpg_shapes", "cmd_judge"))  # GenEval's rules, or DPG's on dense prompts
 
     pt = sub.add_parser("pretrain", help="pretrain the built-in unified model from scratch")
     pt.add_argument("--preset", choices=["regular", "weak"], default="regular")
@@ -254,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="generate for a benchmark, judge, and summarise")
     ev.add_argument("--model", required=True)
-    ev.add_argument("--benchmark", default="all", help="geneval|genevalpp|val_geneval|val_genevalpp|understanding, "
-                    "a group (all, val, test) or FILE.jsonl")
+    ev.add_argument("--benchmark", default="all", help="geneval|genevalpp|val_geneval|val_genevalpp|understanding|"
+                    "dpg, a group (all, val, test) or FILE.jsonl")
     ev.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=4)
     ev.add_argument("--seed", type=SEED, default=0, help="evaluation seed (the validation benchmarks: --val-seed)")
     ev.add_argument("--val-seed", dest="val_seed", type=SEED, default=4321)
@@ -275,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ge = sub.add_parser("generate", help="images of any model for a metadata file, in GenEval's folder layout")
     ge.add_argument("--model", required=True, help="a gvu model folder, janus:..., emu3:..., causal-lm:...")
-    ge.add_argument("--metadata", required=True, help="GenEval-format metadata JSONL")
+    src = ge.add_mutually_exclusive_group(required=True)
+    src.add_argument("--metadata", help="GenEval-format metadata JSONL (GenEval's layout)")
+    src.add_argument("--dpg", help="a folder of DPG-Bench prompt files (gvu prompts dpg --out DIR: DIR/prompts): one "
+                     "2x2 grid of four samples per prompt, <item_id>.png, DPG-Bench's layout")
     ge.add_argument("--outdir", required=True)
     ge.add_argument("--overwrite", action="store_true", help="remove the prompt folders already in --outdir first")
     ge.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=4)

@@ -20,10 +20,11 @@ import os
 
 from gvu.eval.metadata import MetadataError, read_metadata, validate_row
 from gvu.world import spec
+from gvu.world.dense import check_dense, DPG_TAG
 from gvu.world.grammar import GENEVAL_TAGS, GENEVALPP_TAGS, GrammarError, parse_prompt, render_prompt, words_of
 from gvu.world.scene import _precheck, UnsatisfiableError
 
-KNOWN_TAGS = tuple(dict.fromkeys(GENEVAL_TAGS + GENEVALPP_TAGS))
+KNOWN_TAGS = tuple(dict.fromkeys(GENEVAL_TAGS + GENEVALPP_TAGS + (DPG_TAG,)))
 
 
 def _check_tag(row: dict) -> None:
@@ -54,7 +55,13 @@ def _canon(include: list[dict]) -> list[str]:
 
 
 def _check_agrees(row: dict) -> None:
-    """The prompt says what `include` asks for, where the grammar can say this row (else nothing to compare)."""
+    """The prompt says what `include` asks for, where the grammar can say this row (else nothing to compare); a dense
+    row (DPG-shapes) as the dense grammar writes it, about distinct shapes (gvu.world.dense.check_dense)."""
+    if row["tag"] == DPG_TAG:
+        try:
+            return check_dense(row)
+        except ValueError as err:
+            raise MetadataError(str(err), hint="write dense rows with gvu prompts dpg --world shapes") from None
     try:
         said = render_prompt(row)
     except (GrammarError, KeyError):
