@@ -1,5 +1,5 @@
-"""Reliability probes: every careless or hostile use of issues 18, 27, 41 and 44 run against the `gvu` command line,
-one table row each (probe, exit code, first line of the message, verdict).
+"""Reliability probes: every careless or hostile use of issues 18, 27, 39, 41 and 44 run against the `gvu` command
+line, one table row each (probe, exit code, first line of the message, verdict).
 
   OK      the command did what it should: a refusal with a one-line message that names the flag, file or line
           and what to do, or (where the use is legitimate) a success that wrote where it should
@@ -501,6 +501,49 @@ def code_probes(t: Table, w: Path, s: dict) -> None:
     t.add("generate xomni:...&flux=...&trust_remote_code=1 runs it", rc, first_line(text),
           rc == 0 and (w / "X4-out" / "00001" / "samples" / "0000.png").is_file() and marker.exists())
 
+
+def dpg_probes(t: Table, w: Path, s: dict) -> None:
+    """DPG-Bench's files (its question file, its prompts) and layout, and dense rows."""
+    base, d = s["base"], w / "DPG"
+    rc, text = gvu("prompts", "dpg", "--world", "shapes", "-n", 3, "--out", d)
+    t.add("prompts dpg --world shapes: a DPG-shapes set", rc, first_line(text),
+          rc == 0 and (d / "dpg_bench.csv").is_file() and len(list((d / "prompts").glob("*.txt"))) == 3)
+    header = (d / "dpg_bench.csv").read_text().splitlines()[0]
+    (w / "nodep.csv").write_text((d / "dpg_bench.csv").read_text().replace(header, header.replace(",dependency,", ",")
+                                 .replace(",category_broad", ",dependency_broad"), 1))
+    t.refuse("prompts dpg --csv without a column", gvu("prompts", "dpg", "--world", "coco", "--csv", w / "nodep.csv",
+                                                       "--out", w / "DPG-c"), "nodep.csv", "'dependency'")
+    t.refuse("prompts dpg --csv of other items", gvu("prompts", "dpg", "--world", "coco", "--csv", d / "dpg_bench.csv",
+                                                     "--out", w / "DPG-c"), "dpg_bench.csv", "no prompt file")
+    t.refuse("prompts dpg --csv NO_SUCH_FILE", gvu("prompts", "dpg", "--world", "coco", "--csv", w / "no.csv",
+                                                   "--out", w / "DPG-c"), "no.csv")
+    t.refuse("prompts dpg --world coco -n 5", gvu("prompts", "dpg", "--world", "coco", "-n", 5, "--out", w / "DPG-c"),
+             "-n")
+    t.refuse("prompts dpg --world shapes --csv", gvu("prompts", "dpg", "--csv", w / "nodep.csv", "--out", w / "DPG-c"),
+             "--csv")
+    t.refuse("prompts geneval --csv", gvu("prompts", "geneval", "--csv", w / "nodep.csv", "--out", w / "DPG-c"), "--csv")
+    gen = ("generate", "--model", base, "--dpg", d / "prompts", "--outdir")
+    rc, text = gvu(*gen, w / "DPG-g")
+    t.add("generate --dpg: DPG-Bench's 2x2 layout", rc, first_line(text),
+          rc == 0 and sorted(p.name for p in (w / "DPG-g").iterdir()) == [f"shapes_0000{i}.png" for i in range(3)])
+    t.refuse("generate --dpg into a folder of older grids", gvu(*gen, w / "DPG-g"), "--overwrite",
+             keep={w / "DPG-g": digest(w / "DPG-g")})
+    t.refuse("generate --dpg --per-prompt 2", gvu(*gen, w / "DPG-g2", "--per-prompt", 2), "--per-prompt")
+    t.refuse("generate --dpg and --metadata", gvu(*gen, w / "DPG-g2", "--metadata", w / "good.jsonl"), "--metadata")
+    shutil.copytree(ROOT / "gvu" / "eval" / "data" / "dpg" / "prompts", w / "DPG-coco")
+    t.refuse("generate --dpg DPG-Bench's prompts, built-in model", gvu(*gen[:4], w / "DPG-coco", "--outdir",
+                                                                        w / "DPG-g3"), "0.txt", "vocabulary")
+    rows = [json.loads(x) for x in (d / "evaluation_metadata.jsonl").read_text().splitlines()]
+    twice = dict(rows[1], include=rows[1]["include"] + [rows[1]["include"][0]])
+    (w / "dpg-twice.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps(twice) + "\n")
+    t.refuse("world render: dense row naming a shape twice", gvu("world", "render", "--metadata", w / "dpg-twice.jsonl",
+                                                                 "--outdir", w / "DPG-r"), "dpg-twice.jsonl:2", "once")
+    assert gvu("world", "render", "--metadata", d / "evaluation_metadata.jsonl", "--outdir", w / "DPG-gt",
+               "--per-prompt", 1)[0] == 0
+    shutil.copytree(w / "gt" / "00000", w / "DPG-gt" / "00003")  # a GenEval prompt folder among dense ones
+    t.refuse("judge: dense and GenEval prompts in one folder", gvu("judge", w / "DPG-gt"), "mixes")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", help="keep the probes' files here (default: a temporary folder, removed)")
@@ -522,6 +565,7 @@ def main(argv=None) -> int:
         phrasing_probes(t, w, s)
         pretrain_probes(t, w)
         code_probes(t, w, s)
+        dpg_probes(t, w, s)
         t.print()
     return 0 if all(r[3] == "OK" for r in t.rows) else 1
 
