@@ -1,8 +1,8 @@
 """`gvu demo`: the paper's experiment end to end on the shapes world, with a report.
 
 a shipped base (bases/regular, bases/weak, bases/regular-flat: pretrained once, with the manifest that rebuilds
-it; docs/bases.md) -> evaluate it -> GvU training -> evaluate again -> the sensitivity study -> report.md,
-report.html (pictures inlined) and report.json.
+it; docs/bases.md) -> evaluate it (GenEval-shapes, GenEval++-shapes, understanding, DPG-shapes) -> GvU training
+-> evaluate again -> the sensitivity study -> report.md, report.html (pictures inlined) and report.json.
 
 `--quick` runs the same pipeline on a tiny model it pretrains itself (cached) and small evaluation subsets
 (minutes; the test suite runs it). Evaluation uses fixed seeds, so "before" and "after" see the same prompts and generators.
@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gvu.analysis.dpg import terminal_dpg
 from gvu.analysis.lead import SCORES
 from gvu.analysis.report import BENCH_TITLES, QUICK_NOTE, write_report
 from gvu.analysis.score import score_folder, write_scores
@@ -348,6 +349,7 @@ def terminal_summary(run: Path) -> str:
         lines += [f"  {t:<{width}}  {v['before']:6.3f}  {v['after']:6.3f}" for t, v in c["tags"].items()]
         o = c["overall"]
         lines += [f"  {'overall':<{width}}  {o['before']:6.3f}  {o['after']:6.3f}"]
+    lines += terminal_dpg(report["comparison"].get("dpg"))
     u = report["comparison"].get("understanding")
     if u:
         lines += [f"Understanding (matching accuracy)  {u['overall']['before']:.3f} -> {u['overall']['after']:.3f}"]

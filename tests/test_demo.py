@@ -97,6 +97,21 @@ def from_results(path: Path) -> tuple[float, dict, float]:
     return sum(tags.values()) / len(tags), tags, float(np.sqrt(var))
 
 
+def from_dpg_results(path: Path) -> tuple[float, dict, float]:
+    """DPG-shapes' summary from results rows: the mean over prompts of their images' scores, each L1 category's
+    share of raw yes answers over every image, and the overall's standard error from the within-prompt variance."""
+    from gvu.world.dense import questions
+
+    by_item, by_cat = defaultdict(list), defaultdict(list)
+    for r in read_jsonl(path):
+        by_item[r["item"]].append(r["score"])
+        for q, a in zip(questions(json.loads(r["metadata"])), r["answers"]):
+            by_cat[q.l1].append(a)
+    var = sum(np.var(v, ddof=1) / len(v) for v in by_item.values())
+    return (float(np.mean([np.mean(v) for v in by_item.values()])), {c: float(np.mean(v)) for c, v in by_cat.items()},
+            float(np.sqrt(var) / len(by_item)))
+
+
 def check_report(run: Path):
     """Every number of report.json against the files it is built from; the markdown and html agree with it."""
     for name in ("report.md", "report.html", "report.json"):
@@ -122,6 +137,15 @@ def check_report(run: Path):
         assert o["relative"] == (None if b == 0 else pytest.approx((a - b) / b, **approx))
         assert o["gain"] == pytest.approx(a - b, **approx)
         assert o["gain_ci95_half_width"] == pytest.approx(1.96 * np.hypot(o["se_before"], o["se_after"]), rel=1e-9)
+    d = c["dpg"]["overall"]  # DPG-shapes: overall, categories and the gain's interval from its results rows
+    for stage, summary in (("before", before), ("after", after)):
+        overall, cats, se = from_dpg_results(run / f"eval_{stage}" / "dpg" / "results.jsonl")
+        assert d[stage] == summary["dpg"]["overall"] == pytest.approx(overall, **approx)
+        assert d[f"se_{stage}"] == pytest.approx(se, rel=1e-9, abs=1e-12)
+        assert set(summary["dpg"]["categories"]) == {"entity", "attribute", "relation", "global", "other"}
+        for cat, v in c["dpg"]["categories"].items():
+            assert v[stage] == summary["dpg"]["categories"][cat] == pytest.approx(cats.get(cat), **approx)
+    assert d["gain_ci95_half_width"] == pytest.approx(1.96 * np.hypot(d["se_before"], d["se_after"]), rel=1e-9)
     u = c["understanding"]
     ub, ua = before["understanding"], after["understanding"]
     assert (u["overall"]["before"], u["overall"]["after"]) == (ub["overall"], ua["overall"])
@@ -146,6 +170,9 @@ def check_report(run: Path):
     assert (f"| **overall** | **{g['before']:.3f}** ± {g['se_before']:.3f} | **{g['after']:.3f}** ± "
             f"{g['se_after']:.3f} (") in md
     assert f"Gain {g['gain']:+.3f}, 95% interval ± {g['gain_ci95_half_width']:.3f}" in md
+    assert "## DPG-shapes (dense prompts)" in md and f"Gain {d['gain']:+.3f}, 95% interval ± " \
+        f"{d['gain_ci95_half_width']:.3f}" in md
+    assert any("eval_dpg" in m for m in read_jsonl(run / "train" / "log.jsonl"))  # the curves' third benchmark
     rels = c["geneval"]["relations"]  # each asked relation's outcomes, from the summaries
     assert set(rels) == set(before["geneval"]["relations"]) and rels  # the quick demo asks some of the four
     for rel, v in rels.items():

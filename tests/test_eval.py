@@ -62,8 +62,8 @@ def recompute(results: list[dict], key: str = "correct") -> tuple[float, dict]:
 
 def test_summary_json_contract(evaluated):
     summary = json.loads((evaluated / "summary.json").read_text())
-    # one key per benchmark, nothing else: the test ones, the validation ones, understanding
-    assert set(summary) == {"geneval", "genevalpp", "val_geneval", "val_genevalpp", "understanding"}
+    # one key per benchmark, nothing else: the test ones (DPG-shapes among them), the validation ones, understanding
+    assert set(summary) == {"geneval", "genevalpp", "dpg", "val_geneval", "val_genevalpp", "understanding"}
     for name, rows in (("geneval", build_geneval("shapes")), ("genevalpp", build_genevalpp("shapes")),
                        ("val_geneval", benchmark_rows("val_geneval")), ("val_genevalpp", benchmark_rows("val_genevalpp"))):
         s = summary[name]
@@ -76,6 +76,14 @@ def test_summary_json_contract(evaluated):
         overall, tags = recompute(results)
         assert s["tags"] == pytest.approx(tags, abs=1e-12) and s["overall"] == pytest.approx(overall, abs=1e-12)
         assert s["strict_overall"] == pytest.approx(recompute(results, "correct_strict")[0], abs=1e-12)
+    d = summary["dpg"]  # DPG-shapes: the overall and DPG-Bench's five categories, from its results rows
+    assert set(d["categories"]) == {"entity", "attribute", "relation", "global", "other"}
+    assert d["prompts"] == LIMIT and d["images"] == LIMIT * PER_PROMPT and 0.0 <= d["overall"] <= 1.0
+    results = read_jsonl(evaluated / "dpg" / "results.jsonl")
+    by_item = defaultdict(list)
+    for r in results:
+        by_item[r["item"]].append(r["score"])
+    assert d["overall"] == pytest.approx(np.mean([np.mean(v) for v in by_item.values()]), abs=1e-12)
     u = summary["understanding"]
     assert {"overall", "by_perturbation", "caption_truthfulness"} <= set(u)
     assert 0.0 <= u["overall"] <= 1.0 and 0.0 <= u["caption_truthfulness"] <= 1.0

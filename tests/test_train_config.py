@@ -152,7 +152,7 @@ def test_ints_are_accepted_for_floats():
     ({"reward_scorer": "judge"}, "reward scorer must be one of ('policy', 'reference'), got 'judge'"),
     ({"reward_image_path": "latents"}, "reward image_path must be one of ('tokens', 'pixels')"),
     ({"instruction": 3}, "reward instruction must be a string"),
-    ({"eval_benchmarks": ["geneval", "mmlu"]}, "unknown eval_benchmarks ['mmlu']; use geneval, genevalpp, val_geneval, val_genevalpp, understanding"),
+    ({"eval_benchmarks": ["geneval", "mmlu"]}, "unknown eval_benchmarks ['mmlu']; use geneval, genevalpp, dpg, val_geneval, val_genevalpp, understanding"),
     ({"logging_steps": 0}, "logging_steps must be >= 1"),
     ({"eval_steps": -1}, "eval_steps must be >= 0"),
     ({"save_steps": -5}, "save_steps must be >= 0"),

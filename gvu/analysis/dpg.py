@@ -132,3 +132,12 @@ def markdown_dpg(c: dict | None) -> list[str]:
         lines += [f"Images that satisfy every question of their prompt: {y['before']:.1%} before, {y['after']:.1%} "
                   "after.", ""]
     return lines
+
+
+def terminal_dpg(c: dict | None) -> list[str]:
+    """The demo's terminal line for DPG-shapes: before -> after, and the gain's 95% interval where there is one."""
+    if not c:
+        return []
+    o = c["overall"]
+    gain = "" if o["gain_ci95_half_width"] is None else f" (gain {o['gain']:+.3f} ± {o['gain_ci95_half_width']:.3f})"
+    return [f"DPG-shapes (dense prompts)  {o['before']:.3f} -> {o['after']:.3f}{gain}"]

@@ -1,7 +1,8 @@
 """The demo report, built ONLY from a run's saved outputs, so any number in it can be recomputed from files.
 
-Inputs under the run folder: eval_before/summary.json, eval_after/summary.json (+ their GenEval-layout image
-folders and results.jsonl), train/log.jsonl, sensitivity/sensitivity.json (+ .png), demo.json.
+Inputs under the run folder: eval_before/summary.json, eval_after/summary.json (GenEval-shapes, GenEval++-shapes,
+understanding, DPG-shapes; + their GenEval-layout image folders and results.jsonl), train/log.jsonl,
+sensitivity/sensitivity.json (+ .png), demo.json.
 Outputs: report.json (every number), report.md, report.html (pictures inlined as base64).
 """
 
@@ -12,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from gvu.analysis.dpg import compare_dpg, markdown_dpg
 from gvu.analysis.lead import lead_plot, run_lead, SCORES
 from gvu.eval.layout import load_image
 from gvu.eval.metadata import atomic_write_text
@@ -59,7 +61,7 @@ benchmarks are the ones choices are read from)."""
 
 def compare(before: dict, after: dict) -> dict:
     """Before/after per benchmark: overall (with standard errors and a 95% interval of the gain), per tag (with
-    the gain's 95% interval), relative change."""
+    the gain's 95% interval; per category for DPG-shapes: gvu.analysis.dpg), relative change."""
     out = {}
     for bench in BENCH_TITLES:
         if bench in before and bench in after:
@@ -98,12 +100,15 @@ def compare(before: dict, after: dict) -> dict:
             out["understanding"]["colour_binding"] = {"before": b["colour_binding"]["all"],
                                                       "after": a["colour_binding"]["all"],
                                                       "scenes": b["colour_binding"]["scenes"]}
+    if (dense := compare_dpg(before, after)) is not None:
+        out["dpg"] = dense
     return out
 
 
 QUICK_NOTE = ("--quick checks that the whole pipeline runs, in minutes: its tiny model (300 pretraining steps, 6 GvU "
               "steps) is there to exercise every stage, not to learn, and is expected to score about 0 before and "
-              "after (a relative gain from 0 reads n/a). For the measured results run `gvu demo` without --quick (see "
+              "after (a relative gain from 0 reads n/a; DPG-shapes credits every question an image satisfies, so it "
+              "reads above 0). For the measured results run `gvu demo` without --quick (see "
               "the README).")
 # Why a curve can be empty, written into its panel instead of leaving it blank.
 EMPTY_PANELS = {"reward_auc": "no value at any step: the AUC needs correct and incorrect images in one step, and "
@@ -205,7 +210,8 @@ def _pct(x) -> str:
 
 def _markdown(report: dict, pictures: dict[str, Path]) -> str:
     lines = ["# GvU on the shapes world", ""] + _md_settings(report.get("demo") or {})
-    lines += _md_scores(report["comparison"]) + _md_lead(report) + _md_reward(report["reward"]) + _md_oracle(report)
+    lines += _md_scores(report["comparison"]) + markdown_dpg(report["comparison"].get("dpg"))
+    lines += _md_lead(report) + _md_reward(report["reward"]) + _md_oracle(report)
     for name, path in pictures.items():
         lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
     return "\n".join(lines)
@@ -363,7 +369,7 @@ def write_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None
     pictures: dict[str, Path] = {}
     log = _log(run / "train" / "log.jsonl")
     if log:
-        keys = [k for k in ("reward", "accuracy", "reward_auc", "kl", "eval_geneval", "eval_genevalpp",
+        keys = [k for k in ("reward", "accuracy", "reward_auc", "kl", "eval_geneval", "eval_genevalpp", "eval_dpg",
                             "eval_val_geneval", "eval_val_genevalpp", "eval_understanding") if any(k in m for m in log)]
         pictures["Reward and evaluation over training steps"] = plots.metrics_plot(log, keys, run / "curves.png",
                                                                               empty_notes=EMPTY_PANELS)

@@ -15,16 +15,18 @@ import numpy as np
 import torch
 
 from gvu.eval.check import read_checked
+from gvu.eval.dpg_shapes import build_dpg, format_summary as format_dpg, run_dpg
 from gvu.eval.judging import format_summary, judge_pixels, summarise, write_results
 from gvu.eval.layout import write_prompt_dir
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval.prompts import build_geneval, build_genevalpp, build_val, spread, VAL_BENCHMARKS, VAL_EVAL_SEED
 from gvu.eval.understanding import build_understanding_set, RELATIONS, run_understanding, UnderstandingSet
 
-BENCHMARKS = ("geneval", "genevalpp", *VAL_BENCHMARKS, "understanding")
-"""The test benchmarks (GenEval-shapes, GenEval++-shapes), the validation benchmarks (their kinds on scenes in
-neither test set nor any training set: docs/protocol.md) and the understanding benchmark."""
-GROUPS = {"all": BENCHMARKS, "val": tuple(VAL_BENCHMARKS), "test": ("geneval", "genevalpp")}
+BENCHMARKS = ("geneval", "genevalpp", "dpg", *VAL_BENCHMARKS, "understanding")
+"""The test benchmarks (GenEval-shapes, GenEval++-shapes, DPG-shapes: dense prompts, gvu.eval.dpg_shapes), the
+validation benchmarks (GenEval's and GenEval++'s kinds on scenes in neither test set nor any training set:
+docs/protocol.md) and the understanding benchmark."""
+GROUPS = {"all": BENCHMARKS, "val": tuple(VAL_BENCHMARKS), "test": ("geneval", "genevalpp", "dpg")}
 """Names of several benchmarks at once: `gvu eval --benchmark val` runs both validation benchmarks."""
 
 
@@ -35,6 +37,8 @@ def benchmark_rows(name: str) -> list[dict]:
         return build_genevalpp("shapes")
     if name in VAL_BENCHMARKS:
         return build_val("shapes", VAL_BENCHMARKS[name])
+    if name == "dpg":
+        return build_dpg()
     raise ValueError(f"unknown benchmark {name!r}")
 
 
@@ -83,13 +87,16 @@ def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int =
 def run_benchmark(model, name: str, sampling, per_prompt: int = 4, seed: int = 0, limit: int | None = None,
                   outdir: str | os.PathLike | None = None, progress: bool = True, rows: list[dict] | None = None,
                   on_images: Callable | None = None, uset: UnderstandingSet | None = None) -> dict:
-    """One benchmark on a model of the interface: `understanding` (matching accuracy, captions), or GenEval-,
-    GenEval++-style or a metadata file's `rows`, generated and judged. The summary `gvu eval` writes and the
-    trainer's evaluation logs. `sampling` is the model's SamplingConfig; `uset` a prebuilt understanding set (the
-    trainer builds its own once)."""
+    """One benchmark on a model of the interface: `understanding` (matching accuracy, captions), GenEval-,
+    GenEval++-style, DPG-shapes (`dpg`, DPG-Bench's rules: gvu.eval.dpg_shapes) or a metadata file's `rows`
+    (dense rows scored as DPG-shapes), generated and judged. The summary `gvu eval` writes and the trainer's
+    evaluation logs. `sampling` is the model's SamplingConfig; `uset` a prebuilt understanding set (the trainer
+    builds its own once)."""
     if name == "understanding":
         return run_understanding(model, uset or build_understanding_set(limit=limit), captions=True,
                                  sign_limit=limit)
+    if name == "dpg" or (rows and all(r["tag"] == "dpg" for r in rows)):
+        return run_dpg(model, sampling, per_prompt, seed, limit, outdir, progress, rows, on_images)
     if rows is None:
         rows = benchmark_rows(name)
     results, summary = generate_and_judge(model, spread(rows, limit), per_prompt=per_prompt, seed=seed,
@@ -122,7 +129,8 @@ def evaluate_model(model, benchmark: str = "all", *, sampling, per_prompt: int =
                           key != "understanding" else None, progress, rows)
         summary[key] = s
         lines.append(_format_understanding(s) if key == "understanding" else
-                     format_summary(s, f"{key} ({sum(s['images'].values())} images, seed {key_seed})"))
+                     format_dpg(s, f"{key} (DPG-shapes, {s['images']} images, seed {key_seed})") if "categories" in s
+                     else format_summary(s, f"{key} ({sum(s['images'].values())} images, seed {key_seed})"))
     if out:
         atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=1) + "\n")
     summary["table"] = "\n".join(lines)

@@ -154,10 +154,10 @@ class TrainConfig:
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
     eval_steps: int = 20
     """Evaluate every this many steps (and at the start and end); 0: never."""
-    eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "val_geneval",
+    eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "dpg", "val_geneval",
                                                                 "val_genevalpp", "understanding"])
-    """Held-out benchmarks evaluated during training: the test ones, the validation ones (read choices from these:
-    docs/protocol.md) and understanding."""
+    """Held-out benchmarks evaluated during training: the test ones (dpg: DPG-shapes, dense prompts,
+    gvu.eval.dpg_shapes), the validation ones (read choices from these: docs/protocol.md) and understanding."""
     eval_per_prompt: int = 2
     """Images per prompt in evaluation."""
     eval_limit: int = 0
@@ -236,7 +236,7 @@ class TrainConfig:
              f"monitor must be auto, shapes or reward, got {self.monitor!r}")
         need(not self.eval_command or "{dir}" in self.eval_command,
              f"eval_command must contain {{dir}} (the evaluation folder), got {self.eval_command!r}")
-        known = ("geneval", "genevalpp", "val_geneval", "val_genevalpp", "understanding")
+        known = ("geneval", "genevalpp", "dpg", "val_geneval", "val_genevalpp", "understanding")
         unknown = set(self.eval_benchmarks) - set(known)
         need(not unknown, f"unknown eval_benchmarks {sorted(unknown)}; use {', '.join(known)}")
 

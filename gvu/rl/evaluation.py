@@ -1,7 +1,7 @@
 """The trainer's periodic evaluation, one function per monitor (gvu.rl.monitor).
 
-- evaluate_shapes: the shapes-world benchmarks (GenEval-, GenEval++-style, understanding) on fixed prompts and
-  seeds, judged exactly; a grid of some images under grids/.
+- evaluate_shapes: the shapes-world benchmarks (GenEval-, GenEval++-style, understanding, DPG-shapes) on fixed
+  prompts and seeds, judged exactly; a grid of some images under grids/.
 - evaluate_prompts: any model: the images of the fixed prompts in `eval_prompts` (a GenEval metadata file; default
   GenEval's own 553 prompts, `eval_limit` of them spread over the tags) with fixed seeds, written in GenEval's
   folder layout under evals/step_NNNNN/, a grid under grids/, and `eval_command` run on the folder when set.
@@ -53,6 +53,8 @@ def evaluate_shapes(trainer) -> dict:
 
 def _metrics(name: str, s: dict) -> dict:
     """A benchmark's summary as flat eval_* log metrics."""
+    if name == "dpg":  # DPG-Bench's overall and its five categories
+        return {"eval_dpg": s["overall"], **{f"eval_dpg/{c}": v for c, v in s["categories"].items() if v is not None}}
     if name == "understanding":
         return {"eval_understanding": s["overall"], "eval_caption_truthfulness": s["caption_truthfulness"],
                 **{f"eval_understanding/{k}": v for k, v in s["by_perturbation"].items()},
