@@ -96,6 +96,7 @@ def test_the_prompt_files_check_and_read_back(rows, tmp_path):
         read_checked(tmp_path / "lie.jsonl")
 
 
+@pytest.mark.slow  # three fresh interpreters, 400 renders judged twice: about 20 s on two busy cores
 def test_ground_truth_scores_one_and_shuffled_prompts_do_not(tmp_path):
     """`gvu prompts dpg`, `gvu world render`, `gvu judge` as a user runs them; then every image judged against
     another prompt's question graph."""
