@@ -64,7 +64,7 @@ def compare(before: dict, after: dict) -> dict:
     the gain's 95% interval; per category for DPG-shapes: gvu.analysis.dpg), relative change."""
     out = {}
     for bench in BENCH_TITLES:
-        if bench in before and bench in after:
+        if bench in before and bench in after and "tags" in before[bench]:  # a file of dense rows has categories
             b, a = before[bench], after[bench]
             se_b, se_a = overall_se(b), overall_se(a)
             half = None if se_b is None or se_a is None else 1.96 * (se_b ** 2 + se_a ** 2) ** 0.5
