@@ -1,8 +1,9 @@
 """`gvu demo`: the paper's experiment end to end on the shapes world, with a report.
 
 a shipped base (bases/regular, bases/weak, bases/regular-flat: pretrained once, with the manifest that rebuilds
-it; docs/bases.md) -> evaluate it (GenEval-shapes, GenEval++-shapes, understanding, DPG-shapes) -> GvU training
--> evaluate again -> the sensitivity study -> report.md, report.html (pictures inlined) and report.json.
+it; docs/bases.md) -> evaluate it (GenEval-shapes, GenEval++-shapes, DPG-shapes, the validation benchmarks,
+understanding) -> GvU training -> evaluate again -> the sensitivity study -> report.md, report.html (pictures
+inlined) and report.json.
 
 `--quick` runs the same pipeline on a tiny model it pretrains itself (cached) and small evaluation subsets
 (minutes; the test suite runs it). Evaluation uses fixed seeds, so "before" and "after" see the same prompts and generators.

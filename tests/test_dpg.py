@@ -312,3 +312,30 @@ def test_generate_writes_dpg_bench_s_layout_and_its_rules_read_it(rows, tmp_path
     assert gvu_main([*bad[:4], str(tmp_path / "coco"), "--outdir", str(tmp_path / "g3")]) == 2
     err = capsys.readouterr().err
     assert "0.txt" in err and "not in the model's vocabulary" in err and not (tmp_path / "g3").exists()
+
+
+def test_the_report_and_the_seeds_aggregate_carry_dpg(tmp_path):
+    """The report's comparison (the gain's interval from the two standard errors) and `gvu demo --seeds`' aggregate
+    (its categories where the other benchmarks have tags)."""
+    from gvu.analysis.report import compare
+    from gvu.analysis.seeds import aggregate, markdown
+
+    def summary(overall, entity):
+        cats = {"entity": entity, "attribute": 0.1, "relation": None, "global": 0.5, "other": 0.2}
+        return {"dpg": {"overall": overall, "se": 0.01, "categories": cats, "prompts": 200, "images": 1600,
+                        "all_yes": 0.0}}
+
+    runs = []
+    for seed, after in ((0, 0.30), (1, 0.34), (2, 0.32)):
+        c = compare(summary(0.25, 0.5), summary(after, 0.6))
+        assert c["dpg"]["overall"]["gain"] == pytest.approx(after - 0.25)
+        assert c["dpg"]["overall"]["gain_ci95_half_width"] == pytest.approx(1.96 * 2 ** 0.5 * 0.01)
+        assert c["dpg"]["categories"]["entity"] == {"before": 0.5, "after": 0.6}
+        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / "report.json").write_text(json.dumps({"comparison": c,
+                                                                           "demo": {"demo": {"seed": seed}}}))
+        runs.append(tmp_path / f"seed-{seed}")
+    d = aggregate(runs)["benchmarks"]["dpg"]
+    assert d["overall"]["after_mean"] == pytest.approx(0.32) and d["overall"]["gain"] == pytest.approx(0.07)
+    assert set(d["tags"]) == {"entity", "attribute", "global", "other"}  # a category no question asks is left out
+    assert "## DPG-shapes" in markdown(aggregate(runs))

@@ -85,22 +85,22 @@ def cmd_generate_dpg(a: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------ the report
 
-def compare_dpg(before: dict, after: dict) -> dict | None:
-    """DPG-shapes before/after: overall with standard errors and the gain's 95% interval, the five categories."""
+def compare_dpg(before: dict, after: dict) -> dict:
+    """`{"dpg": ...}`, DPG-shapes before/after: overall with standard errors and the gain's 95% interval, the five
+    categories; `{}` unless both evaluations have it."""
     b, a = before.get("dpg"), after.get("dpg")
     if not b or not a:
-        return None
+        return {}
     se_b, se_a = b.get("se"), a.get("se")
     half = None if se_b is None or se_a is None else 1.96 * (se_b ** 2 + se_a ** 2) ** 0.5
-    return {"overall": {"before": b["overall"], "after": a["overall"],
-                        "relative": None if not b["overall"] else (a["overall"] - b["overall"]) / b["overall"],
-                        "se_before": se_b, "se_after": se_a, "gain": a["overall"] - b["overall"],
-                        "gain_ci95_half_width": half},
-            "categories": {c: {"before": b["categories"].get(c), "after": a["categories"].get(c)}
-                           for c in L1_CATEGORIES},
-            "all_yes": {"before": b.get("all_yes"), "after": a.get("all_yes")},
-            "prompts": {"before": b.get("prompts"), "after": a.get("prompts")},
-            "images": {"before": b.get("images"), "after": a.get("images")}}
+    o = {"before": b["overall"], "after": a["overall"], "gain": a["overall"] - b["overall"],
+         "relative": None if not b["overall"] else (a["overall"] - b["overall"]) / b["overall"],
+         "se_before": se_b, "se_after": se_a, "gain_ci95_half_width": half}
+    return {"dpg": {"overall": o, "categories": {c: {"before": b["categories"].get(c), "after": a["categories"].get(c)}
+                                                 for c in L1_CATEGORIES},
+                    "all_yes": {"before": b.get("all_yes"), "after": a.get("all_yes")},
+                    "prompts": {"before": b.get("prompts"), "after": a.get("prompts")},
+                    "images": {"before": b.get("images"), "after": a.get("images")}}}
 
 
 def _f(x) -> str:

@@ -1,8 +1,7 @@
 """The demo report, built ONLY from a run's saved outputs, so any number in it can be recomputed from files.
 
-Inputs under the run folder: eval_before/summary.json, eval_after/summary.json (GenEval-shapes, GenEval++-shapes,
-understanding, DPG-shapes; + their GenEval-layout image folders and results.jsonl), train/log.jsonl,
-sensitivity/sensitivity.json (+ .png), demo.json.
+Inputs under the run folder: eval_before/summary.json, eval_after/summary.json (+ their GenEval-layout image
+folders and results.jsonl), train/log.jsonl, sensitivity/sensitivity.json (+ .png), demo.json.
 Outputs: report.json (every number), report.md, report.html (pictures inlined as base64).
 """
 
@@ -100,9 +99,7 @@ def compare(before: dict, after: dict) -> dict:
             out["understanding"]["colour_binding"] = {"before": b["colour_binding"]["all"],
                                                       "after": a["colour_binding"]["all"],
                                                       "scenes": b["colour_binding"]["scenes"]}
-    if (dense := compare_dpg(before, after)) is not None:
-        out["dpg"] = dense
-    return out
+    return out | compare_dpg(before, after)
 
 
 QUICK_NOTE = ("--quick checks that the whole pipeline runs, in minutes: its tiny model (300 pretraining steps, 6 GvU "

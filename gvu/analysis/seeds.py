@@ -48,6 +48,17 @@ def _interval(afters: list[float], before: float, se_before: float | None) -> di
             "seed_half_width": spread, "before_half_width": eval_part}
 
 
+TITLES = {**BENCH_TITLES, "dpg": "DPG-shapes (dense prompts; rows: its categories)"}
+
+
+def _as_tags(c: dict | None) -> dict | None:
+    """DPG-shapes compares categories where the other benchmarks compare tags (gvu.analysis.dpg.compare_dpg)."""
+    if c is None or "tags" in c:
+        return c
+    return {**c, "images": {}, "tags": {k: v for k, v in c["categories"].items()
+                                        if v["before"] is not None and v["after"] is not None}}
+
+
 def aggregate(runs: list[str | os.PathLike]) -> dict:
     """Mean over the runs (one per training seed, the same base and evaluation) with combined intervals, overall and
     per tag, per benchmark."""
@@ -60,8 +71,8 @@ def aggregate(runs: list[str | os.PathLike]) -> dict:
         reports.append(json.loads(path.read_text()))
         seeds.append(((reports[-1].get("demo") or {}).get("demo") or {}).get("seed"))
     out: dict = {"runs": [str(r) for r in runs], "seeds": seeds, "benchmarks": {}}
-    for bench in BENCH_TITLES:
-        comps = [r["comparison"].get(bench) for r in reports]
+    for bench in TITLES:
+        comps = [_as_tags(r["comparison"].get(bench)) for r in reports]
         if not all(comps):
             continue
         befores = {round(c["overall"]["before"], 9) for c in comps}
@@ -90,7 +101,7 @@ def markdown(agg: dict) -> str:
              "the before-evaluation's sampling error (docs/protocol.md). * marks a gain whose interval excludes "
              "zero.", ""]
     for bench, e in agg["benchmarks"].items():
-        lines += [f"## {BENCH_TITLES[bench]}", "", "| tag | before | after (mean) | each seed | gain (95% interval) |",
+        lines += [f"## {TITLES[bench]}", "", "| tag | before | after (mean) | each seed | gain (95% interval) |",
                   "|---|---|---|---|---|"]
         rows = [(t, v) for t, v in e["tags"].items()] + [("**overall**", {"before": e["before"], **e["overall"]})]
         for tag, v in rows:
