@@ -339,3 +339,15 @@ def test_the_report_and_the_seeds_aggregate_carry_dpg(tmp_path):
     assert d["overall"]["after_mean"] == pytest.approx(0.32) and d["overall"]["gain"] == pytest.approx(0.07)
     assert set(d["tags"]) == {"entity", "attribute", "global", "other"}  # a category no question asks is left out
     assert "## DPG-shapes" in markdown(aggregate(runs))
+
+
+def test_no_training_prompt_describes_a_dpg_shapes_scene(rows):
+    """The protocol's first rule for the third test benchmark: a training prompt with a relation names two shapes, a
+    dense one three to six, so their scenes never meet (docs/protocol.md)."""
+    from gvu.eval.prompts import build_train
+    from gvu.world.kinds import scene_key
+
+    train = build_train("shapes", n=3000)
+    assert all(len(r["include"]) == 2 for r in train if any("position" in it for it in r["include"]))
+    assert all(len(r["include"]) >= 3 and any("position" in it for it in r["include"]) for r in rows)
+    assert not {scene_key(r) for r in rows} & {scene_key(r) for r in train}
