@@ -339,6 +339,10 @@ def test_the_report_and_the_seeds_aggregate_carry_dpg(tmp_path):
     assert d["overall"]["after_mean"] == pytest.approx(0.32) and d["overall"]["gain"] == pytest.approx(0.07)
     assert set(d["tags"]) == {"entity", "attribute", "global", "other"}  # a category no question asks is left out
     assert "## DPG-shapes" in markdown(aggregate(runs))
+    from gvu.analysis.dpg import markdown_dpg
+
+    for after, verdict in ((0.30, "GvU lifts DPG-shapes"), (0.26, "no lift shown"), (0.20, "GvU lowers DPG-shapes")):
+        assert verdict in "\n".join(markdown_dpg(compare(summary(0.25, 0.5), summary(after, 0.5))["dpg"]))
 
 
 def test_no_training_prompt_describes_a_dpg_shapes_scene(rows):

@@ -123,10 +123,13 @@ def markdown_dpg(c: dict | None) -> list[str]:
     if o["gain_ci95_half_width"] is None:
         lines += [f"| **overall** | **{o['before']:.3f}** | **{o['after']:.3f}** ({rel}) |", ""]
     else:
+        half = o["gain_ci95_half_width"]
+        verdict = ("GvU lifts DPG-shapes" if o["gain"] > half else "GvU lowers DPG-shapes" if o["gain"] < -half
+                   else "The change lies inside the interval: no lift shown")
         lines += [f"| **overall** | **{o['before']:.3f}** ± {o['se_before']:.3f} | **{o['after']:.3f}** ± "
                   f"{o['se_after']:.3f} ({rel}) |", "",
-                  f"Gain {o['gain']:+.3f}, 95% interval ± {o['gain_ci95_half_width']:.3f} (± is the standard error of "
-                  f"the sampled images, {c['images']['before']} per evaluation).", ""]
+                  f"Gain {o['gain']:+.3f}, 95% interval ± {half:.3f} (± is the standard error of the sampled images, "
+                  f"{c['images']['before']} per evaluation). {verdict}.", ""]
     y = c["all_yes"]
     if y["before"] is not None and y["after"] is not None:
         lines += [f"Images that satisfy every question of their prompt: {y['before']:.1%} before, {y['after']:.1%} "
