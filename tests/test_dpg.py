@@ -355,3 +355,16 @@ def test_no_training_prompt_describes_a_dpg_shapes_scene(rows):
     assert all(len(r["include"]) == 2 for r in train if any("position" in it for it in r["include"]))
     assert all(len(r["include"]) >= 3 and any("position" in it for it in r["include"]) for r in rows)
     assert not {scene_key(r) for r in rows} & {scene_key(r) for r in train}
+
+
+def test_eval_overwrite_clears_every_benchmark_s_prompt_folders(tmp_path):
+    """`gvu eval --overwrite` leaves no prompt folder of an earlier, longer evaluation for a judge to read."""
+    from gvu.rl.runfolder import claim_eval_folder
+
+    for bench in ("dpg", "val_geneval", "val_genevalpp"):
+        (tmp_path / bench / "00007").mkdir(parents=True)
+    (tmp_path / "summary.json").write_text("{}\n")
+    with pytest.raises(ValueError, match="--overwrite"):
+        claim_eval_folder(tmp_path, False)
+    claim_eval_folder(tmp_path, True)
+    assert not any((tmp_path / b / "00007").exists() for b in ("dpg", "val_geneval", "val_genevalpp"))

@@ -181,7 +181,8 @@ def claim_eval_folder(out: str | os.PathLike, overwrite: bool) -> None:
     path = check_path(out, "--out")
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path} is a file, not a folder")
-    layouts = [path / k for k in ("geneval", "genevalpp", "dpg", "file") if (path / k).is_dir()]
+    layouts = [path / k for k in ("geneval", "genevalpp", "dpg", "val_geneval", "val_genevalpp", "file")
+               if (path / k).is_dir()]
     earlier = [p for p in [path / "summary.json", *layouts] if p.exists()]
     if earlier and not overwrite:
         raise ValueError(f"--out {path} holds an earlier evaluation ({', '.join(p.name for p in earlier)}); choose "
