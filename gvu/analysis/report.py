@@ -104,9 +104,8 @@ def compare(before: dict, after: dict) -> dict:
 
 QUICK_NOTE = ("--quick checks that the whole pipeline runs, in minutes: its tiny model (300 pretraining steps, 6 GvU "
               "steps) is there to exercise every stage, not to learn, and is expected to score about 0 before and "
-              "after (a relative gain from 0 reads n/a; DPG-shapes credits every question an image satisfies, so it "
-              "reads above 0). For the measured results run `gvu demo` without --quick (see "
-              "the README).")
+              "after (a relative gain from 0 reads n/a). For the measured results run `gvu demo` without --quick (see "
+              "the README). DPG-shapes credits every question an image satisfies, so it reads above 0.")
 # Why a curve can be empty, written into its panel instead of leaving it blank.
 EMPTY_PANELS = {"reward_auc": "no value at any step: the AUC needs correct and incorrect images in one step, and "
                               "every image of every step was judged the same",
