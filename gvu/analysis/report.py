@@ -7,12 +7,12 @@ Outputs: report.json (every number), report.md, report.html (pictures inlined as
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
 
 from gvu.analysis.dpg import compare_dpg, markdown_dpg
+from gvu.analysis.html import html_page
 from gvu.analysis.lead import lead_plot, run_lead, SCORES
 from gvu.eval.layout import load_image
 from gvu.eval.metadata import atomic_write_text
@@ -382,29 +382,5 @@ def write_report(run: str | os.PathLike, oracle: str | os.PathLike | None = None
     atomic_write_text(run / "report.json", json.dumps(report, indent=1) + "\n")
     md = _markdown(report, {k: v.relative_to(run) if v.is_relative_to(run) else v for k, v in pictures.items()})
     atomic_write_text(run / "report.md", md.replace("](sensitivity.png)", "](sensitivity/sensitivity.png)"))
-    html = ["<!doctype html><meta charset='utf-8'><title>GvU report</title>",
-            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 8px}</style>"]
-    table: list[str] = []
-    for line in md.splitlines() + [""]:
-        if table and not line.startswith("|"):
-            html.append("<table>" + "".join(table) + "</table>")
-            table = []
-        if line.startswith("# "):
-            html.append(f"<h1>{line[2:]}</h1>")
-        elif line.startswith("## "):
-            html.append(f"<h2>{line[3:]}</h2>")
-        elif line.startswith("|---"):
-            continue
-        elif line.startswith("|"):
-            cells = [x.strip().replace("**", "") for x in line.strip("|").split("|")]
-            tag = "th" if not table else "td"
-            table.append("<tr>" + "".join(f"<{tag}>{x}</{tag}>" for x in cells) + "</tr>")
-        elif line.startswith("!["):
-            name = line[2:line.index("]")]
-            data = base64.b64encode(Path(pictures[name]).read_bytes()).decode()
-            html.append(f"<img alt='{name}' style='max-width:100%' src='data:image/png;base64,{data}'>")
-        elif line:
-            html.append(f"<p>{line.replace('**', '')}</p>")
-    atomic_write_text(run / "report.html", "\n".join(html) + "\n")
+    atomic_write_text(run / "report.html", html_page(md, pictures))
     return run / "report.md"
