@@ -25,9 +25,10 @@ import torch
 
 from gvu.eval import dpg
 from gvu.eval.check import check_layout_rows
+from gvu.eval.drawing import draw_and_judge
 from gvu.eval.judging import check_size, format_summary as format_geneval, judge_folder as judge_geneval, \
     off_palette, UNCLEAN, wrapped_shape, write_results
-from gvu.eval.layout import load_image, read_layout, write_prompt_dir
+from gvu.eval.layout import load_image, read_layout
 from gvu.eval.metadata import MetadataError, write_metadata, write_prompts
 from gvu.eval.prompts import spread
 from gvu.world.dense import answer, DPG_TAG, draw_dense, questions
@@ -118,26 +119,10 @@ def run_dpg(model, sampling, per_prompt: int = 4, seed: int = 0, limit: int | No
             on_images: Callable[[int, dict, np.ndarray, list[dict]], None] | None = None) -> dict:
     """Generate `per_prompt` images per prompt with any model of the interface (seeded per prompt chunk, as every
     benchmark of gvu.eval.evaluate), judge each, summarise; with `outdir`, GenEval's layout and results.jsonl."""
-    from tqdm import tqdm
-
     rows = spread(build_dpg() if rows is None else rows, limit)
-    results: list[dict] = []
-    bar = tqdm(total=len(rows), desc="generating", unit="prompt", disable=not progress, leave=False)
-    for start in range(0, len(rows), PROMPTS_PER_BATCH):
-        chunk = rows[start:start + PROMPTS_PER_BATCH]
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        pixels = model.decode(model.sample([r["prompt"] for r in chunk], per_prompt, sampling, gen).image_tokens_NT)
-        for j, row in enumerate(chunk):
-            imgs = pixels[j * per_prompt:(j + 1) * per_prompt]
-            rs = [{"filename": f"{start + j:05d}/samples/{k:04d}.png", "item": start + j, **judge_dpg_pixels(img, row)}
-                  for k, img in enumerate(imgs)]
-            if outdir is not None:
-                write_prompt_dir(outdir, start + j, row, imgs)
-            if on_images is not None:
-                on_images(start + j, row, imgs, rs)
-            results.extend(rs)
-        bar.update(len(chunk))
-    bar.close()
+    results = draw_and_judge(model, rows, per_prompt, seed, sampling=sampling, prompts_per_batch=PROMPTS_PER_BATCH,
+                             judge=lambda img, row, index: {"item": index, **judge_dpg_pixels(img, row)},
+                             outdir=outdir, progress=progress, on_images=on_images)
     if outdir is not None:
         write_results(Path(outdir) / "results.jsonl", results)
     return summarise(results)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from gvu.eval.check import read_checked
+from gvu.eval.drawing import draw_and_judge
 from gvu.eval.dpg_shapes import build_dpg, format_summary as format_dpg, run_dpg
 from gvu.eval.judging import format_summary, judge_pixels, summarise, write_results
 from gvu.eval.layout import write_prompt_dir
@@ -48,7 +49,6 @@ def benchmark_seed(name: str, seed: int, val_seed: int = VAL_EVAL_SEED) -> int:
     return val_seed if name in VAL_BENCHMARKS else seed
 
 
-@torch.no_grad()
 def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int = 0, *,
                        sampling, prompts_per_batch: int = 16,
                        outdir: str | os.PathLike | None = None, progress: bool = True,
@@ -56,29 +56,12 @@ def generate_and_judge(model, rows: list[dict], per_prompt: int = 4, seed: int =
                        ) -> tuple[list[dict], dict]:
     """Sample `per_prompt` images per row, judge each in geneval mode (and strict, as `correct_strict`). `sampling`
     is the model's SamplingConfig."""
-    from tqdm import tqdm
+    def judge(img, row, index):  # one detection for both verdicts
+        return judge_pixels(img, row, "geneval", with_strict=True)
 
-    results: list[dict] = []
-    bar = tqdm(total=len(rows), desc="generating", unit="prompt", disable=not progress, leave=False)
-    for start in range(0, len(rows), prompts_per_batch):
-        chunk = rows[start:start + prompts_per_batch]
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        rollout = model.sample([r["prompt"] for r in chunk], per_prompt, sampling, gen)
-        pixels = model.decode(rollout.image_tokens_NT)
-        for j, row in enumerate(chunk):
-            imgs = pixels[j * per_prompt:(j + 1) * per_prompt]
-            rs = []
-            for k, img in enumerate(imgs):
-                r = judge_pixels(img, row, "geneval", with_strict=True)  # one detection for both verdicts
-                r["filename"] = f"{start + j:05d}/samples/{k:04d}.png"
-                rs.append(r)
-            if outdir is not None:
-                write_prompt_dir(outdir, start + j, row, imgs)
-            if on_images is not None:
-                on_images(start + j, row, imgs, rs)
-            results.extend(rs)
-        bar.update(len(chunk))
-    bar.close()
+    results = draw_and_judge(model, rows, per_prompt, seed, sampling=sampling, judge=judge,
+                             prompts_per_batch=prompts_per_batch, outdir=outdir, progress=progress,
+                             on_images=on_images)
     summary = summarise(results)
     summary["strict_overall"] = summarise({**r, "correct": r["correct_strict"]} for r in results)["overall"]
     return results, summary
