@@ -26,9 +26,9 @@ import torch
 from gvu.eval import dpg
 from gvu.eval.check import check_layout_rows
 from gvu.eval.drawing import draw_and_judge
-from gvu.eval.judging import check_size, format_summary as format_geneval, judge_folder as judge_geneval, \
-    off_palette, UNCLEAN, wrapped_shape, write_results
-from gvu.eval.layout import load_image, read_layout
+from gvu.eval.judging import (check_size, clean_images, format_summary as format_geneval,
+                              judge_folder as judge_geneval, UNCLEAN, wrapped_shape, write_results)
+from gvu.eval.layout import read_layout
 from gvu.eval.metadata import MetadataError, write_metadata, write_prompts
 from gvu.eval.prompts import spread
 from gvu.world.dense import answer, DPG_TAG, draw_dense, questions
@@ -141,18 +141,10 @@ def judge_folder(outdir: str | os.PathLike, unclean: str = "refuse", progress: b
                  ) -> tuple[list[dict], dict]:
     """Judge every image of a GenEval-layout folder of DPG-shapes prompts; an image that is not an exact render is
     refused or (`unclean="report"`) counted apart, as gvu.eval.judging.judge_folder does."""
-    from tqdm import tqdm
-
     samples = read_layout(outdir)
     check_layout_rows(samples)
     results = []
-    for s in tqdm(samples, desc="judging", unit="img", disable=not progress):
-        px = load_image(s.path)
-        check_size(px, s.path)
-        bad = off_palette(px)
-        if bad and unclean == "refuse":
-            raise ValueError(f"{s.path} is {UNCLEAN} ({bad} pixels off the world's palette); the exact judge reads "
-                             "lossless renders only: export PNGs as drawn, or pass --unclean report")
+    for s, px, bad in clean_images(samples, unclean, progress):
         r = ({"tag": DPG_TAG, "prompt": s.row["prompt"], "correct": None, "score": None,
               "reason": f"{UNCLEAN}: {bad} pixels off the palette", "metadata": json.dumps(s.row)} if bad
              else judge_dpg_pixels(px, s.row))

@@ -103,15 +103,9 @@ def summarise(results: Iterable[dict]) -> dict:
     return out
 
 
-def judge_folder(outdir: str | os.PathLike, mode: str = "geneval", progress: bool = True,
-                 unclean: str = "refuse") -> tuple[list[dict], dict]:
-    """Judge every image; one that is not an exact render is refused (`unclean="refuse"`, naming the file) or
-    gets the verdict 'not a clean render' (`"report"`), counted in the summary and never scored."""
-    if unclean not in UNCLEAN_MODES:
-        raise ValueError(f"unclean must be one of {UNCLEAN_MODES}, got {unclean!r}")
-    samples = list(iter_layout(outdir))
-    check_layout_rows(samples)  # every prompt folder's row, before the first image
-    results = []
+def clean_images(samples, unclean: str, progress: bool = True):
+    """Each sample with its pixels and its count of pixels off the world's palette (0: an exact render); an image
+    that is not an exact render is refused, naming the file, unless `unclean="report"`."""
     from tqdm import tqdm
 
     for s in tqdm(samples, desc="judging", unit="img", disable=not progress):
@@ -122,6 +116,19 @@ def judge_folder(outdir: str | os.PathLike, mode: str = "geneval", progress: boo
             raise ValueError(f"{s.path} is {UNCLEAN} ({bad} pixels off the world's palette: JPEG, grayscale or "
                              "resized?); the exact judge reads lossless renders only: export PNGs as drawn, or "
                              "pass --unclean report to count such images apart")
+        yield s, px, bad
+
+
+def judge_folder(outdir: str | os.PathLike, mode: str = "geneval", progress: bool = True,
+                 unclean: str = "refuse") -> tuple[list[dict], dict]:
+    """Judge every image; one that is not an exact render is refused (`unclean="refuse"`, naming the file) or
+    gets the verdict 'not a clean render' (`"report"`), counted in the summary and never scored."""
+    if unclean not in UNCLEAN_MODES:
+        raise ValueError(f"unclean must be one of {UNCLEAN_MODES}, got {unclean!r}")
+    samples = list(iter_layout(outdir))
+    check_layout_rows(samples)  # every prompt folder's row, before the first image
+    results = []
+    for s, px, bad in clean_images(samples, unclean, progress):
         if bad:
             r = {"tag": s.row["tag"], "prompt": s.row["prompt"], "correct": None,
                  "reason": f"{UNCLEAN}: {bad} pixels off the palette", "metadata": json.dumps(s.row),
