@@ -37,18 +37,19 @@ def overall_se(summary: dict) -> float | None:
     return float(sum(p * (1 - p) / images[t] for t, p in tags.items()) ** 0.5 / len(tags))
 
 
+def tag_variance(p: float, n: int) -> float:
+    """Variance of a tag's accuracy p over n images with one success and one failure added (Agresti and Caffo), so a
+    tag at 0 or 1 still carries its doubt."""
+    q = (p * n + 1) / (n + 2)
+    return q * (1 - q) / (n + 2)
+
+
 def tag_gain_half_width(p_before: float, n_before: int | None, p_after: float | None,
                         n_after: int | None) -> float | None:
-    """95% half-width of one tag's gain from its images alone: two independent binomial proportions, each with one
-    success and one failure added (Agresti and Caffo's interval), so a tag at 0 or 1 still carries its doubt."""
+    """95% half-width of one tag's gain from its images alone: two independent binomial proportions."""
     if p_after is None or not n_before or not n_after:
         return None
-
-    def var(p: float, n: int) -> float:
-        q = (p * n + 1) / (n + 2)
-        return q * (1 - q) / (n + 2)
-
-    return 1.96 * (var(p_before, n_before) + var(p_after, n_after)) ** 0.5
+    return 1.96 * (tag_variance(p_before, n_before) + tag_variance(p_after, n_after)) ** 0.5
 
 
 BENCH_TITLES = {"geneval": "GenEval-shapes", "genevalpp": "GenEval++-shapes",

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from gvu.analysis.report import _pct, BENCH_TITLES, write_report
+from gvu.analysis.report import _pct, BENCH_TITLES, tag_variance, write_report
 from gvu.eval.metadata import atomic_write_text
 
 
@@ -86,8 +86,7 @@ def aggregate(runs: list[str | os.PathLike]) -> dict:
                                       first["overall"].get("se_before")), "tags": {}}
         for tag, v in first["tags"].items():
             n = (first.get("images") or {}).get(tag, {}).get("before")
-            q = None if not n else (v["before"] * n + 1) / (n + 2)  # Agresti-Caffo, as the report's tag rows
-            se = None if q is None else (q * (1 - q) / (n + 2)) ** 0.5
+            se = tag_variance(v["before"], n) ** 0.5 if n else None  # as the report's tag rows
             entry["tags"][tag] = {"before": v["before"],
                                   **_interval([c["tags"][tag]["after"] for c in comps], v["before"], se)}
         out["benchmarks"][bench] = entry

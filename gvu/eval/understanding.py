@@ -142,6 +142,21 @@ def sequence_logprob(model, tokens_NT: torch.Tensor, prompts: list[str], batch_s
 RELATIONS = ("left of", "right of", "above", "below")
 
 
+def _true_above(model, rows: list[dict], negative, rng: np.random.Generator, scenes_per_prompt: int,
+                batch_size: int) -> np.ndarray:
+    """Per ground-truth scene (`scenes_per_prompt` of each row), whether the row's prompt scores above
+    `negative(row)`'s on the same image: the probes below differ only in the negative."""
+    tokens, true_p, neg_p = [], [], []
+    for row in rows:
+        neg = _finish(negative(copy.deepcopy(row)))
+        for _ in range(scenes_per_prompt):
+            tokens.append(scene_tokens(realise(row, rng)))
+            true_p.append(row["prompt"])
+            neg_p.append(neg["prompt"])
+    toks = torch.as_tensor(np.stack(tokens))
+    return sequence_logprob(model, toks, true_p, batch_size) > sequence_logprob(model, toks, neg_p, batch_size)
+
+
 def relation_sign(model, seed: int = 0, scenes_per_prompt: int = 4, batch_size: int = 128,
                   limit: int | None = None) -> dict:
     """The sign of a two-object relation: on ground-truth scenes of GenEval-shapes' position prompts
@@ -149,21 +164,14 @@ def relation_sign(model, seed: int = 0, scenes_per_prompt: int = 4, batch_size: 
     same prompt with its relation flipped (left of <-> right of, above <-> below): same image, same words but one,
     so only reading where the objects are can decide. Per relation and overall, with the number of scenes."""
     rows = [r for r in build_geneval("shapes") if r["tag"] == "position"][:limit]
-    rng = np.random.default_rng([seed, 11])
-    rels, tokens, true_p, flip_p = [], [], [], []
-    for row in rows:
-        rel = row["include"][1]["position"][0]
-        flipped = copy.deepcopy(row)
-        flipped["include"][1]["position"] = [_FLIP[rel], row["include"][1]["position"][1]]
-        flipped = _finish(flipped)
-        for _ in range(scenes_per_prompt):
-            tokens.append(scene_tokens(realise(row, rng)))
-            rels.append(rel)
-            true_p.append(row["prompt"])
-            flip_p.append(flipped["prompt"])
-    toks = torch.as_tensor(np.stack(tokens))
-    wins = sequence_logprob(model, toks, true_p, batch_size) > sequence_logprob(model, toks, flip_p, batch_size)
-    rels = np.array(rels)
+
+    def flip(row):
+        rel, other = row["include"][1]["position"]
+        row["include"][1]["position"] = [_FLIP[rel], other]
+        return row
+
+    wins = _true_above(model, rows, flip, np.random.default_rng([seed, 11]), scenes_per_prompt, batch_size)
+    rels = np.repeat([r["include"][1]["position"][0] for r in rows], scenes_per_prompt)
     out = {r: float(wins[rels == r].mean()) for r in RELATIONS if (rels == r).any()}
     out["all"] = float(wins.mean())
     out["scenes"] = int(len(wins))
@@ -178,19 +186,13 @@ def colour_binding(model, seed: int = 0, scenes_per_prompt: int = 2, batch_size:
     a red square"): same image, same words in another order, so only binding each colour to its shape can decide.
     A judge that reads binding this poorly cannot reward it (docs/results.md)."""
     rows = [r for r in build_geneval("shapes") if r["tag"] == "color_attr"][:limit]
-    rng = np.random.default_rng([seed, 13])
-    tokens, true_p, swap_p = [], [], []
-    for row in rows:
-        swapped = copy.deepcopy(row)
-        a, b = swapped["include"]
+
+    def swap(row):
+        a, b = row["include"]
         a["color"], b["color"] = b["color"], a["color"]
-        swapped = _finish(swapped)
-        for _ in range(scenes_per_prompt):
-            tokens.append(scene_tokens(realise(row, rng)))
-            true_p.append(row["prompt"])
-            swap_p.append(swapped["prompt"])
-    toks = torch.as_tensor(np.stack(tokens))
-    wins = sequence_logprob(model, toks, true_p, batch_size) > sequence_logprob(model, toks, swap_p, batch_size)
+        return row
+
+    wins = _true_above(model, rows, swap, np.random.default_rng([seed, 13]), scenes_per_prompt, batch_size)
     return {"all": float(wins.mean()), "scenes": int(len(wins))}
 
 
