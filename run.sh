@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for people and CI: sets up ./.venv (idempotent), then runs the main job or the tests.
 #   bash run.sh main   [gvu demo options]   set up, then run the main job
-#   bash run.sh test   [pytest options]     set up, then run the whole test suite
+#   bash run.sh test   [pytest options]     set up, then run the whole test suite (two worker processes by
+#                                           default, a test file per worker; `-n 0` runs it in one process)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -28,7 +29,9 @@ case "$cmd" in
     exec $VENV/bin/gvu demo "$@" ;;
   test)
     setup
-    exec $VENV/bin/python -m pytest -q "$@" ;;
+    # every test runs torch on one thread (tests/conftest.py), so two workers use both cores of a small machine;
+    # whole files go to one worker so a file's module fixtures (a tiny trained model) are built once
+    exec $VENV/bin/python -m pytest -q -n "${GVU_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   setup)
     setup ;;
   *)

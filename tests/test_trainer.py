@@ -104,6 +104,29 @@ def test_final_model_loads_and_equals_the_policy(run_a):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
+def test_evaluation_leaves_the_training_trajectory_alone(base, run_a, tmp_path):
+    # evaluation draws with its own generators, so how often it runs (eval_steps, a logging choice) never changes
+    # what is trained: the same run without evaluation ends with the very same weights and losses
+    trainer, out = run_a
+    quiet = train(config(base, tmp_path / "run", max_steps=4, save_steps=2, eval_steps=0))
+    assert max_diff(weights(quiet.policy.lm), weights(trainer.policy.lm)) == 0
+    assert [m["loss"] for m in train_lines(tmp_path / "run")] == [m["loss"] for m in train_lines(out)]
+
+
+def test_trainer_evaluates_a_spread_subset_of_the_understanding_set(base, tmp_path):
+    # the matching part of understanding costs more than the generation benchmarks together: during training it
+    # reads eval_understanding_limit images spread over its tags (the smaller of it and eval_limit)
+    cfg = config(base, tmp_path / "run", eval_benchmarks=["understanding"], eval_limit=0, eval_understanding_limit=50)
+    t = Trainer(cfg)
+    metrics = t.evaluate()
+    assert len(t._eval_sets["understanding"].rows) == 50 and 0 <= metrics["eval_understanding"] <= 1
+    assert len({r["tag"] for r in t._eval_sets["understanding"].rows}) > 5  # spread, not the first tag's rows
+    t2 = Trainer(config(base, tmp_path / "r2", eval_benchmarks=["understanding"], eval_limit=8,
+                        eval_understanding_limit=50))
+    t2.evaluate()
+    assert len(t2._eval_sets["understanding"].rows) == 8
+
+
 def test_one_update_per_rollout_keeps_the_ratio_at_one(base, tmp_path):
     # the published setting: one pass, one minibatch, so pi_theta == pi_old when the loss is taken
     out = tmp_path / "run"

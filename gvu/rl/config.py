@@ -152,8 +152,9 @@ class TrainConfig:
     prompts_per_step and minibatch_size must be multiples of the number of processes."""
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
-    eval_steps: int = 20
-    """Evaluate every this many steps (and at the start and end); 0: never."""
+    eval_steps: int = 30
+    """Evaluate every this many steps (and at the start and end); 0: never. A logging choice only: evaluation
+    draws with its own generators, so the trained weights are the same whatever it is (tests/test_trainer.py)."""
     eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "dpg", "val_geneval",
                                                                 "val_genevalpp", "understanding"])
     """Held-out benchmarks evaluated during training: the test ones (dpg: DPG-shapes, dense prompts,
@@ -162,6 +163,10 @@ class TrainConfig:
     """Images per prompt in evaluation."""
     eval_limit: int = 0
     """Use only the first N prompts of each benchmark (0: all); for quick runs."""
+    eval_understanding_limit: int = 200
+    """Images of the understanding benchmark's matching part evaluated during training, spread over its tags (0:
+    all 591; the smaller of this and eval_limit where both are set). Its image-text pairs cost more than the
+    generation benchmarks together; `gvu eval` and the demo's before/after read the whole set."""
     eval_seed: int = 1234
     """Fixed evaluation seed of the test benchmarks: every evaluation draws with the same generators."""
     val_seed: int = 4321

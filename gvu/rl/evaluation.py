@@ -35,7 +35,7 @@ def evaluate_shapes(trainer) -> dict:
     grid_imgs, grid_caps, grid_ok = [], [], []
     for name in cfg.eval_benchmarks:
         if name not in sets:  # built once per run: the same prompts (and understanding pairs) at every evaluation
-            sets[name] = (build_understanding_set(limit=cfg.eval_limit or None) if name == "understanding"
+            sets[name] = (build_understanding_set(limit=_understanding_limit(cfg)) if name == "understanding"
                           else spread(benchmark_rows(name), cfg.eval_limit))
 
         def keep(i, row, imgs, rs, name=name):
@@ -49,6 +49,11 @@ def evaluate_shapes(trainer) -> dict:
         out.update(_metrics(name, s))
     _grid(trainer, grid_imgs, grid_caps, grid_ok)
     return out
+
+
+def _understanding_limit(cfg) -> int | None:
+    limits = [n for n in (cfg.eval_limit, cfg.eval_understanding_limit) if n]
+    return min(limits) if limits else None
 
 
 def _metrics(name: str, s: dict) -> dict:
