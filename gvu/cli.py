@@ -42,7 +42,7 @@ def _members(module: str, name: str):
     return parse
 
 
-# `gvu pretrain --size` in its help, without importing torch: gvu.models.builtin.PRESETS's keys (a test checks)
+# `gvu pretrain --size` in its help, without importing torch: gvu.models.builtin.model.PRESETS's keys (a test checks)
 PRETRAIN_SIZES = ("tiny", "default", "large")
 
 
@@ -77,7 +77,7 @@ def pretrain_config_of(a: argparse.Namespace):
     replayed through this in the tests)."""
     import dataclasses
 
-    from gvu.models.pretrain import PretrainConfig
+    from gvu.models.builtin.pretrain import PretrainConfig
     from gvu.rl.config import parse_overrides
 
     kw = {k: getattr(a, k) for k in ("steps", "batch_size", "learning_rate", "gen_fraction", "num_scenes",
@@ -89,7 +89,7 @@ def pretrain_config_of(a: argparse.Namespace):
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
-    from gvu.models.pretrain import pretrain
+    from gvu.models.builtin.pretrain import pretrain
     from gvu.rl import runfolder
 
     cfg = pretrain_config_of(a)
@@ -232,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="pretrain the built-in unified model from scratch")
     pt.add_argument("--preset", choices=["regular", "weak"], default="regular")
-    pt.add_argument("--size", type=_member("gvu.models.builtin", "PRESETS"), default="default",
+    pt.add_argument("--size", type=_member("gvu.models.builtin.model", "PRESETS"), default="default",
                     metavar="|".join(PRETRAIN_SIZES), help="the model's size: one of the architectures of "
-                    "gvu/models/builtin.py PRESETS (default: default)")
+                    "gvu/models/builtin/model.py PRESETS (default: default)")
     pt.add_argument("--out", required=True, help="model folder (rerun the same command to resume)")
     pt.add_argument("--overwrite", action="store_true", help="replace a finished base already in --out")
     pt.add_argument("--seed", type=SEED, default=0)

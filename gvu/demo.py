@@ -34,10 +34,10 @@ from gvu.analysis.seeds import seed_dirs, write_seeds
 from gvu.analysis.sensitivity import run_sensitivity
 from gvu.eval import evaluate as evaluation
 from gvu.eval.metadata import atomic_write_text
-from gvu.models.builtin import is_model_dir
+from gvu.models.builtin import pretrain as pretraining
+from gvu.models.builtin.model import is_model_dir
+from gvu.models.builtin.pretrain import PretrainConfig
 from gvu.models.load import load_model
-from gvu.models import pretrain as pretraining
-from gvu.models.pretrain import PretrainConfig
 from gvu.models.protocol import SamplingConfig
 from gvu.rl import checkpoint as ckpt, runfolder
 from gvu.rl.config import TrainConfig

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from gvu.models.forward import eval_mode
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
+from gvu.models.protocol import DEFAULT_INSTRUCTION
 from gvu.world import spec
 from gvu.world.detect import detect
 from gvu.world.grammar import render_prompt

@@ -28,7 +28,7 @@ import torch
 
 
 def first_losses(base: Path) -> list[dict]:
-    from gvu.models.pretrain import FIRST_LOGGED, LOG_FILE
+    from gvu.models.builtin.pretrain import FIRST_LOGGED, LOG_FILE
 
     rows = [json.loads(line) for line in (base / LOG_FILE).read_text().splitlines() if line.strip()]
     first = [{"step": r["step"], "loss": r["loss"]} for r in rows if r["step"] <= FIRST_LOGGED]

@@ -11,8 +11,8 @@ import pytest
 
 from gvu.cli import build_parser, pretrain_config_of
 from gvu.demo import BASES, shipped_base
-from gvu.models.builtin import load_builtin
-from gvu.models.pretrain import LOG_FILE, PretrainConfig, pretrain
+from gvu.models.builtin.model import load_builtin
+from gvu.models.builtin.pretrain import LOG_FILE, PretrainConfig, pretrain
 
 NAMES = ("regular", "weak", "regular-flat")
 REPLAYED_STEPS = 3

@@ -13,7 +13,7 @@ import torch
 from gvu.perf import measure, run as perf
 from gvu.perf.reward import _compare_reward, prompts_of_length
 from gvu.cli import build_parser
-from gvu.models.builtin import build_builtin
+from gvu.models.builtin.model import build_builtin
 from gvu.reward import RewardOutput
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from gvu.models.hf import finish_loading
-from gvu.models.emu3 import BOI as EMU_BOI, EOF, EOI as EMU_EOI, EOL, WRAPPER, build_tiny_emu3
-from gvu.models.janus import BOI, EOI, IMAGE, JanusUMM, tiny_janus_parts
+from gvu.models.adapters.emu3 import BOI as EMU_BOI, EOF, EOI as EMU_EOI, EOL, WRAPPER, build_tiny_emu3
+from gvu.models.adapters.janus import BOI, EOI, IMAGE, JanusUMM, tiny_janus_parts
 
 INSTRUCTION = "Describe the image in detail."
 PROMPT = "a photo of a cat"

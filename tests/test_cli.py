@@ -153,7 +153,7 @@ def test_generate_writes_a_valid_layout(tmp_path):
     """`gvu generate` on a tiny model: GenEval's layout, readable by our reader and judged by `gvu judge`."""
     from gvu.eval.layout import read_layout
     from gvu.eval.metadata import write_metadata
-    from gvu.models.builtin import build_builtin, save_builtin
+    from gvu.models.builtin.model import build_builtin, save_builtin
 
     save_builtin(build_builtin("tiny", seed=0), tmp_path / "m")
     rows = [{"tag": "single_object", "include": [{"class": "star", "count": 1}], "prompt": "a photo of a star"},

@@ -26,9 +26,9 @@ import gvu.eval.evaluate as evaluate_module
 from gvu.world.judge import COLOUR_OUTCOMES, RELATION_OUTCOMES
 from gvu.models.load import load_model
 from gvu.models.protocol import SamplingConfig
-import gvu.models.pretrain as pretrain_module
+import gvu.models.builtin.pretrain as pretrain_module
 from gvu.demo import DemoConfig, base_dir_for, pretrain_config, run_demo, train_overrides
-from gvu.models.builtin import is_model_dir
+from gvu.models.builtin.model import is_model_dir
 from gvu.rl.config import TrainConfig
 
 _EXE = Path(sys.executable).parent / "gvu"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gvu.models.builtin import load_builtin
-from gvu.models.pretrain import PretrainConfig, pretrain
+from gvu.models.builtin.model import load_builtin
+from gvu.models.builtin.pretrain import PretrainConfig, pretrain
 from gvu.models.sampling import prompt_generators
 from gvu.rl import distributed as D
 from gvu.rl.config import load_config

@@ -20,8 +20,9 @@ from gvu.eval import dpg
 from gvu.eval.check import read_checked
 from gvu.eval.dpg_shapes import build_dpg, judge_answers, judge_folder, N_PROMPTS
 from gvu.eval.metadata import MetadataError, write_metadata
-from gvu.models.builtin import builtin_layout, build_builtin, save_builtin
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION, WordTokenizer
+from gvu.models.builtin.model import builtin_layout, build_builtin, save_builtin
+from gvu.models.builtin.tokenizer import WordTokenizer
+from gvu.models.protocol import DEFAULT_INSTRUCTION
 from gvu.world.detect import detect
 from gvu.world.dense import answer, DPG_TAG, MAX_PROMPT_TOKENS, prompt_tokens, Question, questions, realise_dense
 from gvu.world.render import decode

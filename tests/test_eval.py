@@ -19,7 +19,7 @@ from gvu.eval.judging import judge_folder
 from gvu.eval.layout import load_image, read_layout
 from gvu.eval.metadata import write_metadata
 from gvu.eval.prompts import build_geneval, build_genevalpp
-from gvu.models.builtin import build_builtin, save_builtin
+from gvu.models.builtin.model import build_builtin, save_builtin
 from gvu.models.protocol import Rollout
 from gvu.world.render import blank_tokens, decode
 from gvu.world.scene import realise, scene_tokens

@@ -68,7 +68,7 @@ def test_janus_pro_1b_preset_is_the_published_architecture():
     from transformers import JanusForConditionalGeneration
 
     from gvu.models.hf import tiny_byte_tokenizer
-    from gvu.models.janus import BOI, EOI, IMAGE
+    from gvu.models.adapters.janus import BOI, EOI, IMAGE
 
     tok = tiny_byte_tokenizer(["<pad>", "<bos>", "<eos>", BOI, EOI, IMAGE], bos="<bos>", eos="<eos>", pad="<pad>")
     cfg = fullsize.janus_config("janus-pro-1b", tok)

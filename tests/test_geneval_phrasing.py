@@ -13,7 +13,7 @@ import pytest
 
 from gvu.eval.layout import read_layout
 from gvu.eval.metadata import read_metadata, write_metadata
-from gvu.models.builtin import build_builtin, save_builtin
+from gvu.models.builtin.model import build_builtin, save_builtin
 from gvu.world import spec
 from gvu.world.grammar import parse_prompt, render_prompt
 

@@ -1,4 +1,4 @@
-"""The 2-D reader (gvu.models.grid): it touches exactly the images the understanding branch reads, survives
+"""The 2-D reader (gvu.models.builtin.grid): it touches exactly the images the understanding branch reads, survives
 save/load, and the flat-raster ablation stays a plain LlamaForCausalLM."""
 
 import json
@@ -8,10 +8,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from gvu.models.builtin import FORMAT, build_builtin, load_builtin, save_builtin
-from gvu.models.grid import GridLlamaForCausalLM
-from gvu.models.protocol import SamplingConfig
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
+from gvu.models.builtin.grid import GridLlamaForCausalLM
+from gvu.models.builtin.model import FORMAT, build_builtin, load_builtin, save_builtin
+from gvu.models.protocol import DEFAULT_INSTRUCTION, SamplingConfig
 from gvu.world import spec
 
 PROMPTS = ["a photo of a circle to the left of a star", "a photo of two blue squares"]

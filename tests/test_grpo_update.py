@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from gvu.models.builtin import build_builtin
+from gvu.models.builtin.model import build_builtin
 from gvu.models.protocol import SamplingConfig
 from gvu.models.sampling import prompt_generators
 from gvu.rl.grpo import LOSS_AGGREGATIONS, group_advantages, grpo_loss

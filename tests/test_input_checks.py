@@ -13,7 +13,7 @@ from gvu.eval.check import check_rows, read_checked
 from gvu.eval.metadata import MetadataError, write_metadata
 from gvu.eval.prompts import build_geneval, build_genevalpp, build_train
 from gvu.cli import main
-from gvu.models.tokenizer import WordTokenizer
+from gvu.models.builtin.tokenizer import WordTokenizer
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 GOOD = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}],

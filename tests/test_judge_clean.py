@@ -71,7 +71,7 @@ def test_results_and_summaries_mark_wrapped_shapes():
     """A large object wrapped across the row edge (the painter's half-drawn shape) is marked in the result row and
     counted in the summary's share; a clean scene and a lone foreign quarter are not."""
     from gvu.eval.judging import judge_pixels
-    from gvu.models.pretrain_data import add_wrapped
+    from gvu.models.builtin.pretrain_data import add_wrapped
     from gvu.world.render import decode
     from gvu.world.scene import Obj, scene_tokens
     from gvu.world.spec import code_of, GRID
@@ -90,7 +90,7 @@ def test_results_and_summaries_mark_wrapped_shapes():
 
 def test_score_gives_an_unclean_image_no_verdict(folder, tmp_path):
     from gvu.analysis.score import score_folder, summarise_scores
-    from gvu.models.pretrain import PretrainConfig, pretrain
+    from gvu.models.builtin.pretrain import PretrainConfig, pretrain
 
     model = pretrain(PretrainConfig(size="tiny", steps=2, num_scenes=50, batch_size=8), tmp_path / "b",
                      progress=False)

@@ -16,18 +16,18 @@ KINDS = ["builtin", "janus", "emu3", "causal-lm", "xomni"]
 
 def build(kind, tmp):
     if kind == "builtin":
-        from gvu.models.builtin import build_builtin
+        from gvu.models.builtin.model import build_builtin
 
         return build_builtin("tiny", seed=0)
     if kind == "janus":
-        from gvu.models.janus import tiny_janus_parts
+        from gvu.models.adapters.janus import tiny_janus_parts
 
         parts = tiny_janus_parts(seed=0)
         for part in parts:
             part.save_pretrained(tmp / "janus")
         return load_model(f"janus:{tmp / 'janus'}?device=cpu")
     if kind == "emu3":
-        from gvu.models.emu3 import tiny_emu3_parts
+        from gvu.models.adapters.emu3 import tiny_emu3_parts
 
         for part in tiny_emu3_parts(seed=0):
             part.save_pretrained(tmp / "emu3")

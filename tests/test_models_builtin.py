@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gvu.models.builtin import build_builtin, load_builtin, save_builtin
+from gvu.models.builtin.model import build_builtin, load_builtin, save_builtin
+from gvu.models.builtin.tokenizer import WordTokenizer
 from gvu.models.protocol import Rollout, SamplingConfig, UnifiedModel
 from gvu.models.sampling import cfg_combine, filter_logits
-from gvu.models.tokenizer import WordTokenizer
 from gvu.world import grammar, spec
 
 # Different lengths on purpose: the batch is left-padded for generation and right-padded for understanding.

@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 
-from gvu.models.causal_lm import GridSharedVocabUMM
+from gvu.models.adapters.causal_lm import GridSharedVocabUMM
 from gvu.models.hf import tiny_byte_tokenizer
 from gvu.models.load import SPEC_FORMS, load_model
-from gvu.models.protocol import UnifiedModel
+from gvu.models.protocol import DEFAULT_INSTRUCTION, UnifiedModel
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 from gvu.reward import RewardConfig, intrinsic_reward
 from _adapters import PROMPTS, SAMPLINGS, grpo_steps
 

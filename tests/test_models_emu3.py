@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gvu.models.emu3 import EOF, EOI, EOL, IMAGE, Emu3UMM, build_tiny_emu3, tiny_emu3_parts
+from gvu.models.adapters.emu3 import EOF, EOI, EOL, IMAGE, Emu3UMM, build_tiny_emu3, tiny_emu3_parts
 from gvu.models.load import load_model
-from gvu.models.protocol import SamplingConfig, UnifiedModel
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
+from gvu.models.protocol import DEFAULT_INSTRUCTION, SamplingConfig, UnifiedModel
 from gvu.reward import RewardConfig, intrinsic_reward
 from _adapters import PROMPTS, SAMPLINGS, grpo_steps
 

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from gvu.models.janus import BOI, JanusUMM, build_tiny_janus, tiny_janus_parts
+from gvu.models.adapters.janus import BOI, JanusUMM, build_tiny_janus, tiny_janus_parts
 from gvu.models.load import load_model
-from gvu.models.protocol import SamplingConfig, UnifiedModel
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
+from gvu.models.protocol import DEFAULT_INSTRUCTION, SamplingConfig, UnifiedModel
 from gvu.reward import RewardConfig, intrinsic_reward
 from _adapters import PROMPTS, SAMPLINGS, grpo_steps
 

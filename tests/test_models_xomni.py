@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 import torch
 
+import gvu.models.adapters.xomni as xomni
+from gvu.models.adapters.xomni import FLUX_FILES, XOmniUMM
+from gvu.models.adapters.xomni_lm import XOmniConfig, XOmniForCausalLM, XOmniModel
 from gvu.models.load import load_model
-from gvu.models.protocol import UnifiedModel
-import gvu.models.xomni as xomni
-from gvu.models.protocol import SamplingConfig
+from gvu.models.protocol import SamplingConfig, UnifiedModel
 from gvu.models.shared_vocab import SharedVocabUMM
-from gvu.models.xomni import FLUX_FILES, XOmniUMM
-from gvu.models.xomni_lm import XOmniConfig, XOmniForCausalLM, XOmniModel
 from _adapters import PROMPTS, SAMPLINGS
 from _tiny_xomni import write_flux_folder, write_tiny_xomni
 
@@ -52,7 +51,7 @@ def model(folder, spec):
 
 def test_loads_x_omnis_weights_with_codes_beyond_lm_head(model):
     assert isinstance(model, XOmniUMM) and isinstance(model, UnifiedModel)
-    assert type(model.lm).__module__ == "gvu.models.xomni_lm"  # gvu's X-Omni code (tests/test_xomni_lm.py)
+    assert type(model.lm).__module__ == "gvu.models.adapters.xomni_lm"  # gvu's X-Omni code (tests/test_xomni_lm.py)
     assert model.layout.image_token_offset == model.lm.get_output_embeddings().weight.shape[0]  # beyond lm_head
     assert model.reads_pixels  # with flux: the reward decodes and re-encodes, as the official trainer
 

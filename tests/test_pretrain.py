@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import gvu.models.pretrain as pt
-from gvu.models.builtin import build_builtin, load_builtin
-from gvu.models.pretrain import LOG_FILE, STATE_FILE, PretrainConfig, ScenePool, build_pool, make_batch, pretrain
+import gvu.models.builtin.pretrain as pt
+from gvu.models.builtin.model import build_builtin, load_builtin
+from gvu.models.builtin.pretrain import (LOG_FILE, STATE_FILE, PretrainConfig, ScenePool, build_pool, make_batch,
+                                         pretrain)
 from gvu.world import spec
 from gvu.world.grammar import SHAPES_LEXICON, parse_prompt
 from gvu.world.judge import evaluate, judge_image
@@ -303,7 +304,7 @@ def test_wrapped_objects_are_no_object_and_left_out_of_the_description():
     """wrap_prob puts a large object across the row edge (quarters consecutive in the sequence, apart on the image):
     the pixel detector finds no object there, only malformed blobs, and every description stays true on the pixels.
     With wrap_prob 0 the batches are what they were (the shipped bases' manifests replay)."""
-    from gvu.models.pretrain_data import add_wrapped
+    from gvu.models.builtin.pretrain_data import add_wrapped
     from gvu.world.detect import detect
     from gvu.world.scene import Obj, scene_tokens, wrapped_rows
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from gvu.cli import build_parser
-from gvu.models.builtin import PRESETS
-from gvu.models.pretrain import STATE_FILE
+from gvu.models.builtin.model import PRESETS
+from gvu.models.builtin.pretrain import STATE_FILE
 from gvu.rl.runfolder import lock_beside
 
 from test_cli import ENV, GVU, gvu

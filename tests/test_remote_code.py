@@ -60,7 +60,7 @@ def test_x_omnis_tokenizer_and_language_model_load_without_the_checkpoints_code(
     folder, marker = double
     model = load_model(f"xomni:{folder}{BASE}")
     assert type(model.tokenizer.hf).__module__.startswith("transformers.")  # transformers' own class
-    assert type(model.lm).__module__ == "gvu.models.xomni_lm"
+    assert type(model.lm).__module__ == "gvu.models.adapters.xomni_lm"
     assert ran(marker) == []
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gvu.models.builtin import build_builtin
+from gvu.models.builtin.model import build_builtin
 from gvu.reward import (RewardConfig, hard_negatives, intrinsic_reward,
                         intrinsic_reward_function, oracle_reward_function, prompt_token_logprobs)
 from gvu.world.grammar import parse_prompt

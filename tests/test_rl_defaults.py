@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from gvu.models.pretrain import PretrainConfig, pretrain
+from gvu.models.builtin.pretrain import PretrainConfig, pretrain
 from gvu.rl.config import load_config, TrainConfig
 from gvu.rl.trainer import Trainer
 

@@ -18,7 +18,7 @@ from gvu.analysis.score import is_shapes_benchmark, resolve_scorer, score_folder
 from gvu.eval.groundtruth import render_ground_truth
 from gvu.eval.layout import load_image, write_prompt_dir
 from gvu.eval.prompts import build_genevalpp
-from gvu.models.builtin import build_builtin, save_builtin
+from gvu.models.builtin.model import build_builtin, save_builtin
 from gvu.reward import RewardConfig, intrinsic_reward
 from gvu.world.render import blank_tokens, decode, encode
 
@@ -192,7 +192,7 @@ def test_score_records_strict_verdicts_and_malformed_blobs(tiny_dir, tmp_path):
     The summary's AUCs against each label follow (fails without the strict verdict and the malformed count)."""
     from gvu.models.load import load_model
     from gvu.world.scene import Obj, scene_tokens
-    from gvu.models.pretrain_data import add_wrapped
+    from gvu.models.builtin.pretrain_data import add_wrapped
     from gvu.world.spec import code_of, GRID
 
     row = {"tag": "single_object", "include": [{"class": "cross", "count": 1}], "prompt": "a photo of a cross"}

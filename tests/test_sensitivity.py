@@ -16,7 +16,7 @@ from gvu.cli import build_parser
 from gvu.analysis.sensitivity import (ABLATIONS, ablate, ablated_prompts, run_sensitivity,
                                       score_ablations, study_images, summarise)
 from gvu.eval.prompts import build_genevalpp
-from gvu.models.builtin import build_builtin, save_builtin
+from gvu.models.builtin.model import build_builtin, save_builtin
 from gvu.world.grammar import parse_prompt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -204,7 +204,7 @@ def test_prompt_weights_set_the_built_in_training_mix():
 
     from gvu.eval.prompts import held_out_scenes
     from gvu.world.kinds import scene_key
-    from gvu.models.tokenizer import WordTokenizer
+    from gvu.models.builtin.tokenizer import WordTokenizer
     from gvu.rl.setup import load_prompt_rows
 
     weights = {"color_counting": 3.0, "position": 1.0}

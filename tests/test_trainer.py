@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gvu.models.builtin import load_builtin
-from gvu.models.pretrain import PretrainConfig, pretrain
+from gvu.models.builtin.model import load_builtin
+from gvu.models.builtin.pretrain import PretrainConfig, pretrain
 from gvu.rl.config import load_config
 from gvu.rl.trainer import Trainer
 

@@ -9,7 +9,7 @@ import torch
 from gvu.eval.prompts import build_geneval
 from gvu.eval.understanding import (PERTURBATIONS, build_understanding_set, negatives, relation_sign,
                                      run_understanding, sequence_logprob)
-from gvu.models.builtin import build_builtin
+from gvu.models.builtin.model import build_builtin
 from gvu.world import spec
 from gvu.world.grammar import SHAPES_LEXICON, parse_prompt
 from gvu.world.judge import evaluate

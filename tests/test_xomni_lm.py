@@ -1,5 +1,5 @@
-"""gvu's own X-Omni language model (gvu/models/xomni_lm.py) against X-Omni's own modelling code: the tiny X-Omni
-of tests/_tiny_xomni.py keeps the original's conventions, and its logits in both generation modes, computed by
+"""gvu's own X-Omni language model (gvu/models/adapters/xomni_lm.py) against X-Omni's own modelling code: the tiny
+X-Omni of tests/_tiny_xomni.py keeps the original's conventions, and its logits in both generation modes, computed by
 that code under transformers 4.51.3 (scripts/xomni_reference.py), are in tests/data/xomni_reference.json. Under
 the transformers installed here the original code does not run at all; these tests show that it breaks, that the
 load says what to install, and that gvu's code computes what the original computed."""
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gvu.models.adapters.xomni import check_one_token
 from gvu.models.load import load_model
-from gvu.models.xomni import check_one_token
 from _tiny_xomni import KEEP, logits_both_modes, reference_batch, write_tiny_xomni
 
 REF = json.loads((Path(__file__).parent / "data" / "xomni_reference.json").read_text())
@@ -29,7 +29,7 @@ def test_the_reference_was_computed_by_x_omnis_own_code_under_its_pin():
 
 def test_gvus_x_omni_code_reproduces_x_omnis_own_logits_in_both_modes(folder):
     model = load_model(f"xomni:{folder}?device=cpu&dtype=float32")
-    assert type(model.lm).__module__ == "gvu.models.xomni_lm"
+    assert type(model.lm).__module__ == "gvu.models.adapters.xomni_lm"
     ids, mask, pos = reference_batch(folder)
     assert ids.tolist() == REF["input_ids"] and mask.tolist() == REF["attention_mask"]
     got = logits_both_modes(model.lm, ids, mask, pos)

@@ -27,7 +27,7 @@ from gvu.eval.judging import check_size, off_palette, wrapped_shape
 from gvu.eval.layout import iter_layout, load_image
 from gvu.eval.metadata import atomic_write_text
 from gvu.eval.quality import auc, auc_by_tag, format_auc, within_group_auc
-from gvu.models.builtin import GVU_FILE
+from gvu.models.builtin.model import GVU_FILE
 from gvu.models.load import folder_spec, load_model
 from gvu.reward import SCORERS, RewardConfig, intrinsic_reward
 from gvu.world import spec

@@ -29,12 +29,12 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from gvu.models.builtin import load_builtin
-from gvu.models.causal_lm import load_causal_lm
-from gvu.models.emu3 import load_emu3
+from gvu.models.adapters.causal_lm import load_causal_lm
+from gvu.models.adapters.emu3 import load_emu3
+from gvu.models.adapters.janus import load_janus
+from gvu.models.adapters.xomni import load_xomni
+from gvu.models.builtin.model import load_builtin
 from gvu.models.hf import flag
-from gvu.models.janus import load_janus
-from gvu.models.xomni import load_xomni
 
 SPEC_FORMS = (
     "DIR (a folder written by `gvu pretrain` or `gvu train`)",

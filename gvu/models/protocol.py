@@ -13,6 +13,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+DEFAULT_INSTRUCTION = "Describe the image in detail."
+"""The understanding instruction every model reads an image under when scoring or captioning it: part of the
+contract, so the built-in tokenizer's vocabulary and every adapter's understanding prefix share one text."""
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -123,7 +127,7 @@ class UnifiedModel(Protocol):
         ...
 
     def prompt_logprobs(self, images: torch.Tensor | np.ndarray, prompts: list[str],
-                        instruction: str = "Describe the image in detail.") -> tuple[torch.Tensor, torch.Tensor]:
+                        instruction: str = DEFAULT_INSTRUCTION) -> tuple[torch.Tensor, torch.Tensor]:
         """Understanding branch, one batched pass: log p(x_j | instruction, image, x_<j) for each prompt token,
         as (logp_NL, mask_NL) with mask_NL True on real tokens of ragged prompts. `images` are image codes
         [N, T] or uint8 pixels [N, H, W, 3]."""

@@ -32,9 +32,8 @@ import torch
 from gvu.models.forward import (cache_kwarg, cache_of, eval_mode, ForwardView, logits_kwarg, pad_batch, positions,
                                 span_logprobs, takes_kwargs)
 from gvu.models.hf import base_model
-from gvu.models.protocol import check_sample_args, checked_codes, Rollout, SamplingConfig
+from gvu.models.protocol import check_sample_args, checked_codes, DEFAULT_INSTRUCTION, Rollout, SamplingConfig
 from gvu.models.sampling import draw, guided_logprobs
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
 
 class TextTokenizer(Protocol):

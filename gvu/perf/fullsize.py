@@ -34,12 +34,12 @@ import time
 from pathlib import Path
 
 from gvu.eval.metadata import write_metadata
+from gvu.models.adapters.janus import BOI, EOI, IMAGE, TINY_CHAT_TEMPLATE
 from gvu.models.hf import base_model, tiny_byte_tokenizer
-from gvu.models.janus import BOI, EOI, IMAGE, TINY_CHAT_TEMPLATE
 from gvu.perf.measure import cpuinfo, machine_info, write_json
-from gvu.rl.monitor import PhaseClock, process_peak_rss_mib
 from gvu.perf.step import matmul_gflops
 from gvu.rl.config import load_config
+from gvu.rl.monitor import PhaseClock, process_peak_rss_mib
 from gvu.rl.trainer import Trainer
 
 STEP_PHASES = ("sample", "decode", "reward", "reference", "update")

@@ -12,9 +12,9 @@ import functools
 import statistics
 
 from gvu.eval.prompts import build_train
-from gvu.models.builtin import build_builtin
-from gvu.models.janus import build_tiny_janus
-from gvu.models.tokenizer import split_words
+from gvu.models.adapters.janus import build_tiny_janus
+from gvu.models.builtin.model import build_builtin
+from gvu.models.builtin.tokenizer import split_words
 from gvu.perf.measure import speedup, Plan, REWARD_RTOL, timed, TOKEN_RTOL
 from gvu.reward import intrinsic_reward, RewardConfig
 from gvu.world import spec
@@ -140,7 +140,7 @@ def bench_janus_reward(p: Plan) -> dict | str:
 
         ours, t_ours = timed(lambda: intrinsic_reward(model, codes, prompts, cfg), p.repeats)
         res, t_loop = timed(loop, p.baseline_repeats, warmup=0)
-        return {"model": "tiny random Janus (gvu.models.janus.build_tiny_janus)", "batch": p.janus_batch,
+        return {"model": "tiny random Janus (gvu.models.adapters.janus.build_tiny_janus)", "batch": p.janus_batch,
                 "prompt_tokens_mean": statistics.mean(len(x) for _, x in res), "baseline": t_loop, "ours": t_ours,
                 "speedup": speedup(t_loop, t_ours), **_compare_reward(ours, res)}
     except Exception as err:  # the Janus adapter is optional and young: report, never break the other benchmarks

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from gvu.models.builtin import build_builtin
+from gvu.models.builtin.model import build_builtin
 from gvu.models.forward import pad_batch, positions
 from gvu.models.protocol import SamplingConfig
 from gvu.perf.measure import speedup, Plan, SCORES_LOGP_ATOL, SCORES_PROB_ATOL, timed

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gvu.models.builtin import build_builtin, save_builtin
-from gvu.models.pretrain import build_pool, lm_loss, make_batch, PretrainConfig
+from gvu.models.builtin.model import build_builtin, save_builtin
+from gvu.models.builtin.pretrain import build_pool, lm_loss, make_batch, PretrainConfig
 from gvu.perf.measure import Plan, timed
 from gvu.rl.monitor import peak_rss_since_reset, process_peak_rss_mib, reset_peak_rss
 from gvu.rl.config import TrainConfig

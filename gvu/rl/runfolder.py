@@ -24,7 +24,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from gvu.models.builtin import is_model_dir
+from gvu.models.builtin.model import is_model_dir
 
 LOCK = ".gvu.lock"
 TMP_PREFIX = ".checkpoint-tmp-"

@@ -55,7 +55,7 @@ P_COLOR, P_SIZES, P_REGION, P_LARGE = 0.85, 0.5, 0.5, 0.15
 RELATIONS_PER_PROMPT = (1, 4)  # inclusive; fewer where the scene holds fewer clear relations
 MAX_TRIES = 400
 SIZE_DRAWN = {"larger": "large", "smaller": "small"}
-_TOKEN_RE = re.compile(r"[a-z]+|[,.]|\S")  # the built-in tokenizer's split (gvu.models.tokenizer)
+_TOKEN_RE = re.compile(r"[a-z]+|[,.]|\S")  # the built-in tokenizer's split (gvu.models.builtin.tokenizer)
 _TUPLE_RE = re.compile(r"^\s*([a-z]+)\s*-\s*([a-z]*)\s*\((.*)\)\s*$")
 
 

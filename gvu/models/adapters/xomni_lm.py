@@ -16,7 +16,7 @@ The checkpoint's structure, kept name for name:
 
 The multimodal mask rides in the hidden state, concatenated after it on the last dimension (the checkpoint's own
 convention), so `Qwen2Model.forward` builds the attention masks, the cache and the rotary embeddings unchanged.
-The vision parts (image tokenizer, FLUX decoder) are the checkpoint's own code: gvu.models.xomni sets them up.
+The vision parts (image tokenizer, FLUX decoder) are the checkpoint's own code: gvu.models.adapters.xomni sets them up.
 """
 
 from __future__ import annotations

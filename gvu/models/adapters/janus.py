@@ -35,9 +35,8 @@ import torch
 from gvu.models.forward import cache_kwarg, cache_of, eval_mode, pad_batch, positions, span_logprobs
 from gvu.models.hf import (base_model, finish_loading, flag, load_options, load_pretrained, PlainTokenizer,
                            save_transformers_model, tiny_byte_tokenizer)
-from gvu.models.protocol import check_sample_args, checked_codes, Rollout, SamplingConfig
+from gvu.models.protocol import check_sample_args, checked_codes, DEFAULT_INSTRUCTION, Rollout, SamplingConfig
 from gvu.models.sampling import draw, guided_logprobs
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
 
 BOI, EOI, IMAGE = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"
 SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the visual content that "

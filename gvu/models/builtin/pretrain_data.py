@@ -1,6 +1,6 @@
 """The pretraining data of the built-in UMM: the scene pool (scenes with the prompt that produced them), debris
 (lone quarters, and large objects wrapped across the row edge), and the two-object relation examples
-(gvu.models.pretrain draws its batches from them)."""
+(gvu.models.builtin.pretrain draws its batches from them)."""
 
 from __future__ import annotations
 

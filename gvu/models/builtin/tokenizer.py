@@ -16,12 +16,12 @@ import os
 import re
 from pathlib import Path
 
+from gvu.models.protocol import DEFAULT_INSTRUCTION
 from gvu.world import grammar, spec
 
 # <boi> opens an image the model writes (generation), <see> an image it reads (understanding): the two branches
-# see one vocabulary of codes, and the opener tells the model (and its 2-D reader, gvu.models.grid) which it is.
+# see one vocabulary of codes, and the opener tells the model (and its 2-D reader, gvu.models.builtin.grid) which it is.
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<inst>", "<ans>", "<see>")
-DEFAULT_INSTRUCTION = "Describe the image in detail."
 FILE_NAME = "tokenizer.json"
 
 # The grammar's words_of plus '.', and any other visible character as its own token so it is reported, not dropped.

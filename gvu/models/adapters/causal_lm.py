@@ -1,6 +1,6 @@
 """Shared-vocabulary transformers models (`causal-lm:PATH`): any causal LM whose vocabulary holds the image codes
 as one contiguous id range, declared by a small adapter file in the model folder (X-Omni-style models, or a
-custom UMM). Emu3 (gvu.models.emu3) is the same machinery with Emu3's own layout.
+custom UMM). Emu3 (gvu.models.adapters.emu3) is the same machinery with Emu3's own layout.
 
 An image is a grid of `rows x cols` codes. Some models write fixed tokens inside the image (Emu3: an end-of-line
 token after every row, then end-of-frame and end-of-image). Those positions allow exactly one token, so under the

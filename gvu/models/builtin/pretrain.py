@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from gvu.eval.understanding import negatives
-from gvu.models.builtin import build_builtin, BuiltinUMM, load_builtin, save_builtin
+from gvu.models.builtin.model import build_builtin, BuiltinUMM, load_builtin, save_builtin
+from gvu.models.builtin.pretrain_data import add_debris, add_wrapped, build_pool, relation_example, ScenePool
+from gvu.models.builtin.pretrain_state import lr_lambda as _lr_lambda, restore as _restore, save_state as _save_state
 from gvu.models.forward import pad_batch
-from gvu.models.pretrain_state import lr_lambda as _lr_lambda, restore as _restore, save_state as _save_state
-from gvu.models.pretrain_data import add_debris, add_wrapped, build_pool, relation_example, ScenePool
-from gvu.models.tokenizer import DEFAULT_INSTRUCTION
+from gvu.models.protocol import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
 from gvu.world.kinds import check_weights, KINDS
 
@@ -47,7 +47,7 @@ class PretrainConfig:
     preset: str = "regular"
     """'regular' or 'weak': sets gen_fraction unless it is given."""
     size: str = "default"
-    """Architecture preset of gvu.models.builtin.PRESETS ('tiny' for tests)."""
+    """Architecture preset of gvu.models.builtin.model.PRESETS ('tiny' for tests)."""
     seed: int = 0
     """Seeds the weights, the scenes and the batch order: the same seed gives the same model."""
     steps: int | None = None
@@ -88,17 +88,17 @@ class PretrainConfig:
     aligned_init: bool = True
     """Initialise word and image-code embeddings from shared shape/colour factors (see builtin.align_embeddings)."""
     grid: bool = True
-    """Understanding reads images through a 2-D row+column embedding (gvu.models.grid); False: the flat raster,
+    """Understanding reads images through a 2-D row+column embedding (gvu.models.builtin.grid); False: the flat raster,
     the ablation in which the judge reads images exactly as the painter writes them."""
     bidirectional: bool = False
     """With the grid: the tokens of an understanding image attend to each other both ways, as a vision encoder's
     patches do (the causal raster lets an object see only the objects before it)."""
     relative: bool | None = None
     """With the grid: the tokens of an understanding image attend to each other both ways with a learned bias per
-    head by row and column offset (gvu.models.grid), whose first heads start looking left, right, up and down.
+    head by row and column offset (gvu.models.builtin.grid), whose first heads start looking left, right, up and down.
     None: on with the grid (the shipped bases' reader, with rope2d; docs/results.md has the probe)."""
     rope2d: bool | None = None
-    """With the grid: rotary positions in two dimensions inside an understanding image (gvu.models.grid
+    """With the grid: rotary positions in two dimensions inside an understanding image (gvu.models.builtin.grid
     GridRotaryEmbedding), so the text after the image sees a column offset as it sees a row offset. None: on with
     the grid."""
     paint: bool = False

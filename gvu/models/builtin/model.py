@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from gvu.models.grid import GRID_KEY, GridLlamaForCausalLM, ordinal_init
+from gvu.models.builtin.grid import GRID_KEY, GridLlamaForCausalLM, ordinal_init
+from gvu.models.builtin.tokenizer import WordTokenizer
 from gvu.models.hf import replace_dir
 from gvu.models.shared_vocab import SharedVocabLayout, SharedVocabUMM
-from gvu.models.tokenizer import WordTokenizer
 from gvu.world import render, spec
 
 # Sequences are at most ~70 tokens (36 image tokens + prompt + instruction), so 128 positions leave headroom.
@@ -68,7 +68,7 @@ class BuiltinUMM(SharedVocabUMM):
 
     @property
     def grid(self) -> bool:
-        """Whether understanding reads images through the 2-D row+column embedding (gvu.models.grid)."""
+        """Whether understanding reads images through the 2-D row+column embedding (gvu.models.builtin.grid)."""
         base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         return hasattr(base, "row_embed")
 
@@ -87,7 +87,7 @@ class BuiltinUMM(SharedVocabUMM):
 
 def llama_config(size: str, tok: WordTokenizer, grid: bool = True, bidirectional: bool = False,
                  relative: bool = False, rope2d: bool = False, paint: bool = False):
-    from transformers import LlamaConfig  # lazy: keeps `import gvu.models.builtin` cheap
+    from transformers import LlamaConfig  # lazy: keeps `import gvu.models.builtin.model` cheap
 
     if size not in PRESETS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(PRESETS)}")
@@ -143,7 +143,7 @@ def build_builtin(size: str = "default", seed: int = 0, tokenizer: WordTokenizer
                   aligned: bool = True, grid: bool = True, bidirectional: bool = False,
                   relative: bool = False, rope2d: bool = False, paint: bool = False) -> BuiltinUMM:
     """A randomly initialised built-in model (`aligned`: shared word/code factors, see align_embeddings; `grid`:
-    understanding reads images with a 2-D row+column embedding, see gvu.models.grid; False is the flat raster;
+    understanding reads images with a 2-D row+column embedding, see gvu.models.builtin.grid; False is the flat raster;
     `bidirectional`: with the grid, the tokens of an understanding image also attend to each other both ways;
     `paint`: the image a generation sequence writes gets the grid's row and column embedding and 2-D rotary too).
     The global torch RNG is left as it was."""

@@ -7,7 +7,7 @@ with each row `cols` visual tokens and <|extra_200|> the end-of-line (EOL), <|ex
 This is what Emu3's processor writes for understanding and what its documented `prefix_allowed_tokens_fn`
 forces in generation: visual tokens inside a row, EOL at a row end, then EOF, EOI. We sample with that mask in our
 own KV-cached loop (codes: a softmax over the visual-token range only; EOL: forced, probability 1) and the
-teacher-forced pass applies the same mask (see gvu.models.causal_lm). Rollouts hold the rows x cols codes only.
+teacher-forced pass applies the same mask (see gvu.models.adapters.causal_lm). Rollouts hold the rows x cols codes only.
 
 The reward reads the generated tokens directly (the understanding sequence embeds the same visual tokens, which is
 exactly what Emu3Model does with `pixel_values`: VQ-encode, map to visual token ids, add EOLs), or, with
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import build_grid_layout, GridSharedVocabUMM, SequenceFormat
+from gvu.models.adapters.causal_lm import build_grid_layout, GridSharedVocabUMM, SequenceFormat
 from gvu.models.hf import (base_model, finish_loading, flag, load_options, load_pretrained, PlainTokenizer,
                            save_transformers_model, tiny_byte_tokenizer)
 
@@ -39,7 +39,7 @@ BOI, EOI, WRAPPER, IMAGE = "<|image start|>", "<|image end|>", "<|image token|>"
 # Emu3's processor default for generation: 518400 pixels at 1:1, 8 pixels per token -> 90 x 90 tokens
 DEFAULT_GRID = (90, 90)
 # Emu3's vocabulary holds ~184k ids: full logits of one 90x90 image are 8,190 x 184,622 floats (~6 GB). The
-# teacher-forced pass computes the 32,768 code columns only, 1,024 positions at a time (gvu.models.causal_lm).
+# teacher-forced pass computes the 32,768 code columns only, 1,024 positions at a time (gvu.models.adapters.causal_lm).
 DEFAULT_LOGITS_CHUNK = 1024
 
 

@@ -1,6 +1,6 @@
 """A pretraining run's resumable state (weights, optimizer, schedule, step, batch generator) and its learning-rate
-schedule: gvu.models.pretrain writes it every `save_every` steps and on Ctrl-C, and resumes from it, reading it as
-data only (gvu/datafile.py)."""
+schedule: gvu.models.builtin.pretrain writes it every `save_every` steps and on Ctrl-C, and resumes from it, reading it
+as data only (gvu/datafile.py)."""
 
 from __future__ import annotations
 

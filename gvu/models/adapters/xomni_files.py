@@ -1,4 +1,4 @@
-"""X-Omni's checkpoint files and vision parts, for the adapter (gvu.models.xomni): consent before any of the
+"""X-Omni's checkpoint files and vision parts, for the adapter (gvu.models.adapters.xomni): consent before any of the
 checkpoint's own Python runs, hub ids resolved to local snapshots, flash-attn checked where the vision code imports
 it, the vision parts set up and put on the model's device, and the sampling defaults its generation_config.json
 gives (docs/real-models.md)."""
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from gvu.models.adapters.xomni_lm import XOmniForCausalLM
 from gvu.models.hf import base_model, disable_dropout, needs_consent
-from gvu.models.xomni_lm import XOmniForCausalLM
 
 XOMNI_TRANSFORMERS = "4.51.3"
 # flash-attn: X-Omni's image tokenizer imports it at the top of modeling_vit.py and calls it in every attention;

@@ -27,7 +27,7 @@ What the adapter does about X-Omni's interface (from X-Omni's public inference c
 - Sampling: where the checkpoint ships a generation_config.json, its temperature / top_k / top_p replace the
   values a run leaves at transformers' own defaults, as they do in X-Omni's trainer (`sampling_defaults`).
 
-The language model runs on gvu's own X-Omni code (gvu/models/xomni_lm.py, the checkpoint's weight names) by
+The language model runs on gvu's own X-Omni code (gvu/models/adapters/xomni_lm.py, the checkpoint's weight names) by
 default; `code=remote` runs the checkpoint's own modelling code instead, which needs transformers 4.51.3. Either
 way one token goes through both modes at load, and a failure names what to install (docs/real-models.md).
 `code=remote` and `flux` run the checkpoint's own Python, so both are refused unless the spec says
@@ -43,18 +43,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.models.causal_lm import build_grid_layout, GridSharedVocabUMM, SequenceFormat
-from gvu.models.emu3 import parse_grid
+from gvu.models.adapters.causal_lm import build_grid_layout, GridSharedVocabUMM, SequenceFormat
+from gvu.models.adapters.emu3 import parse_grid
+from gvu.models.adapters.xomni_files import (check_consent, checkpoint_sampling, FLASH_ATTN_INSTALL,  # noqa: F401
+                                             FLUX_FILES, has_vision, HF_SAMPLING_DEFAULTS, local_snapshot,
+                                             say_sampling, set_up_vision, XOMNI_TRANSFORMERS)
+from gvu.models.adapters.xomni_lm import XOmniConfig, XOmniForCausalLM
 from gvu.models.forward import eval_mode
 from gvu.models.hf import (base_model, finish_loading, flag, load_options, load_pretrained, load_tokenizer,
                            PlainTokenizer, save_transformers_model)
 from gvu.models.protocol import SamplingConfig
-from gvu.models.xomni_files import (check_consent, checkpoint_sampling, FLASH_ATTN_INSTALL, FLUX_FILES,  # noqa: F401
-                                   has_vision, HF_SAMPLING_DEFAULTS, local_snapshot, say_sampling, set_up_vision,
-                                   XOMNI_TRANSFORMERS)
-from gvu.models.xomni_lm import XOmniConfig, XOmniForCausalLM
 
-# what X-Omni's own code needs (its requirements.txt); with flash-attn (gvu.models.xomni_files)
+# what X-Omni's own code needs (its requirements.txt); with flash-attn (gvu.models.adapters.xomni_files)
 REMOTE_PACKAGES = "'transformers==4.51.3' 'diffusers==0.34.0' timm einops torchvision"
 SOM, EOM, IMAGE = "<SOM>", "<EOM>", "<IMAGE>"
 DEFAULT_GRID = (36, 36)
