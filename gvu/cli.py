@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--size", choices=["default", "tiny"], default="default", help="built-in model preset")
     be.add_argument("--repeats", type=int, default=None, help="override every repeat count")
     be.add_argument("--only", type=_members("gvu.perf.run", "BENCHMARKS"), default=None, metavar="NAME[,NAME]",
-                    help="run only these of reward, rollout, step, limit (default: all)")
+                    help="run only these of reward, rollout, step, limit, step_ab (default: all but step_ab)")
     be.add_argument("--full-size", type=_member("gvu.perf.fullsize", "ARCHS"), metavar="ARCH",
                     help="instead: one complete GvU training step of this architecture (janus-pro-1b, or tiny) with "
                     "random weights, each phase timed once (gvu.perf.fullsize)")

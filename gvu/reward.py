@@ -94,15 +94,14 @@ def _eval_mode(model):
     return eval_mode(module) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
 
 
-@torch.no_grad()
-def prompt_token_logprobs(model, image_tokens_NT, prompts: list[str],
-                          cfg: RewardConfig = RewardConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_token_logprobs(model, image_tokens_NT, prompts: list[str], cfg: RewardConfig = RewardConfig(),
+                          grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, L] log-probs of each prompt's tokens given its image, and the mask, in micro-batches. Images are codes
-    [N, T] or uint8 pixels [N, H, W, 3]."""
+    [N, T] or uint8 pixels [N, H, W, 3]. `grad`: keep the graph (a caller that backpropagates through them)."""
     if len(prompts) == 0:
         return torch.zeros(0, 0), torch.zeros(0, 0)
     logps, masks = [], []
-    with _eval_mode(model):
+    with _eval_mode(model), torch.set_grad_enabled(grad):
         for s in range(0, len(prompts), cfg.micro_batch):
             images = _images_for(model, image_tokens_NT[s:s + cfg.micro_batch], cfg.image_path)
             logp, mask = model.prompt_logprobs(images, prompts[s:s + cfg.micro_batch], cfg.instruction)
@@ -128,12 +127,15 @@ def geomean(logp_NL: torch.Tensor, mask_NL: torch.Tensor) -> torch.Tensor:
 
 
 def intrinsic_reward(model, image_tokens_NT: torch.Tensor, prompts: list[str], cfg: RewardConfig = RewardConfig(),
-                     rows: list[dict] | None = None, rng: np.random.Generator | None = None) -> RewardOutput:
+                     rows: list[dict] | None = None, rng: np.random.Generator | None = None,
+                     grad: bool = False) -> RewardOutput:
     """The GvU reward of each image (codes [N, T] or uint8 pixels [N, H, W, 3]) for its prompt. `rows`
-    (metadata) is needed by the contrastive variant."""
+    (metadata) is needed by the contrastive variant. `grad`: the returned logp_NL keeps its graph (the reward
+    itself never has one)."""
     if len(prompts) != len(image_tokens_NT):
         raise ValueError(f"{len(prompts)} prompts for {image_tokens_NT.shape[0]} images")
-    logp_NL, mask_NL = prompt_token_logprobs(model, image_tokens_NT, prompts, cfg)
+    logp_with_graph, mask_NL = prompt_token_logprobs(model, image_tokens_NT, prompts, cfg, grad=grad)
+    logp_NL = logp_with_graph.detach()
     if cfg.variant == "geomean":
         reward = geomean(logp_NL, mask_NL)
     elif cfg.variant == "content":
@@ -145,7 +147,7 @@ def intrinsic_reward(model, image_tokens_NT: torch.Tensor, prompts: list[str], c
         if rows is None or len(rows) != len(prompts):
             raise ValueError("the contrastive reward needs each prompt's metadata row (rows=..., one per image)")
         reward = contrastive_reward(model, image_tokens_NT, rows, logp_NL, mask_NL, cfg, rng)
-    return RewardOutput(reward, logp_NL, mask_NL)
+    return RewardOutput(reward, logp_with_graph, mask_NL)
 
 
 def hard_negatives(row: dict, rng: np.random.Generator, classes: tuple[str, ...] | None = None) -> list[dict]:

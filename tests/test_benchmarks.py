@@ -1,6 +1,7 @@
 """The benchmarks' plumbing on the tiny preset, one repeat: the JSON's structure and that every equality check
 inside ran and passed. Timings are never asserted (docs/design.md, "Tests and benchmarks")."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 from gvu.perf import measure, run as perf
+from gvu.perf.step import step_config
+from gvu.rl.config import TrainConfig
 from gvu.perf.reward import _compare_reward, prompts_of_length
 from gvu.cli import build_parser
 from gvu.models.builtin.model import build_builtin
@@ -31,7 +34,16 @@ def run(tmp_path_factory):
 
 
 def timing_ok(t: dict, repeats: int = 1):
-    assert len(t["times_s"]) == repeats and t["median_s"] > 0
+    assert len(t["times_s"]) == repeats and 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
+    assert (t["min_s"], t["max_s"]) == (min(t["times_s"]), max(t["times_s"]))
+
+
+def speedup_ok(c: dict):
+    """The speedup is the ratio of the medians, its range from the extreme pairs, around it."""
+    assert c["speedup"] == pytest.approx(c["baseline"]["median_s"] / c["ours"]["median_s"])
+    lo, hi = c["speedup_range"]
+    assert lo == pytest.approx(c["baseline"]["min_s"] / c["ours"]["max_s"]) and lo <= c["speedup"] <= hi
+    assert hi == pytest.approx(c["baseline"]["max_s"] / c["ours"]["min_s"])
 
 
 def test_json_written_with_headlines_and_machine(run):
@@ -40,6 +52,8 @@ def test_json_written_with_headlines_and_machine(run):
     for k in HEADLINES:
         assert isinstance(res[k], float) and math.isfinite(res[k]) and res[k] > 0, k
     m = res["machine"]
+    assert len(m["load_average"]) == 3 and len(res["load_average_end"]) == 3  # the machine's load, start and end
+    assert res["rollout_speedup_cfg_range"][0] <= res["rollout_speedup_cfg"] <= res["rollout_speedup_cfg_range"][1]
     assert m["threads"] == 1 and m["nproc"] >= 1 and m["cpu"] and m["torch"] == torch.__version__
     assert res["headline_cases"]["rollout_speedup_cfg"]["guidance"] == 3.0
     assert "reward" in perf.format_table(res) and "MFU" in perf.format_table(res)
@@ -52,7 +66,7 @@ def test_reward_checked_against_the_published_loop(run):
         assert c["checked"] is True and c["max_rel_diff"] <= measure.REWARD_RTOL
         assert c["max_token_rel_diff"] <= measure.TOKEN_RTOL
         timing_ok(c["baseline"]), timing_ok(c["ours"])
-        assert c["speedup"] == pytest.approx(c["baseline"]["median_s"] / c["ours"]["median_s"])
+        speedup_ok(c)
     # no 32-token prompt in the grammar: constructed; a random model's float32 product underflows there
     assert cases[1]["prompts"] == "constructed color_attr"
     assert cases[1]["loop_float32_product_subnormal_or_zero"] == 4
@@ -66,6 +80,8 @@ def test_rollout_checked_against_generate(run):
         assert c["max_abs_diff_prob"] <= measure.SCORES_PROB_ATOL and c["max_abs_diff_logp"] <= measure.SCORES_LOGP_ATOL
         assert c["ours_replay_max_abs_diff_logp"] <= measure.SCORES_LOGP_ATOL
         assert c["ours_tokens_per_s"] > 0 and c["baseline_tokens_per_s"] > 0
+        timing_ok(c["baseline"]), timing_ok(c["ours"])
+        speedup_ok(c)
 
 
 def test_step_and_limit(run):
@@ -74,6 +90,10 @@ def test_step_and_limit(run):
                                                                 "time/update", "step_time"}
     assert s["update_tokens"]["update"] > 0 and s["update_tokens"]["reference"] > 0  # beta > 0: a reference
     assert s["peak_rss_mib"] > 0 and s["images_per_s"] > 0
+    for t in (*s["phases"].values(), s["s_per_kept_image"]):
+        timing_ok(t)
+    assert s["s_per_kept_image"]["median_s"] == pytest.approx(s["phases"]["step_time"]["median_s"] / 8)
+    assert s["config"]["reuse_reward_pass"] is True and s["config"]["dynamic_sampling"] is True
     shapes = [k for k in li["matmul"] if "reference" not in k]
     assert li["peak_gflops_per_s"] == max(li["matmul"][k]["gflops_per_s"] for k in shapes)
     assert li["pretrain"]["tokens_per_s"] > 0 and 0 < li["pretrain_mfu"] and 0 < li["update_mfu"]
@@ -113,6 +133,40 @@ def test_cli_parses_and_only_picks_benchmarks():
     assert r.returncode == 2 and "unknown name(s) ['speed']" in r.stderr
 
 
+IO_FIELDS = {"model", "output_dir", "eval_steps", "save_steps", "threads"}  # where the run goes, not its step
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_step_benchmark_is_train_configs_default_step(tmp_path, quick):
+    """Every field that defines the step is TrainConfig()'s: a default changed in the config is what the benchmark
+    times, and restating a number in the benchmark fails here."""
+    p = measure.plan(quick)
+    cfg, default = step_config(p, tmp_path), TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in IO_FIELDS:
+            assert getattr(cfg, f.name) == getattr(default, f.name), f.name
+    assert Path(cfg.model) == REPO / "bases" / "regular" and (Path(cfg.model) / "model.safetensors").exists()
+    assert (cfg.eval_steps, cfg.save_steps) == (0, 0)
+    assert p.step_repeats >= (3 if quick else 5) and p.repeats >= (3 if quick else 5)
+    assert p.baseline_repeats >= (3 if quick else 5)
+    # docs/performance.md names the step by TrainConfig's numbers
+    doc = (REPO / "docs" / "performance.md").read_text()
+    assert f"{default.prompts_per_step} prompts x {default.num_generations} images" in doc
+
+
+def test_step_ab_pairs_the_old_and_the_new_step():
+    res = perf.run_benchmarks(quick=True, threads=1, size="tiny", repeats=2, only=("step_ab",))
+    ab = res["step_ab"]
+    assert ab["same_work"] and ab["max_abs_diff"]["loss"] < 1e-4 and ab["max_abs_diff"]["reward"] < 1e-4
+    b, a = ab["before"]["s_per_kept_image"], ab["after"]["s_per_kept_image"]
+    timing_ok(b, 2), timing_ok(a, 2)
+    assert ab["reduction_s_per_kept_image"] == pytest.approx(1 - a["median_s"] / b["median_s"])
+    lo, hi = ab["reduction_range"]
+    assert lo <= ab["reduction_s_per_kept_image"] <= hi and lo <= ab["paired_reductions"]["median"] <= hi
+    assert ab["before_changes"] == {"reuse_reward_pass": False, "monitor_images": 0}
+    assert "step A/B" in perf.format_table(res) and "step" not in res
+
+
 def test_only_runs_the_named_benchmarks(tmp_path):
     res = perf.run_benchmarks(quick=True, threads=1, size="tiny", repeats=1, only=("rollout",))
-    assert "rollout" in res and not {"reward", "step", "limit"} & set(res)
+    assert "rollout" in res and not {"reward", "step", "limit", "step_ab"} & set(res)

@@ -33,12 +33,12 @@ def fake_draw(prompt_ids, rewards, intrinsic=False):
 def stepper(draws, **cfg):
     """A GRPOStep whose draws are the given (prompt ids, rewards) pairs, in order."""
     s = GRPOStep()
-    s.cfg = TrainConfig(prompts_per_step=2, num_generations=G, **cfg)
+    s.cfg = TrainConfig(prompts_per_step=2, num_generations=G, reuse_reward_pass=False, **cfg)  # no model here
     s.dist = Dist()
     queue = [fake_draw(*d) for d in draws]
     s.calls = 0
 
-    def draw_local(clock):
+    def draw_local(clock, opening=False):
         s.calls += 1
         return queue.pop(0)
     s.draw_local = draw_local

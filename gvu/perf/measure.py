@@ -24,14 +24,13 @@ class Plan:
 
     size: str = "default"
     repeats: int = 5  # timed repeats of every measurement of ours
-    baseline_repeats: int = 3  # of the slow baselines (the published loop, transformers' generate)
+    baseline_repeats: int = 5  # of the slow baselines (the published loop, transformers' generate)
     reward_lengths: tuple[int, ...] = (8, 16, 32)
     reward_batches: tuple[int, ...] = (1, 16, 64)
     rollout_batches: tuple[int, ...] = (16, 64)
     rollout_guidance: float = 3.0
-    step_prompts: int = 16  # TrainConfig's defaults: 16 prompts x 8 images, minibatches of 64
-    step_generations: int = 8
-    step_minibatch: int = 64
+    step_base: str = "regular"  # the step starts from bases/<step_base> as the trainer loads it; "": random init
+    step_overrides: tuple[tuple[str, object], ...] = ()  # TrainConfig fields changed from their defaults (tiny only)
     step_repeats: int = 5
     pretrain_batch: int = 64
     pretrain_steps: int = 10
@@ -41,12 +40,13 @@ class Plan:
 
 def plan(quick: bool, size: str = "default", repeats: int | None = None) -> Plan:
     p = Plan(size=size)
-    if quick:
-        p = replace(p, repeats=2, baseline_repeats=1, reward_batches=(1, 16), rollout_batches=(16,), step_repeats=2,
-                    pretrain_steps=3, pretrain_scenes=256)
-    if size == "tiny":  # tests and smoke runs: the smallest cases that still exercise every path
-        p = replace(p, reward_lengths=(16, 32), reward_batches=(4,), rollout_batches=(8,), step_prompts=2,
-                    step_generations=4, step_minibatch=8, pretrain_batch=16, pretrain_scenes=64, janus_batch=1)
+    if quick:  # fewer sizes, never fewer than 3 repeats: a median of 1 or 2 cannot say how far it spreads
+        p = replace(p, repeats=3, baseline_repeats=3, reward_batches=(1, 16), step_repeats=3, pretrain_steps=3,
+                    pretrain_scenes=256)
+    if size == "tiny":  # tests and smoke runs: the smallest cases that still exercise every path, a random model
+        p = replace(p, reward_lengths=(16, 32), reward_batches=(4,), rollout_batches=(8,), step_base="",
+                    step_overrides=(("prompts_per_step", 2), ("num_generations", 4)), pretrain_batch=16,
+                    pretrain_scenes=64, janus_batch=1)
     if repeats is not None:
         p = replace(p, repeats=repeats, baseline_repeats=repeats, step_repeats=repeats, pretrain_steps=max(2, repeats))
     return p
@@ -65,8 +65,13 @@ def machine_info() -> dict:
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
+def summary(times: list[float]) -> dict:
+    """{median_s, min_s, max_s, times_s} of repeated timings."""
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": list(times)}
+
+
 def timed(fn, repeats: int, warmup: int = 1):
-    """(last result, {median_s, times_s}) of `fn()` run `warmup` times untimed, then `repeats` times."""
+    """(last result, summary) of `fn()` run `warmup` times untimed, then `repeats` times."""
     for _ in range(warmup):
         fn()
     times, out = [], None
@@ -74,7 +79,7 @@ def timed(fn, repeats: int, warmup: int = 1):
         t = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t)
-    return out, {"median_s": statistics.median(times), "times_s": times}
+    return out, summary(times)
 
 
 def cpuinfo(field: str) -> str | None:
@@ -95,4 +100,11 @@ def write_json(out, res: dict) -> None:
 
 
 def speedup(base: dict, ours: dict) -> float:
+    """The ratio of the medians, baseline over ours."""
     return base["median_s"] / ours["median_s"]
+
+
+def speedup_range(base: dict, ours: dict) -> list[float]:
+    """[lowest, highest] speedup over the extreme pairs of repeats: the baseline's fastest over our slowest, its
+    slowest over our fastest (every pairing of one baseline time and one of ours lies inside)."""
+    return [base["min_s"] / ours["max_s"], base["max_s"] / ours["min_s"]]

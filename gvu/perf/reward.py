@@ -15,7 +15,7 @@ from gvu.eval.prompts import build_train
 from gvu.models.adapters.janus import build_tiny_janus
 from gvu.models.builtin.model import build_builtin
 from gvu.models.builtin.tokenizer import split_words
-from gvu.perf.measure import speedup, Plan, REWARD_RTOL, timed, TOKEN_RTOL
+from gvu.perf.measure import speedup, speedup_range, Plan, REWARD_RTOL, timed, TOKEN_RTOL
 from gvu.reward import intrinsic_reward, RewardConfig
 from gvu.world import spec
 
@@ -108,7 +108,7 @@ def bench_reward(p: Plan, model=None) -> dict:
                                           for c, q in zip(codes.tolist(), prompts)], p.baseline_repeats, warmup=0)
             cases.append({"prompt_tokens": L, "batch": B, "prompts": source, "example": prompts[0],
                           "baseline": t_loop, "ours": t_ours, "speedup": speedup(t_loop, t_ours),
-                          **_compare_reward(ours, loop)})
+                          "speedup_range": speedup_range(t_loop, t_ours), **_compare_reward(ours, loop)})
     return {"model": p.size, "instruction": cfg.instruction, "cases": cases}
 
 
@@ -142,7 +142,8 @@ def bench_janus_reward(p: Plan) -> dict | str:
         res, t_loop = timed(loop, p.baseline_repeats, warmup=0)
         return {"model": "tiny random Janus (gvu.models.adapters.janus.build_tiny_janus)", "batch": p.janus_batch,
                 "prompt_tokens_mean": statistics.mean(len(x) for _, x in res), "baseline": t_loop, "ours": t_ours,
-                "speedup": speedup(t_loop, t_ours), **_compare_reward(ours, res)}
+                "speedup": speedup(t_loop, t_ours), "speedup_range": speedup_range(t_loop, t_ours),
+                **_compare_reward(ours, res)}
     except Exception as err:  # the Janus adapter is optional and young: report, never break the other benchmarks
         return {"checked": False, "error": f"{type(err).__name__}: {err}"}
 

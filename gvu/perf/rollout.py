@@ -14,7 +14,7 @@ import math
 from gvu.models.builtin.model import build_builtin
 from gvu.models.forward import pad_batch, positions
 from gvu.models.protocol import SamplingConfig
-from gvu.perf.measure import speedup, Plan, SCORES_LOGP_ATOL, SCORES_PROB_ATOL, timed
+from gvu.perf.measure import speedup, speedup_range, Plan, SCORES_LOGP_ATOL, SCORES_PROB_ATOL, timed
 from gvu.perf.reward import train_prompts
 
 # ---------------------------------------------------------------------------------------------- 2. rollout
@@ -112,7 +112,8 @@ def bench_rollout(p: Plan, model=None) -> dict:
                 _, t_ours = timed(lambda: model.sample(prompts, G, s, gen), p.repeats)
                 _, t_hf = timed(lambda: hf_generate(model, rows, s), p.baseline_repeats)
                 cases.append({"batch": B, "group_size": G, "guidance": guidance, "baseline": t_hf, "ours": t_ours,
-                              "speedup": speedup(t_hf, t_ours), "baseline_tokens_per_s": B * T / t_hf["median_s"],
+                              "speedup": speedup(t_hf, t_ours), "speedup_range": speedup_range(t_hf, t_ours),
+                              "baseline_tokens_per_s": B * T / t_hf["median_s"],
                               "ours_tokens_per_s": B * T / t_ours["median_s"], **_check_rollout(model, rows, s, G)})
     return {"model": p.size, "image_tokens": T, "baseline_name": "transformers generate (unbatched CFG processor)",
             "sampling": "temperature 1, top_k 0, top_p 1, min_p 0", "cases": cases}

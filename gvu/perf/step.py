@@ -1,8 +1,8 @@
-"""Benchmarks 3 and 4: one GRPO step of gvu.rl.trainer.Trainer on a randomly initialised model (the per-phase times
-it logs, images/s and peak resident memory), and the limit: torch.matmul GFLOP/s at the model's shapes (the peak
-is the best of them) and the model FLOPs utilisation (MFU = tokens/s x 6 x params / peak) of pretraining and of the
-update phase. 6 x params per token is the usual estimate: it leaves out attention's S^2 terms and counts the tied
-lm_head on every position.
+"""Benchmarks 3 and 4: one GRPO step of gvu.rl.trainer.Trainer as `gvu train` runs it by default (TrainConfig()'s
+step on the shipped bases/regular; the per-phase times it logs, seconds per kept image, peak resident memory), and
+the limit: torch.matmul GFLOP/s at the model's shapes (the peak is the best of them) and the model FLOPs
+utilisation (MFU = tokens/s x 6 x params / peak) of pretraining and of the update phase. 6 x params per token is
+the usual estimate: it leaves out attention's S^2 terms and counts the tied lm_head on every position.
 
 Letters: B batch, S sequence length.
 """
@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from gvu.demo import BASES
 from gvu.models.builtin.model import build_builtin, save_builtin
 from gvu.models.builtin.pretrain import build_pool, lm_loss, make_batch, PretrainConfig
-from gvu.perf.measure import Plan, timed
+from gvu.perf.measure import Plan, summary, timed
 from gvu.rl.monitor import peak_rss_since_reset, process_peak_rss_mib, reset_peak_rss
 from gvu.rl.config import TrainConfig
 from gvu.rl.trainer import Trainer
@@ -38,22 +39,49 @@ def _count_tokens(lm, counter: dict, key: str, only_grad: bool):
     return lm.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def bench_step(p: Plan, threads: int = 0) -> dict:
+STEP_FIELDS = ("prompts_per_step", "num_generations", "dynamic_sampling", "max_sampling_rounds", "curriculum",
+               "minibatch_size", "num_iterations", "beta", "beta_understanding", "reward", "reward_variant",
+               "reward_scorer", "guidance_scale", "old_logp_source", "reuse_reward_pass", "monitor_images")
+"""What defines the step's work, as reported; the benchmark takes every field of TrainConfig() except where the run
+goes (`step_config`), so these are the defaults unless the plan is the tiny one."""
+
+
+def step_config(p: Plan, tmp: Path, name: str = "run", threads: int = 0, **changes) -> TrainConfig:
+    """The trainer's default step: TrainConfig() with only the model, the run folder, no evaluation or checkpoints
+    (outside the step) and the threads set; the tiny plan's overrides and `changes` (the A/B's old step) on top."""
+    model = str(BASES / p.step_base) if p.step_base else str(tmp / "model")
+    return TrainConfig(model=model, output_dir=str(tmp / name), eval_steps=0, save_steps=0, threads=threads,
+                       **dict(p.step_overrides), **changes)
+
+
+def step_trainer(p: Plan, tmp: Path, name: str = "run", threads: int = 0, **changes) -> Trainer:
+    """A Trainer on step_config, the model loaded as `gvu train` loads it (a random one saved first for tiny)."""
     from transformers.utils import logging as hf_logging
 
+    cfg = step_config(p, tmp, name, threads, **changes)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # saving and loading the model would draw bars
+    try:
+        if not p.step_base and not Path(cfg.model).exists():
+            save_builtin(build_builtin(p.size), cfg.model)
+        return Trainer(cfg)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def step_summary(logs: list[dict], kept: int) -> dict:
+    """Each phase the trainer logs (and step_time) and the seconds per kept image, as summaries over the steps."""
+    phases = [k for k in logs[0] if k.startswith("time/")] + ["step_time"]
+    return {"phases": {k: summary([m.get(k, 0.0) for m in logs]) for k in phases},
+            "s_per_kept_image": summary([m["step_time"] / kept for m in logs]),
+            "sampling_rounds": [m.get("sampling_rounds", 1) for m in logs]}
+
+
+def bench_step(p: Plan, threads: int = 0) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_builtin(p.size)
-        cfg = TrainConfig(model=str(Path(tmp) / "model"), output_dir=str(Path(tmp) / "run"), num_prompts=64,
-                          prompts_per_step=p.step_prompts, num_generations=p.step_generations,
-                          minibatch_size=p.step_minibatch, eval_steps=0, save_steps=0, threads=threads)
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # saving and loading the model would draw bars
-        try:
-            save_builtin(model, cfg.model)
-            tr = Trainer(cfg)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
+        tr = step_trainer(p, Path(tmp), threads=threads)
+        cfg = tr.cfg
         counter = {"update": 0, "reference": 0}
         hooks = [_count_tokens(tr.policy.lm, counter, "update", only_grad=True)]
         if tr.reference is not None:
@@ -67,16 +95,16 @@ def bench_step(p: Plan, threads: int = 0) -> dict:
             tokens.append(dict(counter))
         for h in hooks:
             h.remove()
-        params = model.num_parameters()
-    phases = [k for k in logs[0] if k.startswith("time/")] + ["step_time"]  # whatever phases the trainer logs
-    med = {k: statistics.median(m[k] for m in logs) for k in phases}
-    update_flops = statistics.median(6 * params * t["update"] + 2 * params * t["reference"] for t in tokens)
+        params = tr.policy.num_parameters()
     N = cfg.rows_per_step
-    return {"model": p.size, "parameters": params, "images_per_step": N, "config": {
-                k: getattr(cfg, k) for k in ("prompts_per_step", "num_generations", "minibatch_size", "num_iterations",
-                                             "beta", "guidance_scale", "reward_variant")},
-            "median_s": med, "times_s": {k: [m[k] for m in logs] for k in phases},
+    out = step_summary(logs, N)
+    med = {k: v["median_s"] for k, v in out["phases"].items()}
+    update_flops = statistics.median(6 * params * t["update"] + 2 * params * t["reference"] for t in tokens)
+    return {"model": f"bases/{p.step_base}" if p.step_base else f"random {p.size}", "parameters": params,
+            "images_per_step": N, "config": {k: getattr(cfg, k) for k in STEP_FIELDS}, **out, "median_s": med,
             "images_per_s": N / med["step_time"], "update_tokens": tokens[-1],
+            "update_tokens_note": "tokens of every policy forward with grad (with reuse_reward_pass the reward's "
+                                  "forward of the understanding sequences, whose backward runs in the update)",
             "update_flops": update_flops, "update_gflops_per_s": update_flops / med["time/update"] / 1e9,
             "peak_rss_mib": peak_rss_since_reset() if reset else process_peak_rss_mib(),
             "peak_rss_scope": "this benchmark (VmHWM reset before the timed steps)" if reset else "whole process",

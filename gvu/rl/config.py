@@ -128,6 +128,12 @@ class TrainConfig:
     shapes world: docs/rl-defaults.md). Otherwise it must divide prompts_per_step * num_generations."""
     old_logp_source: str = "sampler"
     """Old log-probs: recorded by the 'sampler', or a teacher-forced 'replay' before the update."""
+    reuse_reward_pass: bool = True
+    """Where the update's understanding leash needs exactly the policy's prompt log-probs that the reward has just
+    computed (the policy scores, on image tokens, one optimizer step per rollout, one process, no dropout, and every
+    drawn group kept), the reward's forward keeps its graph and the update backpropagates through it instead of
+    running that forward again: the same numbers up to float rounding, one forward less per step. false: always
+    recompute (the step before this option)."""
 
     # ------------------------------------------------------------------ parameters
     freeze_embeddings: bool = False
@@ -176,6 +182,10 @@ class TrainConfig:
     and reward AUC; shapes-world benchmarks at eval_steps), 'reward' (reward statistics every step; at eval_steps
     the images of eval_prompts in GenEval's layout, a grid, and eval_command), 'auto': shapes for the built-in
     model, reward for every other."""
+    monitor_images: int = 128
+    """'shapes' monitor: images judged per step, drawn at random (seeded by seed and step) from the kept ones; the
+    log's `monitor_images` says how many, so `accuracy` and `reward_auc` are estimates with a known sample size.
+    0: every kept image (the judge is about a tenth of a default step)."""
     eval_prompts: str = ""
     """'reward' monitor: a GenEval metadata file of fixed evaluation prompts (default: GenEval's own), eval_limit
     of them (default 16) spread over the tags."""
@@ -237,6 +247,7 @@ class TrainConfig:
              "range (DAPO's clip-higher); leave it null for the same range as epsilon")
         RewardConfig(instruction=self.instruction, variant=self.reward_variant, scorer=self.reward_scorer,
                      image_path=self.reward_image_path)
+        need(self.monitor_images >= 0, f"monitor_images must be >= 0 (0: every kept image), got {self.monitor_images}")
         need(self.monitor in ("auto", "shapes", "reward"),
              f"monitor must be auto, shapes or reward, got {self.monitor!r}")
         need(not self.eval_command or "{dir}" in self.eval_command,

@@ -3,9 +3,10 @@
 Every step the trainer hands the monitor its images (on each process), gathers what the monitor returns per
 image, and asks it for the step's metrics. Every `eval_steps` it asks the monitor to evaluate.
 
-- ShapesMonitor (the built-in shapes-world model): the exact judge on every image -> `accuracy`, and the ROC AUC
-  of the intrinsic reward against correctness (`reward_auc`, the reward-hacking alarm); evaluation on the
-  shapes-world benchmarks (gvu.eval.evaluate).
+- ShapesMonitor (the built-in shapes-world model): the exact judge on the step's images (`monitor_images` of them
+  drawn at random, or all) -> `accuracy`, and the ROC AUC of the intrinsic reward against correctness
+  (`reward_auc`, the reward-hacking alarm), with the number judged (`monitor_images`, for their intervals);
+  evaluation on the shapes-world benchmarks (gvu.eval.evaluate).
 - RewardMonitor (real models on natural images, where the shapes judge sees nothing): reward statistics every
   step; every `eval_steps` the images of fixed prompts (`eval_prompts`, fixed seeds) written in GenEval's folder
   layout under `evals/step_NNNNN/`, an image grid of them under `grids/`, and, when `eval_command` is set, that
@@ -101,7 +102,11 @@ class ShapesMonitor:
         return [judge_image(px, row)[0].correct for px, row in zip(pixels, rows)]
 
     def step_metrics(self, values: list, intrinsic_N: torch.Tensor) -> dict:
-        return {"accuracy": float(np.mean(values)), "reward_auc": auc(intrinsic_N.tolist(), values)}
+        """Over the judged images (None: not judged this step, monitor_images); `monitor_images` how many."""
+        judged = [i for i, v in enumerate(values) if v is not None]
+        verdicts = [values[i] for i in judged]
+        return {"accuracy": float(np.mean(verdicts)), "reward_auc": auc(intrinsic_N[judged].tolist(), verdicts),
+                "monitor_images": len(judged)}
 
     def evaluate(self, trainer) -> dict:
         return evaluate_shapes(trainer)

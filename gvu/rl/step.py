@@ -48,6 +48,9 @@ class StepData:
     ref_NT: torch.Tensor | None = None
     und_ref: tuple[torch.Tensor, torch.Tensor] | None = None
     """The judge's reference prompt log-probs and mask (the understanding leash), right-padded."""
+    und_policy: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The policy's prompt log-probs and mask from the reward's forward, graph kept (reuse_reward_pass); None:
+    the update computes them."""
 
 
 def gather_step(dist, d: StepData) -> StepData:
@@ -83,6 +86,9 @@ class Draw:
     """The training reward (what dynamic sampling selects on)."""
     intrinsic_N: torch.Tensor | None
     """Already computed where it is the training reward; None under an oracle."""
+    scored: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The reward's prompt log-probs and mask with their graph (reuse_reward_pass), for the first draw of a step
+    only; selecting groups drops it (the update would backpropagate through rows it does not use)."""
 
     def groups(self, idx_P: torch.Tensor, G: int) -> "Draw":
         """The groups `idx_P`, in that order."""
@@ -135,7 +141,7 @@ class GRPOStep:
     def draw_batch(self, clock: PhaseClock) -> tuple[StepData, dict]:
         """The step's rollout: this process's groups drawn (with dynamic sampling, refilled), then finished (logged
         reward, monitor, reference) and gathered from every rank in rank order."""
-        draw, stats = self.draw_local(clock), {}
+        draw, stats = self.draw_local(clock, opening=True), {}
         if self.cfg.dynamic_sampling:
             draw, stats = self.fill_with_signal(draw, clock)
         d, more = self.finish(draw, clock)
@@ -170,12 +176,14 @@ class GRPOStep:
         # what was drawn, before the selection: comparable with a run without dynamic sampling
         stats = self.dist.mean_dict({"frac_reward_zero_std_drawn": 1.0 - informative / drawn,
                                      "reward_drawn": reward_sum / (drawn * G)})
+        if rounds == 1 and informative == drawn:  # every group kept, in order: the draw itself (and its graph)
+            return draw, {"sampling_rounds": rounds, **stats}
         return Draw.cat(kept + spare).groups(torch.arange(P), G), {"sampling_rounds": rounds, **stats}
 
-    def draw_local(self, clock: PhaseClock) -> Draw:
+    def draw_local(self, clock: PhaseClock, opening: bool = False) -> Draw:
         """The next prompts' share of this process, each with its whole group: sample, decode, training reward.
         Decoders that draw (diffusion) get seeds fixed by (seed, prompt position, row), so a resumed run decodes the
-        same pixels."""
+        same pixels. The `opening` draw of a step keeps the reward's graph where the update can reuse it."""
         cfg, G = self.cfg, self.cfg.num_generations
         rows = self.next_rows()
         first = self.data_pos - len(rows)
@@ -188,14 +196,18 @@ class GRPOStep:
         with clock("decode"):
             seeds = row_seeds(cfg.seed, (first + mine.start) * G, len(prompts))
             pixels = self.policy.decode(rollout.image_tokens_NT, prompts=prompts, seeds=seeds)
+        scored = None
         with clock("reward"):
-            if self.oracle is None:
+            if self.oracle is None and opening and self.reuses_reward_pass():
+                reward_N, scored = self.intrinsic_scored(rollout.image_tokens_NT, prompts, meta)
+                intrinsic_N = reward_N
+            elif self.oracle is None:
                 reward_N = intrinsic_N = self.intrinsic(rollout.image_tokens_NT, pixels, prompts, meta)
             else:
                 reward_N, intrinsic_N = torch.tensor(self.oracle(prompts, pixels, rows=meta), dtype=torch.float32), None
         if self.curriculum is not None:  # every rank folds in every rank's groups: the next draws stay identical
             self.curriculum.fold(self.dist.sum_array(self.curriculum.group_sums(local_rows, reward_N, G)))
-        return Draw(list(local_rows), rollout.image_tokens_NT, rollout.logp_NT, pixels, reward_N, intrinsic_N)
+        return Draw(list(local_rows), rollout.image_tokens_NT, rollout.logp_NT, pixels, reward_N, intrinsic_N, scored)
 
     def finish(self, draw: Draw, clock: PhaseClock) -> tuple[StepData, dict]:
         """What only the kept groups need: the intrinsic reward for the log (under an oracle), the monitor, and the
@@ -203,17 +215,20 @@ class GRPOStep:
         G = self.cfg.num_generations
         meta = [r for r in draw.rows for _ in range(G)]
         prompts = [r["prompt"] for r in meta]
-        intrinsic_N = draw.intrinsic_N
+        intrinsic_N, scored = draw.intrinsic_N, draw.scored
         if intrinsic_N is None:
             with clock("reward"):
-                intrinsic_N = self.intrinsic(draw.tokens_NT, draw.pixels, prompts, meta)
+                if self.reuses_reward_pass():  # under an oracle: the logged reward, of the kept groups only
+                    intrinsic_N, scored = self.intrinsic_scored(draw.tokens_NT, prompts, meta)
+                else:
+                    intrinsic_N = self.intrinsic(draw.tokens_NT, draw.pixels, prompts, meta)
         with clock("monitor"):
-            watched = self.monitor.per_image(draw.pixels, meta)
+            watched = self.watch(draw.pixels, meta)
         with clock("reference"):  # and the replay, if any
             old_N, ref_NT, und_ref, stats = self._reference_pass(draw.tokens_NT, draw.sampled_NT, prompts)
         return StepData(tokens_NT=draw.tokens_NT, old_N=old_N, sampled_NT=draw.sampled_NT, reward_N=draw.reward_N,
                         intrinsic_N=intrinsic_N, watched=watched, prompts=prompts, ref_NT=ref_NT,
-                        und_ref=und_ref), stats
+                        und_ref=und_ref, und_policy=scored), stats
 
     def intrinsic(self, tokens_NT, pixels, row_prompts, row_meta) -> torch.Tensor:
         """The intrinsic reward (trained on, or logged beside an oracle). A model that reads pixels (or the 'pixels'
@@ -223,6 +238,42 @@ class GRPOStep:
         with scorer_ctx as scorer:
             return intrinsic_reward(scorer, images, row_prompts, self.reward_cfg, rows=row_meta,
                                     rng=np.random.default_rng([self.cfg.seed, self.step])).reward_N
+
+    def intrinsic_scored(self, tokens_NT, row_prompts, row_meta) -> tuple[torch.Tensor, tuple]:
+        """The policy's intrinsic reward on image tokens with the graph of its prompt log-probs kept: (reward_N,
+        (logp_NL, mask_NL)) for the update's understanding leash (reuse_reward_pass)."""
+        out = intrinsic_reward(self.policy, tokens_NT, row_prompts, self.reward_cfg, rows=row_meta,
+                               rng=np.random.default_rng([self.cfg.seed, self.step]), grad=True)
+        return out.reward_N, (out.logp_NL, out.mask_NL)
+
+    def reuses_reward_pass(self) -> bool:
+        """Whether the update's leash can take the policy's prompt log-probs from the reward's forward: the same
+        model (the policy, unchanged until the one optimizer step), the same sequences (image tokens, the same
+        instruction), the same mode (no dropout), one process. Gradient checkpointing is left alone (holding the
+        reward's activations through the reference pass would cost what it saves)."""
+        cfg = self.cfg
+        if not (cfg.reuse_reward_pass and cfg.beta_understanding > 0 and cfg.reward_scorer == "policy"
+                and cfg.reward_image_path == "tokens" and cfg.num_iterations == 1
+                and cfg.minibatch_rows == cfg.rows_per_step and not self.dist.enabled):
+            return False
+        m = self.policy.module
+        return (not self.policy.reads_pixels
+                and not any(getattr(x, "gradient_checkpointing", False) is True for x in m.modules())
+                and not any(isinstance(x, torch.nn.Dropout) and x.p > 0 for x in m.modules())
+                and not any(float(getattr(getattr(x, "config", None), "attention_dropout", 0) or 0) > 0
+                            for x in m.modules()))
+
+    def watch(self, pixels, meta: list[dict]) -> list:
+        """The monitor's per-image values; with monitor_images, the shapes judge sees that many of the kept images
+        (per process), drawn by (seed, step, rank), and the others are None."""
+        n, k = len(meta), -(-self.cfg.monitor_images // self.dist.world)
+        if not k or k >= n or getattr(self.monitor, "name", None) != "shapes":
+            return self.monitor.per_image(pixels, meta)
+        pick = np.sort(np.random.default_rng([self.cfg.seed, self.step, self.dist.rank]).choice(n, k, replace=False))
+        out: list = [None] * n
+        for i, v in zip(pick.tolist(), self.monitor.per_image(pixels[pick], [meta[i] for i in pick])):
+            out[i] = v
+        return out
 
     def _reference_pass(self, tokens_NT, sampled_NT, prompts_N):
         """(old log-probs, reference log-probs or None, the judge's reference prompt log-probs or None, stats)."""
@@ -258,7 +309,7 @@ class GRPOStep:
                 und_count = None if und_ref is None else und_ref[1][batch].sum().clamp(min=1)
                 idx = batch[g.shard(M)]  # this rank's equal shard of the minibatch
                 args = (idx, tokens_NT, [row_prompts[i] for i in idx.tolist()], old_N, adv_N, ref_NT, und_ref,
-                        und_count, N * T // g.world)
+                        und_count, N * T // g.world, d.und_policy)
                 loss, st = self._ddp(*args) if self._ddp is not None else self.minibatch_loss(*args)
                 self.opt.zero_grad(set_to_none=True)
                 if not self._finite(loss.detach()):  # agreed across ranks, so no rank skips a collective alone
@@ -299,18 +350,23 @@ class GRPOStep:
                 f"in {self.cfg.output_dir}")
 
     def minibatch_loss(self, idx, tokens_NT, prompts, old_N, adv_N, ref_NT, und_ref, und_count,
-                       tokens_in_batch) -> tuple[torch.Tensor, dict]:
+                       tokens_in_batch, und_policy=None) -> tuple[torch.Tensor, dict]:
         """The loss of one rank's shard `idx` of a minibatch, normalised so that the average over ranks (what
         DDP and FSDP2 do to gradients) is the whole minibatch's loss: shards are equal, so per-sequence and
         per-token means carry over; 'dapo' counts a shard as 1/world of the rollout's tokens; the understanding
-        leash divides by the whole minibatch's prompt-token count (`und_count`) times world."""
+        leash divides by the whole minibatch's prompt-token count (`und_count`) times world. `und_policy`: the
+        policy's prompt log-probs of every row from the reward's forward (reuse_reward_pass), taken instead of a
+        forward of the shard's understanding sequences."""
         cfg = self.cfg
         logp = self.policy.image_logprobs(prompts, tokens_NT[idx], self.sampling)
         loss, st = grpo_loss(logp, old_N[idx], adv_N[idx], None if ref_NT is None else ref_NT[idx],
                              beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                              loss_type=cfg.loss_type, tokens_in_batch=tokens_in_batch)
         if und_ref is not None:
-            und_logp, und_mask = self.policy.prompt_logprobs(tokens_NT[idx], prompts, cfg.instruction)
+            if und_policy is not None:
+                und_logp, und_mask = und_policy[0][idx], und_policy[1][idx]
+            else:
+                und_logp, und_mask = self.policy.prompt_logprobs(tokens_NT[idx], prompts, cfg.instruction)
             ref_lp = und_ref[0][idx][:, :und_logp.shape[1]]  # right-padded: the shard may be narrower
             kl_und = (k3_kl(und_logp, ref_lp) * und_mask).sum() / und_count * self.dist.world
             loss = loss + cfg.beta_understanding * kl_und
