@@ -220,3 +220,36 @@ def test_score_records_strict_verdicts_and_malformed_blobs(tiny_dir, tmp_path):
     old = [{k: v for k, v in r.items() if k not in ("correct_strict", "malformed")} for r in recs]
     t = summarise_scores(old)["tags"]["single_object"]  # score files written before these fields
     assert t["auc_strict"] is None and t["auc_well_formed"] is None and t["malformed_incorrect"] == 0
+
+
+def test_score_reads_the_reward_by_how_the_binding_and_the_side_came_out(tiny_dir, tmp_path):
+    """Each two-colour image is recorded as drawn as asked, swapped or with an object missing, each relation image as
+    drawn as asked or reversed, and the summary gives the mean reward per outcome (fails without the outcomes)."""
+    from gvu.analysis.score import format_scores
+    from gvu.eval.prompts import build_geneval
+    from gvu.models.load import load_model
+    from gvu.world.scene import Obj, scene_tokens
+
+    rows = build_geneval("shapes")
+    colour = next(r for r in rows if r["tag"] == "color_attr")
+    place = next(r for r in rows if r["tag"] == "position" and r["include"][1]["position"][0] == "left of")
+    (a, ca), (b, cb) = [(q["class"], q["color"]) for q in colour["include"]]
+    colour_scenes = [[Obj(a, ca, "small", 0, 0), Obj(b, cb, "small", 4, 4)],  # as asked
+                     [Obj(a, cb, "small", 0, 0), Obj(b, ca, "small", 4, 4)],  # swapped
+                     [Obj(a, ca, "small", 0, 0)]]  # the second object missing
+    ref, moved = place["include"][0]["class"], place["include"][1]["class"]  # `moved` asked left of `ref`
+    place_scenes = [[Obj(moved, "red", "small", 2, 0), Obj(ref, "blue", "small", 2, 4)],  # as asked
+                    [Obj(moved, "red", "small", 2, 4), Obj(ref, "blue", "small", 2, 0)]]  # reversed
+    write_prompt_dir(tmp_path, 0, colour, list(decode(np.stack([scene_tokens(s) for s in colour_scenes]))))
+    write_prompt_dir(tmp_path, 1, place, list(decode(np.stack([scene_tokens(s) for s in place_scenes]))))
+    recs = score_folder(load_model(str(tiny_dir)), tmp_path)
+    assert [r.get("colour_outcome") for r in recs] == ["as asked", "swapped", "missing", None, None]
+    assert [r.get("relation_outcome") for r in recs] == [None] * 3 + [["left of", "as asked"], ["left of", "reversed"]]
+    for r, reward in zip(recs, [0.9, 0.5, 0.1, 0.8, 0.3]):
+        r["reward"] = reward
+    by = summarise_scores(recs)["reward_by_outcome"]
+    assert list(by) == ["colours", "left of"]
+    assert {o: v["mean_reward"] for o, v in by["colours"].items()} == {"as asked": 0.9, "swapped": 0.5, "missing": 0.1}
+    assert by["left of"]["reversed"] == {"images": 1, "mean_reward": 0.3}
+    text = format_scores(summarise_scores(recs))
+    assert "colours   as asked 0.900 (1), swapped 0.500 (1), missing 0.100 (1)" in text

@@ -32,7 +32,7 @@ from gvu.models.load import folder_spec, load_model
 from gvu.reward import SCORERS, RewardConfig, intrinsic_reward
 from gvu.world import spec
 from gvu.world.detect import detect
-from gvu.world.judge import evaluate
+from gvu.world.judge import COLOUR_OUTCOMES, RELATION_OUTCOMES, colour_outcome, evaluate, relation_outcome
 
 SCORE_FIELDS = ("filename", "prompt", "tag", "reward", "correct")
 
@@ -145,6 +145,11 @@ def score_folder(model, outdir: str | os.PathLike, cfg: RewardConfig | None = No
                 rec.update(correct=evaluate(dets, s.row, "geneval").correct,
                            correct_strict=evaluate(dets, s.row, "strict").correct, malformed=int(dets.malformed),
                            wrapped=wrapped_shape(px))
+                colours, relation = colour_outcome(dets, s.row), relation_outcome(dets, s.row)
+                if colours is not None:
+                    rec["colour_outcome"] = colours
+                if relation is not None:
+                    rec["relation_outcome"] = list(relation)
             records.append(rec)
         bar.update(len(chunk))
     bar.close()
@@ -191,8 +196,28 @@ def summarise_scores(records: list[dict]) -> dict:
                      "auc_well_formed": _tag_auc(sel, "correct", lambda r: r.get("malformed") == 0),
                      "malformed_incorrect": sum(1 for r in sel if not r["correct"] and r.get("malformed", 0) > 0)}
     out.update(accuracy=float(np.mean(y)), auc=a["overall"], within_prompt_auc=wg, within_prompt_groups=groups,
-               tags=tags)
+               tags=tags, reward_by_outcome=reward_by_outcome(judged))
     return out
+
+
+def reward_by_outcome(records: list[dict]) -> dict:
+    """The mean reward of the images by how a two-colour binding came out ('colours': as asked, swapped, ...,
+    gvu.world.judge.colour_outcome) and by how each relation came out ('left of', ...: as asked, reversed, ...):
+    whether the reward ranks the right binding or side above the wrong one, and the wrong ones among themselves
+    (a reward that prefers a missing object to a swapped one teaches dropping it). Outcomes with no image are left
+    out."""
+    import numpy as np
+
+    groups: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if "colour_outcome" in r:
+            groups.setdefault("colours", {}).setdefault(r["colour_outcome"], []).append(r["reward"])
+        if "relation_outcome" in r:
+            rel, outcome = r["relation_outcome"]
+            groups.setdefault(rel, {}).setdefault(outcome, []).append(r["reward"])
+    order = lambda g: COLOUR_OUTCOMES if g == "colours" else RELATION_OUTCOMES  # noqa: E731
+    return {g: {o: {"images": len(v[o]), "mean_reward": float(np.mean(v[o]))} for o in order(g) if o in v}
+            for g, v in sorted(groups.items(), key=lambda kv: (kv[0] != "colours", kv[0]))}
 
 
 def format_scores(summary: dict, title: str = "") -> str:
@@ -222,6 +247,11 @@ def format_scores(summary: dict, title: str = "") -> str:
                  f"(mean over {summary['within_prompt_groups']} prompts with both correct and incorrect images)")
     lines.append("  strict: AUC against the strict verdict (exact counts); formed: AUC over the images with no "
                  "malformed (half-drawn) object")
+    if summary.get("reward_by_outcome"):
+        lines.append("  mean reward by how a two-colour binding / a relation came out (images):")
+        for group, outcomes in summary["reward_by_outcome"].items():
+            lines.append(f"    {group:<8}  " + ", ".join(f"{o} {v['mean_reward']:.3f} ({v['images']})"
+                                                         for o, v in outcomes.items()))
     return "\n".join(lines)
 
 
