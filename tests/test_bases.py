@@ -1,4 +1,4 @@
-"""The shipped bases (bases/regular, bases/weak, bases/regular-flat; docs/bases.md): each is a loadable model folder
+"""The shipped bases (bases/regular, bases/weak, bases/regular-flat, bases/parent; docs/bases.md): each is a loadable model folder
 with a manifest, their weights stay within the repository's budget, and replaying a manifest's command reproduces
 the first losses it logged (the command, not a lucky run, is what the base is)."""
 
@@ -14,7 +14,7 @@ from gvu.demo import BASES, shipped_base
 from gvu.models.builtin.model import load_builtin
 from gvu.models.builtin.pretrain import LOG_FILE, PretrainConfig, pretrain
 
-NAMES = ("regular", "weak", "regular-flat")
+NAMES = ("regular", "weak", "regular-flat", "parent")
 REPLAYED_STEPS = 3
 
 
