@@ -9,7 +9,8 @@ prompts). Variants, each an option measured against the plain geometric mean:
 - `content`: average only over the tokens after the constant template prefix ("a photo of"), which
   otherwise dilutes the words that carry the prompt's facts;
 - `contrastive`: the probability of the true prompt among itself and hard negatives built through the
-  grammar (one fact changed: a colour, a count, a relation, an object), i.e. softmax over total log-probs.
+  grammar (one fact changed: a colour, a count, a relation, an object; and two objects' colours swapped), i.e.
+  softmax over total log-probs.
 
 Also here: TRL-style reward functions `f(prompts, images, **metadata) -> list[float | None]` (the intrinsic reward
 as one, for TRL's `reward_funcs`) and the shapes world's oracle rewards from the exact judge (the yardstick).
@@ -34,6 +35,7 @@ from gvu.world import spec
 from gvu.world.detect import detect
 from gvu.world.grammar import render_prompt
 from gvu.world.judge import evaluate
+from gvu.world.kinds import scene_key
 from gvu.world.render import decode
 
 VARIANTS = ("geomean", "content", "contrastive")
@@ -151,7 +153,8 @@ def intrinsic_reward(model, image_tokens_NT: torch.Tensor, prompts: list[str], c
 
 
 def hard_negatives(row: dict, rng: np.random.Generator, classes: tuple[str, ...] | None = None) -> list[dict]:
-    """One-fact changes of a row, through the grammar: colour, count, relation/region/size, object."""
+    """One-fact changes of a row, through the grammar: colour, count, relation/region/size, object; and, where two
+    objects carry different colours, the two colours swapped (the binding negative)."""
     classes = classes or spec.SHAPES
     flip = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
             "left": "right", "right": "left", "larger": "smaller", "smaller": "larger"}
@@ -166,7 +169,7 @@ def hard_negatives(row: dict, rng: np.random.Generator, classes: tuple[str, ...]
         if neg["tag"] == "counting":
             neg["exclude"] = [{"class": neg["include"][0]["class"], "count": neg["include"][0]["count"] + 1}]
         neg["prompt"] = render_prompt(neg)
-        if neg["prompt"] not in same:
+        if neg["prompt"] not in same and scene_key(neg) != scene_key(row):  # a negative must be another scene
             negs.append(neg)
 
     if "color" in it:
@@ -186,6 +189,17 @@ def hard_negatives(row: dict, rng: np.random.Generator, classes: tuple[str, ...]
     others = [c for c in classes if c not in used]
     if others:
         add(lambda n: n["include"][i].__setitem__("class", others[rng.integers(len(others))]))
+    coloured = [j for j, x in enumerate(row["include"]) if "color" in x]
+    pairs = [(a, b) for a in coloured for b in coloured
+             if a < b and row["include"][a]["color"] != row["include"][b]["color"]]
+    if pairs:
+        # The binding negative: the same colours and the same shapes, each colour on the other shape. It changes no
+        # word a bag-of-words reader could tell apart, so only a judge that binds colour to shape scores it lower.
+        a, b = pairs[int(rng.integers(len(pairs)))]
+
+        def swap(n):
+            n["include"][a]["color"], n["include"][b]["color"] = row["include"][b]["color"], row["include"][a]["color"]
+        add(swap)
     return negs
 
 

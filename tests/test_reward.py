@@ -167,6 +167,39 @@ def test_contrastive_needs_rows(model):
         intrinsic_reward(model, codes, PROMPTS[:1], RewardConfig(variant="contrastive"))
 
 
+def _swaps(row):
+    """The negatives of a row that keep every object as it is (shape, count, relation) but its colour, and the
+    row's colours as a multiset: a colour moved to another object."""
+    colours = sorted(x.get("color", "") for x in row["include"])
+    return [n for n in hard_negatives(row, np.random.default_rng(0))
+            if [{k: v for k, v in x.items() if k != "color"} for x in n["include"]]
+            == [{k: v for k, v in x.items() if k != "color"} for x in row["include"]]
+            and sorted(x.get("color", "") for x in n["include"]) == colours]
+
+
+@pytest.mark.parametrize("prompt, swapped", [
+    ("a photo of a red square and a blue circle", "a photo of a blue square and a red circle"),
+    ("a photo of a red square to the left of a blue circle", "a photo of a blue square to the left of a red circle"),
+    ("a photo of two green stars and one yellow heart", "a photo of two yellow stars and one green heart"),
+])
+def test_hard_negatives_hold_the_colours_swapped(prompt, swapped):
+    """The binding negative: the same words, each colour on the other shape."""
+    negs = _swaps(parse_prompt(prompt))
+    assert [n["prompt"] for n in negs] == [swapped]
+
+
+@pytest.mark.parametrize("prompt", ["a photo of a red square and a red circle",  # one colour: nothing to swap
+                                    "a photo of a red square and a circle",
+                                    "a photo of a red square and a blue square"])  # swapped: the same scene
+def test_hard_negatives_swap_only_into_another_scene(prompt):
+    from gvu.world.kinds import scene_key
+    row = parse_prompt(prompt)
+    assert _swaps(row) == []
+    for seed in range(20):
+        for neg in hard_negatives(row, np.random.default_rng(seed)):
+            assert scene_key(neg) != scene_key(row), neg["prompt"]
+
+
 def test_pixels_path_equals_tokens_path_on_clean_renders(model):
     codes = gt_tokens(rows_of(PROMPTS))
     tok = intrinsic_reward(model, codes, PROMPTS, RewardConfig(image_path="tokens")).reward_N
