@@ -72,9 +72,33 @@ def test_reward_checked_against_the_published_loop(run):
     assert cases[1]["loop_float32_product_subnormal_or_zero"] == 4
 
 
+def test_timed_pair_takes_turns():
+    """Ours and the baseline alternate, each after its own warm-up, so a drifting machine moves both."""
+    calls = []
+    ours, t_ours, base, t_base = measure.timed_pair(lambda: calls.append("o") or "O", lambda: calls.append("b") or "B",
+                                                     repeats=3, base_repeats=2, base_warmup=0)
+    assert calls == ["o", "o", "b", "o", "b", "o"] and (ours, base) == ("O", "B")
+    timing_ok(t_ours, 3), timing_ok(t_base, 2)
+
+
+def test_per_row_fit_recovers_a_line_and_the_ceiling():
+    from gvu.perf.rollout import per_row_fit
+    cases = [{"batch": b, "guidance": g, "ours": {"median_s": 0.1 + 0.002 * b * (2 if g != 1.0 else 1)}}
+             for b in (16, 64) for g in (1.0, 3.0)]
+    f = per_row_fit(cases)
+    assert f["overhead_s"] == pytest.approx(0.1) and f["per_row_s"] == pytest.approx(0.002)
+    assert f["points"] == 4 and f["max_abs_residual_s"] < 1e-9
+
+
 def test_rollout_checked_against_generate(run):
-    cases = run[0]["rollout"]["cases"]
+    res = run[0]
+    cases = res["rollout"]["cases"]
     assert [c["guidance"] for c in cases] == [1.0, 3.0]
+    fit = res["rollout"]["ours_fit"]
+    assert [c["forward_rows"] for c in cases] == [8, 16] and fit["points"] == 2
+    for c in cases:
+        if fit["per_row_s"] > 0:  # two points on a random tiny model: the slope's sign is the machine's
+            assert c["ceiling"] == pytest.approx(c["baseline"]["median_s"] / (fit["per_row_s"] * c["forward_rows"]))
     for c in cases:
         assert c["checked"] is True
         assert c["max_abs_diff_prob"] <= measure.SCORES_PROB_ATOL and c["max_abs_diff_logp"] <= measure.SCORES_LOGP_ATOL
@@ -147,8 +171,7 @@ def test_the_step_benchmark_is_train_configs_default_step(tmp_path, quick):
             assert getattr(cfg, f.name) == getattr(default, f.name), f.name
     assert Path(cfg.model) == REPO / "bases" / "regular" and (Path(cfg.model) / "model.safetensors").exists()
     assert (cfg.eval_steps, cfg.save_steps) == (0, 0)
-    assert p.step_repeats >= (3 if quick else 5) and p.repeats >= (3 if quick else 5)
-    assert p.baseline_repeats >= (3 if quick else 5)
+    assert p.step_repeats >= (3 if quick else 5) and p.repeats >= 5 and p.baseline_repeats >= 5
     # docs/performance.md names the step by TrainConfig's numbers
     doc = (REPO / "docs" / "performance.md").read_text()
     assert f"{default.prompts_per_step} prompts x {default.num_generations} images" in doc

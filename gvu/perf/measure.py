@@ -40,8 +40,9 @@ class Plan:
 
 def plan(quick: bool, size: str = "default", repeats: int | None = None) -> Plan:
     p = Plan(size=size)
-    if quick:  # fewer sizes, never fewer than 3 repeats: a median of 1 or 2 cannot say how far it spreads
-        p = replace(p, repeats=3, baseline_repeats=3, reward_batches=(1, 16), step_repeats=3, pretrain_steps=3,
+    if quick:  # fewer sizes, as many repeats: with 3 the range of one run missed the median of the next in 6 of 12
+        # cases (docs/performance.md); the step keeps 3 (its 8-10 s repeats are most of the quick run's time)
+        p = replace(p, reward_batches=(1, 16), step_repeats=3, pretrain_steps=3,
                     pretrain_scenes=256)
     if size == "tiny":  # tests and smoke runs: the smallest cases that still exercise every path, a random model
         p = replace(p, reward_lengths=(16, 32), reward_batches=(4,), rollout_batches=(8,), step_base="",
@@ -80,6 +81,28 @@ def timed(fn, repeats: int, warmup: int = 1):
         out = fn()
         times.append(time.perf_counter() - t)
     return out, summary(times)
+
+
+def timed_pair(ours_fn, base_fn, repeats: int, base_repeats: int, warmup: int = 1, base_warmup: int = 1):
+    """(our last result, our summary, the baseline's last result, its summary), the two timed in turn (ours, the
+    baseline, ours, ...) after their warm-ups, so that a machine that slows down or speeds up while they run slows
+    or speeds both: two runs of a benchmark then differ in their ratio less than in either time. Each summary
+    carries `times_s` in the order run."""
+    for _ in range(warmup):
+        ours_fn()
+    for _ in range(base_warmup):
+        base_fn()
+    t_ours, t_base, ours, base = [], [], None, None
+    for r in range(max(repeats, base_repeats, 1)):
+        if r < max(1, repeats):
+            t = time.perf_counter()
+            ours = ours_fn()
+            t_ours.append(time.perf_counter() - t)
+        if r < max(1, base_repeats):
+            t = time.perf_counter()
+            base = base_fn()
+            t_base.append(time.perf_counter() - t)
+    return ours, summary(t_ours), base, summary(t_base)
 
 
 def cpuinfo(field: str) -> str | None:

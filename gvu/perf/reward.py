@@ -15,7 +15,7 @@ from gvu.eval.prompts import build_train
 from gvu.models.adapters.janus import build_tiny_janus
 from gvu.models.builtin.model import build_builtin
 from gvu.models.builtin.tokenizer import split_words
-from gvu.perf.measure import speedup, speedup_range, Plan, REWARD_RTOL, timed, TOKEN_RTOL
+from gvu.perf.measure import speedup, speedup_range, Plan, REWARD_RTOL, timed_pair, TOKEN_RTOL
 from gvu.reward import intrinsic_reward, RewardConfig
 from gvu.world import spec
 
@@ -103,9 +103,10 @@ def bench_reward(p: Plan, model=None) -> dict:
         for B in p.reward_batches:
             prompts, source = prompts_of_length(model.tokenizer, L, B)
             codes = torch.randint(0, model.layout.num_codes, (B, model.layout.num_image_tokens), generator=gen)
-            ours, t_ours = timed(lambda: intrinsic_reward(model, codes, prompts, cfg), p.repeats)
-            loop, t_loop = timed(lambda: [published_reward(model, c, q, cfg.instruction)
-                                          for c, q in zip(codes.tolist(), prompts)], p.baseline_repeats, warmup=0)
+            ours, t_ours, loop, t_loop = timed_pair(
+                lambda: intrinsic_reward(model, codes, prompts, cfg),
+                lambda: [published_reward(model, c, q, cfg.instruction) for c, q in zip(codes.tolist(), prompts)],
+                p.repeats, p.baseline_repeats, base_warmup=0)
             cases.append({"prompt_tokens": L, "batch": B, "prompts": source, "example": prompts[0],
                           "baseline": t_loop, "ours": t_ours, "speedup": speedup(t_loop, t_ours),
                           "speedup_range": speedup_range(t_loop, t_ours), **_compare_reward(ours, loop)})
@@ -138,8 +139,8 @@ def bench_janus_reward(p: Plan) -> dict | str:
                 out.append(((prod ** (1.0 / len(ans))).item(), probs))
             return out
 
-        ours, t_ours = timed(lambda: intrinsic_reward(model, codes, prompts, cfg), p.repeats)
-        res, t_loop = timed(loop, p.baseline_repeats, warmup=0)
+        ours, t_ours, res, t_loop = timed_pair(lambda: intrinsic_reward(model, codes, prompts, cfg), loop, p.repeats,
+                                               p.baseline_repeats, base_warmup=0)
         return {"model": "tiny random Janus (gvu.models.adapters.janus.build_tiny_janus)", "batch": p.janus_batch,
                 "prompt_tokens_mean": statistics.mean(len(x) for _, x in res), "baseline": t_loop, "ours": t_ours,
                 "speedup": speedup(t_loop, t_ours), "speedup_range": speedup_range(t_loop, t_ours),

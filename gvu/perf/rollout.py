@@ -14,7 +14,7 @@ import math
 from gvu.models.builtin.model import build_builtin
 from gvu.models.forward import pad_batch, positions
 from gvu.models.protocol import SamplingConfig
-from gvu.perf.measure import speedup, speedup_range, Plan, SCORES_LOGP_ATOL, SCORES_PROB_ATOL, timed
+from gvu.perf.measure import speedup, speedup_range, Plan, SCORES_LOGP_ATOL, SCORES_PROB_ATOL, timed_pair
 from gvu.perf.reward import train_prompts
 
 # ---------------------------------------------------------------------------------------------- 2. rollout
@@ -109,11 +109,31 @@ def bench_rollout(p: Plan, model=None) -> dict:
             for guidance in (1.0, p.rollout_guidance):
                 s = SamplingConfig(guidance=guidance)
                 gen = torch.Generator().manual_seed(0)
-                _, t_ours = timed(lambda: model.sample(prompts, G, s, gen), p.repeats)
-                _, t_hf = timed(lambda: hf_generate(model, rows, s), p.baseline_repeats)
+                _, t_ours, _, t_hf = timed_pair(lambda: model.sample(prompts, G, s, gen),
+                                                lambda: hf_generate(model, rows, s), p.repeats, p.baseline_repeats)
                 cases.append({"batch": B, "group_size": G, "guidance": guidance, "baseline": t_hf, "ours": t_ours,
                               "speedup": speedup(t_hf, t_ours), "speedup_range": speedup_range(t_hf, t_ours),
                               "baseline_tokens_per_s": B * T / t_hf["median_s"],
                               "ours_tokens_per_s": B * T / t_ours["median_s"], **_check_rollout(model, rows, s, G)})
+    fit = per_row_fit(cases)
+    for c in cases:
+        c["forward_rows"] = c["batch"] * (2 if c["guidance"] != 1.0 else 1)
+        if fit["per_row_s"] > 0:
+            c["ceiling"] = c["baseline"]["median_s"] / (fit["per_row_s"] * c["forward_rows"])
     return {"model": p.size, "image_tokens": T, "baseline_name": "transformers generate (unbatched CFG processor)",
-            "sampling": "temperature 1, top_k 0, top_p 1, min_p 0", "cases": cases}
+            "sampling": "temperature 1, top_k 0, top_p 1, min_p 0", "ours_fit": fit, "cases": cases}
+
+
+def per_row_fit(cases: list[dict]) -> dict:
+    """Our rollout's median time as `overhead_s + per_row_s x rows` (least squares over the cases; rows: the batch,
+    doubled with guidance, as every step forwards the unconditional rows too). `per_row_s` is the work that grows
+    with the rows, which any sampler of this model must do at least once per row and step, generate included; a
+    case's `ceiling` (the baseline's median over per_row_s x its rows) is the speedup a sampler with no per-step
+    cost at all would reach over the baseline."""
+    xs = [c["batch"] * (2 if c["guidance"] != 1.0 else 1) for c in cases]
+    ys = [c["ours"]["median_s"] for c in cases]
+    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    return {"overhead_s": my - b * mx, "per_row_s": b, "points": n,
+            "max_abs_residual_s": max(abs(y - (my - b * mx) - b * x) for x, y in zip(xs, ys))}

@@ -20,7 +20,8 @@ time as JSON. Never timed in tests. `gvu bench --full-size ARCH` runs gvu.perf.f
             paired and interleaved in one process (gvu.perf.stepab).
 
 Every time is a median with its min and max over the repeats; every speedup the ratio of the medians with its range
-from the extreme pairs (`speedup_range`: the baseline's min over our max, its max over our min).
+from the extreme pairs (`speedup_range`: the baseline's min over our max, its max over our min). Ours and the
+baseline are timed in turn (`timed_pair`), so a machine that drifts while they run moves both.
 
 Letters: N rows, T image tokens, C image codes, L prompt tokens, B batch, S sequence length.
 """
@@ -132,8 +133,14 @@ def format_table(res: dict) -> str:
     elif j is not None:
         lines.append(f"{'reward tiny Janus':34s} {j if isinstance(j, str) else j.get('error')}")
     for c in res.get("rollout", {}).get("cases", []):
+        ceiling = f", ceiling {c['ceiling']:.2f}x" if "ceiling" in c else ""
         row(f"rollout B={c['batch']} guidance={c['guidance']:g}", c,
-            f"|dp| {c['max_abs_diff_prob']:.1e}, ours {c['ours_tokens_per_s']:,.0f} tok/s")
+            f"|dp| {c['max_abs_diff_prob']:.1e}, ours {c['ours_tokens_per_s']:,.0f} tok/s{ceiling}")
+    if "ours_fit" in res.get("rollout", {}):
+        f = res["rollout"]["ours_fit"]
+        lines.append(f"rollout, ours: {f['overhead_s']:.3f} s + {f['per_row_s'] * 1e3:.2f} ms per forwarded row "
+                     f"(least squares over {f['points']} cases, largest residual {f['max_abs_residual_s']:.3f} s); "
+                     "ceiling: the baseline over the per-row work alone")
     if "step" in res:
         s = res["step"]
         ph = ", ".join(f"{k.removeprefix('time/')} {v:.3f}" for k, v in s["median_s"].items())
