@@ -35,7 +35,7 @@ from gvu.world import spec
 from gvu.world.detect import detect
 from gvu.world.grammar import render_prompt
 from gvu.world.judge import evaluate
-from gvu.world.kinds import scene_key
+from gvu.world.kinds import scene_key, swap_colours
 from gvu.world.render import decode
 
 VARIANTS = ("geomean", "content", "contrastive")
@@ -189,17 +189,9 @@ def hard_negatives(row: dict, rng: np.random.Generator, classes: tuple[str, ...]
     others = [c for c in classes if c not in used]
     if others:
         add(lambda n: n["include"][i].__setitem__("class", others[rng.integers(len(others))]))
-    coloured = [j for j, x in enumerate(row["include"]) if "color" in x]
-    pairs = [(a, b) for a in coloured for b in coloured
-             if a < b and row["include"][a]["color"] != row["include"][b]["color"]]
-    if pairs:
-        # The binding negative: the same colours and the same shapes, each colour on the other shape. It changes no
-        # word a bag-of-words reader could tell apart, so only a judge that binds colour to shape scores it lower.
-        a, b = pairs[int(rng.integers(len(pairs)))]
-
-        def swap(n):
-            n["include"][a]["color"], n["include"][b]["color"] = row["include"][b]["color"], row["include"][a]["color"]
-        add(swap)
+    swapped = swap_colours(row, rng)  # the binding negative: no word changed that a bag-of-words reader would see
+    if swapped is not None:
+        add(lambda n: n.__setitem__("include", swapped["include"]))
     return negs
 
 

@@ -256,6 +256,37 @@ def test_understanding_labels_are_a_true_description_and_eos(one_scene_pool):
     assert len(descriptions) > 3  # drawn fresh for each example
 
 
+def test_binding_negatives_swap_two_colours_of_a_true_description():
+    """binding_negative_prob=1: every understanding example whose description colours two objects differently
+    carries the description with those two colours swapped, false on its image."""
+    pool = build_pool(200, seed=0, kinds=TINY.kinds, progress=False)
+    k = next(i for i in range(200) if len({(o.cls, o.color) for o in pool.objs[i]}) >= 3
+             and len({o.color for o in pool.objs[i]}) >= 2)
+    one = ScenePool(pool.tokens[k:k + 1], pool.rows[k:k + 1], pool.objs[k:k + 1])
+    model = build_builtin("tiny")
+    tok = model.tokenizer
+    cfg = dataclasses.replace(TINY, gen_fraction=0.0, batch_size=32, binding_negative_prob=1.0)
+    b = make_batch(model, one, cfg, np.random.default_rng(0))
+    dets = scene_detections(one.objs[0])
+
+    def text(i):
+        on = (b.labels[i] != -100).nonzero()[:, 0].tolist()
+        return tok.decode([int(x) for x in b.labels[i, on]][:-1])
+
+    assert len(b.neg_rows) >= 4
+    for n, t in zip(b.neg_rows.tolist(), b.true_rows.tolist()):
+        true, neg = parse_prompt(text(t), SHAPES_LEXICON), parse_prompt(text(n), SHAPES_LEXICON)
+        assert not evaluate(dets, neg, "strict").correct and evaluate(dets, true, "strict").correct
+        strip = lambda r: [{k: v for k, v in x.items() if k != "color"} for x in r["include"]]  # noqa: E731
+        assert strip(neg) == strip(true)  # the same objects, counts and relations
+        changed = [j for j, (x, y) in enumerate(zip(true["include"], neg["include"])) if x.get("color") != y.get("color")]
+        a, c = changed  # exactly two objects, their colours exchanged
+        assert (neg["include"][a]["color"], neg["include"][c]["color"]) == (true["include"][c]["color"],
+                                                                            true["include"][a]["color"])
+    with pytest.raises(ValueError, match="binding_negative_prob"):
+        dataclasses.replace(TINY, binding_negative_prob=2.0)
+
+
 def test_presets_set_gen_fraction():
     weak, regular = PretrainConfig(preset="weak"), PretrainConfig(preset="regular")
     assert 0 < weak.gen_fraction < regular.gen_fraction <= 1

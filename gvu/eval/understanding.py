@@ -28,6 +28,7 @@ from gvu.eval.prompts import build_geneval, build_genevalpp, spread
 from gvu.world import spec
 from gvu.world.grammar import GrammarError, parse_prompt, render_prompt, SHAPES_LEXICON
 from gvu.world.judge import evaluate, FLIPPED
+from gvu.world.kinds import swap_colours
 from gvu.world.scene import Obj, realise, scene_detections, scene_tokens
 
 PERTURBATIONS = ("color", "count", "relation", "object", "placement")
@@ -187,12 +188,7 @@ def colour_binding(model, seed: int = 0, scenes_per_prompt: int = 2, batch_size:
     A judge that reads binding this poorly cannot reward it (docs/results.md)."""
     rows = [r for r in build_geneval("shapes") if r["tag"] == "color_attr"][:limit]
 
-    def swap(row):
-        a, b = row["include"]
-        a["color"], b["color"] = b["color"], a["color"]
-        return row
-
-    wins = _true_above(model, rows, swap, np.random.default_rng([seed, 13]), scenes_per_prompt, batch_size)
+    wins = _true_above(model, rows, swap_colours, np.random.default_rng([seed, 13]), scenes_per_prompt, batch_size)
     return {"all": float(wins.mean()), "scenes": int(len(wins))}
 
 

@@ -4,6 +4,7 @@ in gvu.eval.prompts; descriptions (gvu.world.describe) and pretraining draw from
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -137,3 +138,23 @@ def scene_key(row: dict) -> str:
             a, b = obj(it), obj(inc[other])
             relations.append(json.dumps([b, canon, a] if flip else [a, canon, b]))
     return json.dumps([sorted(obj(it) for it in inc), sorted(relations)])
+
+
+def swap_colours(row: dict, rng: np.random.Generator | None = None) -> dict | None:
+    """The binding negative of a row: the colours of two of its objects swapped ("a red circle and a blue square"
+    -> "a blue circle and a red square"), its prompt rendered again; the pair drawn by `rng` where there are
+    several (the first pair without one). None where no two objects carry different colours, or where the swap
+    describes the same scene ("a red square and a blue square"). The same words in another order: only a reader
+    that binds each colour to its shape can tell the two apart."""
+    inc = row["include"]
+    pairs = [(a, b) for a in range(len(inc)) for b in range(a + 1, len(inc))
+             if "color" in inc[a] and "color" in inc[b] and inc[a]["color"] != inc[b]["color"]]
+    if not pairs:
+        return None
+    a, b = pairs[int(rng.integers(len(pairs)))] if rng is not None else pairs[0]
+    neg = copy.deepcopy(row)
+    neg["include"][a]["color"], neg["include"][b]["color"] = inc[b]["color"], inc[a]["color"]
+    if scene_key(neg) == scene_key(row):
+        return None
+    neg["prompt"] = render_prompt(neg)
+    return neg

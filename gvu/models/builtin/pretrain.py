@@ -33,7 +33,9 @@ from gvu.models.builtin.pretrain_state import lr_lambda as _lr_lambda, restore a
 from gvu.models.forward import pad_batch
 from gvu.models.protocol import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
-from gvu.world.kinds import check_weights, KINDS
+from gvu.world.judge import evaluate
+from gvu.world.kinds import check_weights, KINDS, swap_colours
+from gvu.world.scene import scene_detections
 
 STATE_FILE = "pretrain_state.pt"
 LOG_FILE = "pretrain_log.jsonl"
@@ -121,6 +123,10 @@ class PretrainConfig:
     chance (0.48) while colour fell to 0.47 and GenEval-shapes to 0.26 (docs/results.md)."""
     negative_weight: float = 1.0
     """Weight of the ranking loss against the language-modelling loss."""
+    binding_negative_prob: float = 0.0
+    """Fraction of understanding examples whose description gives two objects different colours that also carry
+    the binding negative (`swap_colours`: the two colours swapped, false on the image), with the same ranking
+    loss: the one negative that no word-level cue rules out, so only binding each colour to its shape can."""
     relation_fraction: float | None = None
     """A curriculum: the first `relation_fraction` x `steps` steps are understanding only, on fresh two-object
     scenes of position prompts described by their prompt (_relation_example), where the 2-D reader learns the sign
@@ -165,6 +171,8 @@ class PretrainConfig:
             raise ValueError(f"relation_fraction must be in [0, 1], got {self.relation_fraction}")
         if not 0.0 <= self.negative_prob <= 1.0:
             raise ValueError(f"negative_prob must be in [0, 1], got {self.negative_prob}")
+        if not 0.0 <= self.binding_negative_prob <= 1.0:
+            raise ValueError(f"binding_negative_prob must be in [0, 1], got {self.binding_negative_prob}")
         if not (math.isfinite(self.negative_weight) and self.negative_weight >= 0):
             raise ValueError(f"negative_weight must be a finite number >= 0, got {self.negative_weight}")
         if not 0.0 <= self.debris_prob <= 1.0:
@@ -247,6 +255,11 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
                 negs = list(negatives(row, objs, rng).values())
                 if negs:
                     neg = negs[int(rng.integers(len(negs)))]
+                    nseq, (na, nb) = layout.understanding_sequence(codes, inst, tok.encode(neg["prompt"]))
+                    pairs.append((nseq, (na, nb + len(layout.und_suffix)), len(seqs) - 1))
+            if cfg.binding_negative_prob and rng.random() < cfg.binding_negative_prob:
+                neg = swap_colours(row, rng)
+                if neg is not None and not evaluate(scene_detections(objs), neg, "strict").correct:
                     nseq, (na, nb) = layout.understanding_sequence(codes, inst, tok.encode(neg["prompt"]))
                     pairs.append((nseq, (na, nb + len(layout.und_suffix)), len(seqs) - 1))
     for nseq, span, _ in pairs:
