@@ -39,6 +39,34 @@ def test_unseen_kinds_are_drawn_equally_then_the_spread_sets_the_mix():
     assert drawn["a"] < 0.15 * 600 and drawn["b"] > 0.3 * 600 and drawn["c"] > 0.3 * 600
 
 
+def test_a_prior_sets_the_mix_while_signals_are_equal():
+    """prompt_weights with the curriculum: the mix asked for is the mix drawn until the signals differ; then each
+    kind's share is its weight times its signal (and the floor is spread by the weights too)."""
+    data = rows({"a": 30, "b": 30, "c": 30})
+    c = KindCurriculum(data, seed=0, floor=0.25, prior={"a": 6, "b": 2, "c": 0})
+    assert c.weights() == pytest.approx([0.75, 0.25, 0.0])
+    drawn = kinds_drawn(c, data, 0, 400)
+    assert drawn["c"] == 0 and 0.65 * 400 < drawn["a"] < 0.85 * 400
+    c.observe({"a": (0.1, 1.0), "b": (0.3, 1.0)})  # b carries three times a's signal: they draw alike
+    assert c.weights() == pytest.approx([0.25 * 0.75 + 0.75 * 0.5, 0.25 * 0.25 + 0.75 * 0.5, 0.0])
+    uniform = KindCurriculum(data, seed=0, floor=0.25)  # no prior: every kind alike, as before priors existed
+    assert uniform.weights() == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError, match="prior"):
+        KindCurriculum(data, seed=0, prior={"z": 1.0})
+
+
+def test_the_trainer_gives_prompt_weights_to_the_curriculum(base, tmp_path):  # noqa: F811
+    """On the built-in training set the curriculum draws by tag: prompt_weights (by kind; color_attr and
+    color_attr_pp share a tag) must reach it, or the weights would only set which rows exist, not how often a
+    tag is drawn."""
+    from gvu.rl.trainer import Trainer
+    w = {"position": 4.0, "color_attr": 1.0, "color_attr_pp": 1.0, "color_spatial_attr": 2.0}
+    t = Trainer(config(base, tmp_path / "w", curriculum=True, prompt_weights=w, num_prompts=400))
+    mix = dict(zip(t.curriculum.kinds, t.curriculum.weights()))
+    assert set(mix) == {"position", "color_attr", "color_spatial_attr"}
+    assert mix == pytest.approx({"position": 0.5, "color_attr": 0.25, "color_spatial_attr": 0.25})
+
+
 def test_running_signal_decays_toward_new_draws():
     data = rows({"a": 5, "b": 5})
     c = KindCurriculum(data, seed=0, floor=0.0, decay=0.5)

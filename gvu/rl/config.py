@@ -35,7 +35,9 @@ class TrainConfig:
     """Size of the built-in training set when `prompts` is 'train'."""
     prompt_weights: dict[str, float] = field(default_factory=dict)
     """Mix of the built-in training set: prompt kind -> relative weight (kinds not named get 0); empty: the
-    thirteen GenEval/GenEval++ kinds equally. Kinds: those of `gvu prompts` plus 'color_counting'."""
+    thirteen GenEval/GenEval++ kinds equally. Kinds: those of `gvu prompts` plus 'color_counting'. With the
+    curriculum, which draws by tag, it is also the curriculum's prior: each tag's share is its weight (the sum of
+    its kinds') times its signal, so the mix asked for is the mix drawn while every tag carries the same signal."""
     max_steps: int = 60
     """Training steps (one rollout each; with the defaults on the built-in model about 6.6 s each alone on two CPU
     cores with the intrinsic reward, 10 s with an oracle: docs/rl-defaults.md)."""

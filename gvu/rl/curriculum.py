@@ -16,20 +16,35 @@ import numpy as np
 
 
 class KindCurriculum:
-    def __init__(self, rows: list[dict], seed: int, floor: float = 0.25, decay: float = 0.5):
-        """`floor` in [0, 1] and `decay` in (0, 1], as TrainConfig checks them (curriculum_floor, curriculum_decay)."""
+    def __init__(self, rows: list[dict], seed: int, floor: float = 0.25, decay: float = 0.5,
+                 prior: dict[str, float] | None = None):
+        """`floor` in [0, 1] and `decay` in (0, 1], as TrainConfig checks them (curriculum_floor, curriculum_decay).
+        `prior`: kind -> relative weight (kinds not named get 0), the mix asked for (TrainConfig.prompt_weights by
+        tag); None: every kind alike."""
         self.seed, self.floor, self.decay = seed, floor, decay
         self.kinds = sorted({r.get("tag", "") for r in rows})
         self.members = {k: [i for i, r in enumerate(rows) if r.get("tag", "") == k] for k in self.kinds}
         self.drawn = {k: 0 for k in self.kinds}
         self.signal: dict[str, float | None] = {k: None for k in self.kinds}
+        self.prior = None
+        if prior is not None:
+            p = np.array([float(prior.get(k, 0.0)) for k in self.kinds])
+            if not (p >= 0).all() or p.sum() <= 0:
+                raise ValueError(f"the curriculum's prior must weigh at least one of the prompts' kinds "
+                                 f"{self.kinds} above 0, got {prior}")
+            self.prior = p / p.sum()
 
     def weights(self) -> np.ndarray:
-        """Each kind's probability: floor / K + (1 - floor) * signal_k / sum(signal)."""
+        """Each kind's probability: floor / K + (1 - floor) * signal_k / sum(signal); with a prior p (summing to
+        1), floor * p_k + (1 - floor) * p_k signal_k / sum(p signal), so that the mix asked for is the mix drawn
+        when every kind carries the same signal."""
         K = len(self.kinds)
         seen = [s for s in self.signal.values() if s is not None]
         top = max(seen) if seen else 1.0
         s = np.array([top if v is None else v for v in self.signal.values()], dtype=float)
+        if self.prior is not None:
+            ps = self.prior * s
+            return self.floor * self.prior + (1.0 - self.floor) * (ps / ps.sum() if ps.sum() > 0 else self.prior)
         share = s / s.sum() if s.sum() > 0 else np.full(K, 1.0 / K)
         return self.floor / K + (1.0 - self.floor) * share
 

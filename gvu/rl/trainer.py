@@ -38,6 +38,7 @@ from gvu.rl.curriculum import KindCurriculum
 from gvu.rl.monitor import pick_monitor
 from gvu.rl.setup import RunLog, attach_training, drop_log_after, load_prompt_rows, stop_after_step
 from gvu.rl.step import GRPOStep, MinibatchLoss
+from gvu.world.kinds import tag_weights
 
 
 class Trainer(GRPOStep):
@@ -60,7 +61,8 @@ class Trainer(GRPOStep):
         torch.manual_seed(cfg.seed)  # the same on every rank: adapters start identical everywhere
         self.policy = load_model(cfg.model, device=D.device_for(self.dist))
         self.rows = load_prompt_rows(cfg, self.policy.tokenizer)
-        self.curriculum = KindCurriculum(self.rows, cfg.seed, cfg.curriculum_floor, cfg.curriculum_decay) \
+        self.curriculum = KindCurriculum(self.rows, cfg.seed, cfg.curriculum_floor, cfg.curriculum_decay,
+                                         prior=tag_weights(cfg.prompt_weights) if cfg.prompt_weights else None) \
             if cfg.curriculum else None
         if cfg.prompts != "train":  # tags, classes, colours, counts, prompt against include: gvu.eval.check
 

@@ -24,6 +24,15 @@ KINDS = GENEVAL_KINDS + GENEVALPP_KINDS
 # reads back from the text: counting (exactly that many, GenEval's exclude rule).
 TRAIN_KINDS = KINDS + ("color_counting",)
 KIND_TAG = {k: k.removesuffix("_pp") for k in KINDS} | {"color_counting": "counting"}
+
+
+def tag_weights(kind_weights: dict[str, float]) -> dict[str, float]:
+    """A mix of kinds as a mix of the tags their rows carry (two kinds can share one: color_attr and
+    color_attr_pp), each tag weighing the sum of its kinds'."""
+    out: dict[str, float] = {}
+    for kind, w in kind_weights.items():
+        out[KIND_TAG[kind]] = out.get(KIND_TAG[kind], 0.0) + float(w)
+    return out
 _OPPOSITE = (("left", "right"), ("above", "below"))
 
 
