@@ -26,16 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvu.eval.understanding import negatives
 from gvu.models.builtin.model import build_builtin, BuiltinUMM, load_builtin, save_builtin
-from gvu.models.builtin.pretrain_data import add_debris, add_wrapped, build_pool, relation_example, ScenePool
+from gvu.models.builtin.pretrain_data import (add_debris, add_wrapped, build_pool, ranked_negatives, relation_example,
+                                             ScenePool)
 from gvu.models.builtin.pretrain_state import lr_lambda as _lr_lambda, restore as _restore, save_state as _save_state
 from gvu.models.forward import pad_batch
 from gvu.models.protocol import DEFAULT_INSTRUCTION
 from gvu.world.describe import describe
-from gvu.world.judge import evaluate
-from gvu.world.kinds import check_weights, KINDS, swap_colours
-from gvu.world.scene import scene_detections
+from gvu.world.kinds import check_weights, KINDS
 
 STATE_FILE = "pretrain_state.pt"
 LOG_FILE = "pretrain_log.jsonl"
@@ -251,17 +249,9 @@ def make_batch(model: BuiltinUMM, pool: ScenePool, cfg: PretrainConfig, rng: np.
             seq, (a, b) = layout.understanding_sequence(codes, inst, tok.encode(row["prompt"]))
             seqs.append(seq)
             spans.append((a, b + len(layout.und_suffix)))  # the description and <eos>
-            if cfg.negative_prob and rng.random() < cfg.negative_prob:
-                negs = list(negatives(row, objs, rng).values())
-                if negs:
-                    neg = negs[int(rng.integers(len(negs)))]
-                    nseq, (na, nb) = layout.understanding_sequence(codes, inst, tok.encode(neg["prompt"]))
-                    pairs.append((nseq, (na, nb + len(layout.und_suffix)), len(seqs) - 1))
-            if cfg.binding_negative_prob and rng.random() < cfg.binding_negative_prob:
-                neg = swap_colours(row, rng)
-                if neg is not None and not evaluate(scene_detections(objs), neg, "strict").correct:
-                    nseq, (na, nb) = layout.understanding_sequence(codes, inst, tok.encode(neg["prompt"]))
-                    pairs.append((nseq, (na, nb + len(layout.und_suffix)), len(seqs) - 1))
+            for neg in ranked_negatives(row, objs, rng, cfg.negative_prob, cfg.binding_negative_prob):
+                nseq, (na, nb) = layout.understanding_sequence(codes, inst, tok.encode(neg["prompt"]))
+                pairs.append((nseq, (na, nb + len(layout.und_suffix)), len(seqs) - 1))
     for nseq, span, _ in pairs:
         seqs.append(nseq)
         spans.append(span)

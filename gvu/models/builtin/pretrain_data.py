@@ -1,6 +1,6 @@
 """The pretraining data of the built-in UMM: the scene pool (scenes with the prompt that produced them), debris
-(lone quarters, and large objects wrapped across the row edge), and the two-object relation examples
-(gvu.models.builtin.pretrain draws its batches from them)."""
+(lone quarters, and large objects wrapped across the row edge), the two-object relation examples, and the hard
+negatives of a description (gvu.models.builtin.pretrain draws its batches from them)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gvu.eval.prompts import world_classes, world_lexicon
-from gvu.world.kinds import draw
-from gvu.world.scene import QUARTER_CODES, realise, scene_tokens, wrap_cells
+from gvu.eval.understanding import negatives
+from gvu.world.judge import evaluate
+from gvu.world.kinds import draw, swap_colours
+from gvu.world.scene import QUARTER_CODES, realise, scene_detections, scene_tokens, wrap_cells
 from gvu.world.spec import code_of, COLORS, EMPTY, GRID, SHAPES
 
 
@@ -82,3 +84,20 @@ def relation_example(rng: np.random.Generator) -> tuple[np.ndarray, list, dict]:
     row = draw("position", rng, world_classes("shapes"), world_lexicon("shapes"))
     objs = realise(row, rng)
     return np.asarray(scene_tokens(objs)), objs, row
+
+
+def ranked_negatives(row: dict, objs: list, rng: np.random.Generator, negative_prob: float,
+                   binding_prob: float) -> list[dict]:
+    """The false descriptions an understanding example is ranked against: with `negative_prob`, one of its hard
+    negatives (one fact changed, gvu.eval.understanding.negatives); with `binding_prob`, its binding negative (two
+    colours swapped), where that is false on the scene. Draws from `rng` only for a share above 0."""
+    out = []
+    if negative_prob and rng.random() < negative_prob:
+        negs = list(negatives(row, objs, rng).values())
+        if negs:
+            out.append(negs[int(rng.integers(len(negs)))])
+    if binding_prob and rng.random() < binding_prob:
+        neg = swap_colours(row, rng)
+        if neg is not None and not evaluate(scene_detections(objs), neg, "strict").correct:
+            out.append(neg)
+    return out
