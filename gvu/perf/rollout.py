@@ -111,13 +111,13 @@ def bench_rollout(p: Plan, model=None) -> dict:
                 gen = torch.Generator().manual_seed(0)
                 _, t_ours, _, t_hf = timed_pair(lambda: model.sample(prompts, G, s, gen),
                                                 lambda: hf_generate(model, rows, s), p.repeats, p.baseline_repeats)
-                cases.append({"batch": B, "group_size": G, "guidance": guidance, "baseline": t_hf, "ours": t_ours,
+                cases.append({"batch": B, "group_size": G, "guidance": guidance,
+                              "forward_rows": B * (2 if s.uses_guidance else 1), "baseline": t_hf, "ours": t_ours,
                               "speedup": speedup(t_hf, t_ours), "speedup_range": speedup_range(t_hf, t_ours),
                               "baseline_tokens_per_s": B * T / t_hf["median_s"],
                               "ours_tokens_per_s": B * T / t_ours["median_s"], **_check_rollout(model, rows, s, G)})
     fit = per_row_fit(cases)
     for c in cases:
-        c["forward_rows"] = c["batch"] * (2 if c["guidance"] != 1.0 else 1)
         if fit["per_row_s"] > 0:
             c["ceiling"] = c["baseline"]["median_s"] / (fit["per_row_s"] * c["forward_rows"])
     return {"model": p.size, "image_tokens": T, "baseline_name": "transformers generate (unbatched CFG processor)",
@@ -125,12 +125,12 @@ def bench_rollout(p: Plan, model=None) -> dict:
 
 
 def per_row_fit(cases: list[dict]) -> dict:
-    """Our rollout's median time as `overhead_s + per_row_s x rows` (least squares over the cases; rows: the batch,
-    doubled with guidance, as every step forwards the unconditional rows too). `per_row_s` is the work that grows
-    with the rows, which any sampler of this model must do at least once per row and step, generate included; a
-    case's `ceiling` (the baseline's median over per_row_s x its rows) is the speedup a sampler with no per-step
-    cost at all would reach over the baseline."""
-    xs = [c["batch"] * (2 if c["guidance"] != 1.0 else 1) for c in cases]
+    """Our rollout's median time as `overhead_s + per_row_s x rows` (least squares over the cases; rows: a case's
+    `forward_rows`, the batch doubled with guidance, as every step forwards the unconditional rows too).
+    `per_row_s` is the work that grows with the rows, which any sampler of this model must do at least once per row
+    and step, generate included; a case's `ceiling` (the baseline's median over per_row_s x its rows) is the speedup
+    a sampler with no per-step cost at all would reach over the baseline."""
+    xs = [c["forward_rows"] for c in cases]
     ys = [c["ours"]["median_s"] for c in cases]
     n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
     sxx = sum((x - mx) ** 2 for x in xs)

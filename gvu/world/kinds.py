@@ -25,6 +25,8 @@ KINDS = GENEVAL_KINDS + GENEVALPP_KINDS
 TRAIN_KINDS = KINDS + ("color_counting",)
 KIND_TAG = {k: k.removesuffix("_pp") for k in KINDS} | {"color_counting": "counting"}
 
+_OPPOSITE = (("left", "right"), ("above", "below"))
+
 
 def tag_weights(kind_weights: dict[str, float]) -> dict[str, float]:
     """A mix of kinds as a mix of the tags their rows carry (two kinds can share one: color_attr and
@@ -33,7 +35,6 @@ def tag_weights(kind_weights: dict[str, float]) -> dict[str, float]:
     for kind, w in kind_weights.items():
         out[KIND_TAG[kind]] = out.get(KIND_TAG[kind], 0.0) + float(w)
     return out
-_OPPOSITE = (("left", "right"), ("above", "below"))
 
 
 def _row(kind: str, include: list[dict], lex: Lexicon) -> dict:

@@ -87,7 +87,7 @@ def relation_example(rng: np.random.Generator) -> tuple[np.ndarray, list, dict]:
 
 
 def ranked_negatives(row: dict, objs: list, rng: np.random.Generator, negative_prob: float,
-                   binding_prob: float) -> list[dict]:
+                     binding_prob: float) -> list[dict]:
     """The false descriptions an understanding example is ranked against: with `negative_prob`, one of its hard
     negatives (one fact changed, gvu.eval.understanding.negatives); with `binding_prob`, its binding negative (two
     colours swapped), where that is false on the scene. Draws from `rng` only for a share above 0."""
