@@ -81,6 +81,24 @@ def test_timed_pair_takes_turns():
     timing_ok(t_ours, 3), timing_ok(t_base, 2)
 
 
+def test_timed_pair_runs_a_short_call_in_a_row_and_times_one_call():
+    """A call shorter than min_sample_s is timed as a run of calls, each sample reporting one call's time."""
+    import time
+    calls = {"o": 0, "b": 0}
+
+    def short():
+        calls["o"] += 1
+        time.sleep(0.002)
+
+    def long():
+        calls["b"] += 1
+        time.sleep(0.03)
+    _, t_ours, _, t_base = measure.timed_pair(short, long, repeats=3, base_repeats=3, min_sample_s=0.02)
+    assert t_ours["calls_per_sample"] >= 5 and t_base["calls_per_sample"] == 1
+    assert calls == {"o": 1 + 3 * t_ours["calls_per_sample"], "b": 1 + 3}
+    assert all(0.002 <= t < 0.01 for t in t_ours["times_s"]) and all(t >= 0.03 for t in t_base["times_s"])
+
+
 def test_per_row_fit_recovers_a_line_and_the_ceiling():
     from gvu.perf.rollout import per_row_fit
     cases = [{"forward_rows": rows, "ours": {"median_s": 0.1 + 0.002 * rows}} for rows in (16, 32, 64, 128)]
@@ -185,7 +203,7 @@ def test_step_ab_pairs_the_old_and_the_new_step():
     assert ab["reduction_s_per_kept_image"] == pytest.approx(1 - a["median_s"] / b["median_s"])
     lo, hi = ab["reduction_range"]
     assert lo <= ab["reduction_s_per_kept_image"] <= hi and lo <= ab["paired_reductions"]["median"] <= hi
-    assert ab["before_changes"] == {"reuse_reward_pass": False, "monitor_images": 0}
+    assert ab["before_changes"] == {"reuse_reward_pass": False, "monitor_images": 0, "share_prompt_prefix": False}
     assert "step A/B" in perf.format_table(res) and "step" not in res
 
 

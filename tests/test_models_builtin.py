@@ -56,6 +56,37 @@ def test_sampler_logprobs_match_teacher_forcing(model, name):
     assert torch.isfinite(r.logp_NT).all() and (r.logp_NT <= 0).all()
 
 
+@pytest.mark.parametrize("name", ["plain", "t0.7-cfg3"])
+@pytest.mark.parametrize("painter", [False, True], ids=["flat", "painter"])
+def test_shared_prompt_prefix_gives_the_same_logprobs_and_gradients(one_thread, name, painter):
+    """image_logprobs runs each distinct prompt prefix once and indexes its KV cache out to the group's rows:
+    the same log-probs and the same gradients as the whole sequences, and the first forward has one row per
+    distinct prefix (the prompts, and one unconditional row under guidance)."""
+    m = build_builtin("tiny", seed=1, relative=painter, rope2d=painter, paint=painter)
+    sampling = SAMPLINGS[name]
+    r = sample(m, sampling, group_size=3)
+    rows = []
+    hook = m.lm.register_forward_pre_hook(lambda mod, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    out = {}
+    try:
+        for share in (True, False):
+            m.share_prefix = share
+            m.lm.zero_grad(set_to_none=True)
+            logp = m.image_logprobs(r.row_prompts(), r.image_tokens_NT, sampling)
+            (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
+            out[share] = (logp.detach(), {k: p.grad.clone() for k, p in m.lm.named_parameters() if p.grad is not None})
+    finally:
+        hook.remove()
+        m.share_prefix = True
+    guided = sampling.uses_guidance
+    assert rows == [len(PROMPTS) + guided, len(PROMPTS) * 3 * (1 + guided), len(PROMPTS) * 3 * (1 + guided)]
+    assert (out[True][0] - out[False][0]).abs().max().item() <= 1e-5
+    assert (out[True][0] - r.logp_NT).abs().max().item() <= 1e-4
+    assert out[True][1].keys() == out[False][1].keys()
+    for k, g in out[False][1].items():
+        assert (out[True][1][k] - g).abs().max() <= 1e-4 * g.abs().max(), k
+
+
 def test_filters_change_the_distribution(model):
     # guards the test above against filters that silently do nothing
     plain, filt = sample(model, SAMPLINGS["plain"]), sample(model, SAMPLINGS["filters"])

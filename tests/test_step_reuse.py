@@ -87,9 +87,10 @@ def test_a_draw_with_dropped_groups_recomputes(base, tmp_path):
     m = tr.train_step()
     assert m["sampling_rounds"] == 2 and np.isfinite(m["loss"])
     # sample (36 incremental forwards x 2 draws), rewards of both draws (both with the intrinsic reward: 2), the
-    # update's image and understanding passes (2): nothing reused
+    # update's image pass (the shared prompt prefixes, then the image blocks: 2) and understanding pass (1):
+    # nothing reused
     T = tr.policy.layout.num_image_tokens
-    assert calls["n"] == 2 * T + 2 + 2
+    assert calls["n"] == 2 * T + 2 + 3
 
 
 def test_the_monitor_judges_a_seeded_sample_and_says_how_many(base, tmp_path):

@@ -131,6 +131,7 @@ class SharedVocabUMM:
         self._logits_arg = logits_kwarg(lm)
         self.uncond_ids: list[int] = []  # the prompt of the guidance rows (empty: unconditional)
         self.logits_chunk = 0  # > 0: image_logprobs computes code logits this many positions at a time
+        self.share_prefix = True  # image_logprobs runs each distinct prompt prefix once (_block_logits)
 
     def _forward(self, **kw):
         """The model's forward with `logits_to_keep` passed under the name the model takes (or dropped)."""
@@ -242,8 +243,7 @@ class SharedVocabUMM:
         N, T = image_tokens_NT.shape
         device, guided = self.device, sampling.uses_guidance
         codes_NT = checked_codes(prompts_N, image_tokens_NT, lay.num_image_tokens, lay.num_codes, self.device)
-        prefix_BS, pmask_BS = pad_batch(self._generation_prefixes(self._encode_prompts(list(prompts_N)), guided),
-                                        lay.pad_id, "left", device)
+        prefixes = self._generation_prefixes(self._encode_prompts(list(prompts_N)), guided)
         block_NI = codes_NT + lay.image_token_offset
         if lay.row_end:
             ends = torch.tensor(lay.row_end, dtype=torch.long, device=device)
@@ -251,16 +251,50 @@ class SharedVocabUMM:
                                   ends.expand(N, T // lay.row_width, -1)], dim=2).reshape(N, -1)
         pos_T = lay.code_positions(T).to(device)
         block_BI = block_NI[:, :int(pos_T[-1])].repeat(2 if guided else 1, 1)  # nothing follows the last code
-        ids_BS = torch.cat([prefix_BS, block_BI], dim=1)
-        mask_BS = torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
         if self.logits_chunk:
+            prefix_BS, pmask_BS = pad_batch(prefixes, lay.pad_id, "left", device)
+            ids_BS = torch.cat([prefix_BS, block_BI], dim=1)
+            mask_BS = torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
             return self._chunked_logprobs(ids_BS, mask_BS, pos_T, block_BI.shape[1] + 1, codes_NT, sampling)
-        out = self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS), use_cache=False,
-                            logits_to_keep=block_BI.shape[1] + 1)
-        logits_BTC = self._code_logits(out.logits[:, pos_T])  # kept logit k predicts block token k
+        logits_BTC = self._code_logits(self._block_logits(prefixes, block_BI)[:, pos_T])  # logit k predicts token k
         C = logits_BTC.shape[-1]
         logp_QC = self._step_logprobs(logits_BTC.reshape(-1, C), N * T, sampling)
         return logp_QC.gather(1, codes_NT.reshape(-1, 1)).reshape(N, T)
+
+    def _block_logits(self, prefixes: list[list[int]], block_BI: torch.Tensor) -> torch.Tensor:
+        """Logits [B, I + 1, V] at the last position of each row's prefix and at each of its I block tokens, for
+        the sequences prefixes[b] + block_BI[b]. With `share_prefix`, each distinct prefix runs once (a group's
+        images share their prompt, the guidance rows one empty prompt), its KV cache is indexed out to its rows
+        (gradients flow back through the index) and the blocks run on it: the same logits to float rounding, the
+        prefix's share of the work divided by the group size. Always two forwards, even where every prefix is
+        distinct, so that sharded processes (FSDP2 gathers weights per forward) run as many as each other.
+        Otherwise one forward over the whole sequences."""
+        lay, device, I = self.layout, self.device, block_BI.shape[1]
+        distinct: dict[tuple, int] = {}
+        inv = [distinct.setdefault(tuple(p), len(distinct)) for p in prefixes]
+        if self.share_prefix and not self._checkpointing():
+            pre_US, pmask_US = pad_batch([list(p) for p in distinct], lay.pad_id, "left", device)
+            out = self._forward(input_ids=pre_US, attention_mask=pmask_US, position_ids=positions(pmask_US),
+                                use_cache=True, logits_to_keep=1)
+            inv_B, cache, S = torch.tensor(inv, device=device), cache_of(out), pre_US.shape[1]
+            if hasattr(cache, "batch_select_indices"):  # else (a legacy cache): the whole sequences, below
+                cache.batch_select_indices(inv_B)
+                getattr(base_model(self.lm), "select_decode_rows", lambda idx: None)(inv_B)  # a model's own state
+                mask_BL = torch.cat([pmask_US[inv_B], torch.ones_like(block_BI)], dim=1)
+                blk = self._forward(input_ids=block_BI, attention_mask=mask_BL, position_ids=positions(mask_BL)[:, S:],
+                                    use_cache=True, logits_to_keep=I, **{self._cache_arg: cache},
+                                    cache_position=torch.arange(S, S + I, device=device))
+                return torch.cat([out.logits[:, -1:][inv_B], blk.logits[:, -I:]], dim=1)
+        prefix_BS, pmask_BS = pad_batch(prefixes, lay.pad_id, "left", device)
+        ids_BS = torch.cat([prefix_BS, block_BI], dim=1)
+        mask_BS = torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
+        return self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS),
+                             use_cache=False, logits_to_keep=I + 1).logits
+
+    def _checkpointing(self) -> bool:
+        """Whether gradient checkpointing is on (transformers then turns the KV cache off in training)."""
+        return torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) is True
+                                               for m in self.lm.modules())
 
     def _chunked_logprobs(self, ids_BS, mask_BS, pos_T, keep: int, codes_NT, sampling) -> torch.Tensor:
         """image_logprobs for large vocabularies: the decoder's hidden states once, then the code rows of the

@@ -4,6 +4,7 @@ peak resident memory. See gvu/perf/run.py for the benchmarks themselves."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -32,6 +33,7 @@ class Plan:
     step_base: str = "regular"  # the step starts from bases/<step_base> as the trainer loads it; "": random init
     step_overrides: tuple[tuple[str, object], ...] = ()  # TrainConfig fields changed from their defaults (tiny only)
     step_repeats: int = 5
+    min_sample_s: float = 0.1  # a timed sample of the reward and the rollout lasts at least this (calls in a row)
     pretrain_batch: int = 64
     pretrain_steps: int = 10
     pretrain_scenes: int = 2000
@@ -46,8 +48,8 @@ def plan(quick: bool, size: str = "default", repeats: int | None = None) -> Plan
                     pretrain_scenes=256)
     if size == "tiny":  # tests and smoke runs: the smallest cases that still exercise every path, a random model
         p = replace(p, reward_lengths=(16, 32), reward_batches=(4,), rollout_batches=(8,), step_base="",
-                    step_overrides=(("prompts_per_step", 2), ("num_generations", 4)), pretrain_batch=16,
-                    pretrain_scenes=64, janus_batch=1)
+                    step_overrides=(("prompts_per_step", 2), ("num_generations", 4)), min_sample_s=0.0,
+                    pretrain_batch=16, pretrain_scenes=64, janus_batch=1)
     if repeats is not None:
         p = replace(p, repeats=repeats, baseline_repeats=repeats, step_repeats=repeats, pretrain_steps=max(2, repeats))
     return p
@@ -83,26 +85,42 @@ def timed(fn, repeats: int, warmup: int = 1):
     return out, summary(times)
 
 
-def timed_pair(ours_fn, base_fn, repeats: int, base_repeats: int, warmup: int = 1, base_warmup: int = 1):
+def _calls_per_sample(fn, warmup: int, min_sample_s: float) -> int:
+    """Run `fn` `warmup` times; the number of calls one timed sample needs to last `min_sample_s` by the last
+    warm-up call's time (1 without warm-up or without a minimum)."""
+    took = 0.0
+    for _ in range(warmup):
+        t = time.perf_counter()
+        fn()
+        took = time.perf_counter() - t
+    if not warmup or min_sample_s <= 0:
+        return 1
+    return max(1, min(1000, math.ceil(min_sample_s / max(took, 1e-9))))
+
+
+def timed_pair(ours_fn, base_fn, repeats: int, base_repeats: int, warmup: int = 1, base_warmup: int = 1,
+               min_sample_s: float = 0.0):
     """(our last result, our summary, the baseline's last result, its summary), the two timed in turn (ours, the
     baseline, ours, ...) after their warm-ups, so that a machine that slows down or speeds up while they run slows
     or speeds both: two runs of a benchmark then differ in their ratio less than in either time. Each summary
-    carries `times_s` in the order run."""
-    for _ in range(warmup):
-        ours_fn()
-    for _ in range(base_warmup):
-        base_fn()
+    carries `times_s` in the order run. With `min_sample_s`, a function whose warm-up call took less runs that
+    many times in a row per sample (`calls_per_sample`) and each time is the mean of one call in it: a 7 ms call
+    timed alone varies with every interruption of the machine, a run of fifteen much less."""
+    n_ours = _calls_per_sample(ours_fn, warmup, min_sample_s)
+    n_base = _calls_per_sample(base_fn, base_warmup, min_sample_s)
     t_ours, t_base, ours, base = [], [], None, None
     for r in range(max(repeats, base_repeats, 1)):
         if r < max(1, repeats):
             t = time.perf_counter()
-            ours = ours_fn()
-            t_ours.append(time.perf_counter() - t)
+            for _ in range(n_ours):
+                ours = ours_fn()
+            t_ours.append((time.perf_counter() - t) / n_ours)
         if r < max(1, base_repeats):
             t = time.perf_counter()
-            base = base_fn()
-            t_base.append(time.perf_counter() - t)
-    return ours, summary(t_ours), base, summary(t_base)
+            for _ in range(n_base):
+                base = base_fn()
+            t_base.append((time.perf_counter() - t) / n_base)
+    return ours, {**summary(t_ours), "calls_per_sample": n_ours}, base, {**summary(t_base), "calls_per_sample": n_base}
 
 
 def cpuinfo(field: str) -> str | None:

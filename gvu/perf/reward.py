@@ -106,7 +106,7 @@ def bench_reward(p: Plan, model=None) -> dict:
             ours, t_ours, loop, t_loop = timed_pair(
                 lambda: intrinsic_reward(model, codes, prompts, cfg),
                 lambda: [published_reward(model, c, q, cfg.instruction) for c, q in zip(codes.tolist(), prompts)],
-                p.repeats, p.baseline_repeats, base_warmup=0)
+                p.repeats, p.baseline_repeats, base_warmup=0, min_sample_s=p.min_sample_s)
             cases.append({"prompt_tokens": L, "batch": B, "prompts": source, "example": prompts[0],
                           "baseline": t_loop, "ours": t_ours, "speedup": speedup(t_loop, t_ours),
                           "speedup_range": speedup_range(t_loop, t_ours), **_compare_reward(ours, loop)})
@@ -140,7 +140,7 @@ def bench_janus_reward(p: Plan) -> dict | str:
             return out
 
         ours, t_ours, res, t_loop = timed_pair(lambda: intrinsic_reward(model, codes, prompts, cfg), loop, p.repeats,
-                                               p.baseline_repeats, base_warmup=0)
+                                               p.baseline_repeats, base_warmup=0, min_sample_s=p.min_sample_s)
         return {"model": "tiny random Janus (gvu.models.adapters.janus.build_tiny_janus)", "batch": p.janus_batch,
                 "prompt_tokens_mean": statistics.mean(len(x) for _, x in res), "baseline": t_loop, "ours": t_ours,
                 "speedup": speedup(t_loop, t_ours), "speedup_range": speedup_range(t_loop, t_ours),

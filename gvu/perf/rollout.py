@@ -110,7 +110,8 @@ def bench_rollout(p: Plan, model=None) -> dict:
                 s = SamplingConfig(guidance=guidance)
                 gen = torch.Generator().manual_seed(0)
                 _, t_ours, _, t_hf = timed_pair(lambda: model.sample(prompts, G, s, gen),
-                                                lambda: hf_generate(model, rows, s), p.repeats, p.baseline_repeats)
+                                                lambda: hf_generate(model, rows, s), p.repeats, p.baseline_repeats,
+                                                min_sample_s=p.min_sample_s)
                 cases.append({"batch": B, "group_size": G, "guidance": guidance,
                               "forward_rows": B * (2 if s.uses_guidance else 1), "baseline": t_hf, "ours": t_ours,
                               "speedup": speedup(t_hf, t_ours), "speedup_range": speedup_range(t_hf, t_ours),

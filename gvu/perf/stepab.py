@@ -1,6 +1,7 @@
 """Benchmark 5, `gvu bench --only step_ab`: today's default step against the step before it, paired and interleaved
 in one process. Two trainers start from the same base with the same seed: BEFORE recomputes the policy's prompt
-log-probs in the update and judges every kept image (reuse_reward_pass false, monitor_images 0), AFTER is
+log-probs in the update, judges every kept image and runs every row's whole generation sequence in the
+teacher-forced passes (reuse_reward_pass false, monitor_images 0, share_prompt_prefix false), AFTER is
 TrainConfig()'s step. Their steps alternate (A B, B A, A B, ...: neither always runs second, on a warm cache or a
 hotter CPU), and as the two steps compute the same numbers up to float rounding, step k of both does the same work
 (the same draws, the same number of sampling rounds): checked, with the largest differences of the logged loss and
@@ -21,8 +22,8 @@ from pathlib import Path
 from gvu.perf.measure import Plan
 from gvu.perf.step import step_summary, step_trainer, STEP_FIELDS
 
-BEFORE = {"reuse_reward_pass": False, "monitor_images": 0}
-"""The step before the reuse of the reward's forward and the sampled monitor."""
+BEFORE = {"reuse_reward_pass": False, "monitor_images": 0, "share_prompt_prefix": False}
+"""The step before the reuse of the reward's forward, the sampled monitor and the shared prompt prefix."""
 
 
 def bench_step_ab(p: Plan, threads: int = 0) -> dict:

@@ -136,6 +136,11 @@ class TrainConfig:
     drawn group kept), the reward's forward keeps its graph and the update backpropagates through it instead of
     running that forward again: the same numbers up to float rounding, one forward less per step. false: always
     recompute (the step before this option)."""
+    share_prompt_prefix: bool = True
+    """The teacher-forced passes over generation sequences (the update's, the reference's, a replay's) run each
+    distinct prompt prefix once and give its KV cache to the group's images (SharedVocabUMM._block_logits): the
+    same log-probs and gradients up to float rounding, the prompt's share of the work divided by the group size.
+    false: every row's whole sequence (the step before this option)."""
 
     # ------------------------------------------------------------------ parameters
     freeze_embeddings: bool = False

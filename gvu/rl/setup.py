@@ -61,6 +61,8 @@ def attach_training(policy, cfg: TrainConfig, dist):
     """LoRA on the policy's language model (its reference: the adapter disabled), or a frozen copy as the
     reference when the run needs one; FSDP2 sharding under several processes. Returns the reference copy or None."""
     reference = None
+    if hasattr(policy, "share_prefix"):  # the shared-vocabulary models' teacher-forced pass (and the copy's)
+        policy.share_prefix = cfg.share_prompt_prefix
     if cfg.use_lora:
         from peft import LoraConfig, get_peft_model  # optional at import time: only LoRA runs need it
 

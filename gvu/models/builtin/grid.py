@@ -80,6 +80,12 @@ class GridLlamaForCausalLM(LlamaForCausalLM):
             paint_NS = torch.where(inside_NS, k_NS, torch.full_like(k_NS, -1))
         return torch.where(read_NS >= 0, read_NS, paint_NS), read_NS
 
+    def select_decode_rows(self, index_B: torch.Tensor) -> None:
+        """Keep the cached decode state of rows `index_B` (repeats allowed), as a KV cache's
+        batch_select_indices keeps their keys and values: where each row's painted image starts."""
+        if getattr(self, "_paint_start_N", None) is not None:
+            self._paint_start_N = self._paint_start_N[index_B.to(self._paint_start_N.device)]
+
     def read_cells(self, ids_NS: torch.Tensor) -> torch.Tensor:
         """Cell index of every token inside an understanding image span, -1 elsewhere: [N, S]."""
         return self.span_cells(ids_NS, self.grid["open_id"])
