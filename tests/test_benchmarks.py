@@ -82,7 +82,8 @@ def test_timed_pair_takes_turns():
 
 
 def test_timed_pair_runs_a_short_call_in_a_row_and_times_one_call():
-    """A call shorter than min_sample_s is timed as a run of calls, each sample reporting one call's time."""
+    """A call shorter than min_sample_s is timed as a run of calls, each sample reporting one call's time; a call
+    longer than it alone."""
     import time
     calls = {"o": 0, "b": 0}
 
@@ -92,11 +93,44 @@ def test_timed_pair_runs_a_short_call_in_a_row_and_times_one_call():
 
     def long():
         calls["b"] += 1
-        time.sleep(0.03)
-    _, t_ours, _, t_base = measure.timed_pair(short, long, repeats=3, base_repeats=3, min_sample_s=0.02)
-    assert t_ours["calls_per_sample"] >= 5 and t_base["calls_per_sample"] == 1
+        time.sleep(0.06)
+    _, t_ours, _, t_base = measure.timed_pair(short, long, repeats=3, base_repeats=3, min_sample_s=0.05)
+    assert t_ours["calls_per_sample"] >= 2 and t_base["calls_per_sample"] == 1
     assert calls == {"o": 1 + 3 * t_ours["calls_per_sample"], "b": 1 + 3}
-    assert all(0.002 <= t < 0.01 for t in t_ours["times_s"]) and all(t >= 0.03 for t in t_base["times_s"])
+    assert all(0.002 <= t < 0.05 for t in t_ours["times_s"]) and all(t >= 0.06 for t in t_base["times_s"])
+
+
+def test_merged_processes_pool_the_repeats_and_recompute_the_speedup():
+    from gvu.perf.processes import merge
+    from gvu.perf.measure import summary
+
+    def case(base, ours, diff):
+        return {"batch": 4, "baseline": summary(base), "ours": summary(ours), "speedup": 0.0, "speedup_range": [],
+                "checked": True, "max_rel_diff": diff}
+    parts = [{"model": "m", "cases": [case([1.0, 1.2], [0.1, 0.1], 1e-7)]},
+             {"model": "m", "cases": [case([2.0, 2.2], [0.1, 0.2], 3e-7)]}]
+    c = merge("reward", parts)["cases"][0]
+    assert c["baseline"]["times_s"] == [1.0, 1.2, 2.0, 2.2] and c["baseline"]["process_medians"] == [1.1, 2.1]
+    assert c["speedup"] == pytest.approx(1.6 / 0.1) and c["speedup_range"] == pytest.approx([1.0 / 0.2, 2.2 / 0.1])
+    assert c["process_speedups"] == pytest.approx([11.0, 2.1 / 0.15]) and c["max_rel_diff"] == 3e-7
+    parts[1]["cases"][0]["checked"] = False
+    assert merge("reward", parts)["cases"][0]["checked"] is False
+    assert merge("janus", [{"error": "x"}, {"error": "x"}]) == {"error": "x"}
+
+
+def test_the_comparisons_run_in_fresh_processes():
+    """processes=2: the reward benchmark runs twice, each time in a new process, and the repeats are pooled."""
+    from dataclasses import replace
+    from gvu.perf.processes import in_processes
+
+    p = replace(measure.plan(True, "tiny", repeats=2), reward_lengths=(16,), processes=2)
+    res = in_processes("reward", p, threads=1)
+    c = res["cases"][0]
+    assert res["processes"] == 2 and c["checked"] is True
+    for side in ("baseline", "ours"):
+        timing_ok(c[side], 4)
+        assert len(c[side]["process_medians"]) == 2
+    assert c["speedup_range"][0] <= c["speedup"] <= c["speedup_range"][1]
 
 
 def test_per_row_fit_recovers_a_line_and_the_ceiling():
@@ -188,7 +222,8 @@ def test_the_step_benchmark_is_train_configs_default_step(tmp_path, quick):
             assert getattr(cfg, f.name) == getattr(default, f.name), f.name
     assert Path(cfg.model) == REPO / "bases" / "regular" and (Path(cfg.model) / "model.safetensors").exists()
     assert (cfg.eval_steps, cfg.save_steps) == (0, 0)
-    assert p.step_repeats >= (3 if quick else 5) and p.repeats >= 5 and p.baseline_repeats >= 5
+    assert p.step_repeats >= (3 if quick else 5)
+    assert p.repeats * p.processes >= 5 and p.baseline_repeats * p.processes >= 5 and p.processes >= 3
     # docs/performance.md names the step by TrainConfig's numbers
     doc = (REPO / "docs" / "performance.md").read_text()
     assert f"{default.prompts_per_step} prompts x {default.num_generations} images" in doc

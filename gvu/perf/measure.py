@@ -24,8 +24,9 @@ class Plan:
     """What each benchmark runs; `plan(quick, size)` picks one."""
 
     size: str = "default"
-    repeats: int = 5  # timed repeats of every measurement of ours
-    baseline_repeats: int = 5  # of the slow baselines (the published loop, transformers' generate)
+    repeats: int = 2  # timed repeats of every measurement of ours, in each of `processes`
+    baseline_repeats: int = 2  # of the slow baselines (the published loop, transformers' generate)
+    processes: int = 3  # the comparisons run in this many fresh processes, their repeats pooled (gvu.perf.processes)
     reward_lengths: tuple[int, ...] = (8, 16, 32)
     reward_batches: tuple[int, ...] = (1, 16, 64)
     rollout_batches: tuple[int, ...] = (16, 64)
@@ -42,14 +43,14 @@ class Plan:
 
 def plan(quick: bool, size: str = "default", repeats: int | None = None) -> Plan:
     p = Plan(size=size)
-    if quick:  # fewer sizes, as many repeats: with 3 the range of one run missed the median of the next in 6 of 12
-        # cases (docs/performance.md); the step keeps 3 (its 8-10 s repeats are most of the quick run's time)
+    if quick:  # fewer sizes, as many repeats and processes (the range of one run has to hold the next run's median:
+        # docs/performance.md); the step keeps 3 (its 8-10 s repeats are most of the quick run's time)
         p = replace(p, reward_batches=(1, 16), step_repeats=3, pretrain_steps=3,
                     pretrain_scenes=256)
     if size == "tiny":  # tests and smoke runs: the smallest cases that still exercise every path, a random model
         p = replace(p, reward_lengths=(16, 32), reward_batches=(4,), rollout_batches=(8,), step_base="",
                     step_overrides=(("prompts_per_step", 2), ("num_generations", 4)), min_sample_s=0.0,
-                    pretrain_batch=16, pretrain_scenes=64, janus_batch=1)
+                    processes=1, pretrain_batch=16, pretrain_scenes=64, janus_batch=1)
     if repeats is not None:
         p = replace(p, repeats=repeats, baseline_repeats=repeats, step_repeats=repeats, pretrain_steps=max(2, repeats))
     return p

@@ -117,12 +117,19 @@ def bench_rollout(p: Plan, model=None) -> dict:
                               "speedup": speedup(t_hf, t_ours), "speedup_range": speedup_range(t_hf, t_ours),
                               "baseline_tokens_per_s": B * T / t_hf["median_s"],
                               "ours_tokens_per_s": B * T / t_ours["median_s"], **_check_rollout(model, rows, s, G)})
-    fit = per_row_fit(cases)
-    for c in cases:
-        if fit["per_row_s"] > 0:
-            c["ceiling"] = c["baseline"]["median_s"] / (fit["per_row_s"] * c["forward_rows"])
+    fit = fit_and_ceilings(cases)
     return {"model": p.size, "image_tokens": T, "baseline_name": "transformers generate (unbatched CFG processor)",
             "sampling": "temperature 1, top_k 0, top_p 1, min_p 0", "ours_fit": fit, "cases": cases}
+
+
+def fit_and_ceilings(cases: list[dict]) -> dict:
+    """per_row_fit over the cases, and each case's `ceiling` from it (where the fitted per-row cost is positive)."""
+    fit = per_row_fit(cases)
+    for c in cases:
+        c.pop("ceiling", None)
+        if fit["per_row_s"] > 0:
+            c["ceiling"] = c["baseline"]["median_s"] / (fit["per_row_s"] * c["forward_rows"])
+    return fit
 
 
 def per_row_fit(cases: list[dict]) -> dict:

@@ -21,7 +21,8 @@ time as JSON. Never timed in tests. `gvu bench --full-size ARCH` runs gvu.perf.f
 
 Every time is a median with its min and max over the repeats; every speedup the ratio of the medians with its range
 from the extreme pairs (`speedup_range`: the baseline's min over our max, its max over our min). Ours and the
-baseline are timed in turn (`timed_pair`), so a machine that drifts while they run moves both.
+baseline are timed in turn (`timed_pair`), so a machine that drifts while they run moves both; benchmarks 1 and 2
+run in several fresh processes one after another, their repeats pooled (gvu.perf.processes).
 
 Letters: N rows, T image tokens, C image codes, L prompt tokens, B batch, S sequence length.
 """
@@ -36,8 +37,7 @@ from dataclasses import asdict
 
 from gvu.perf import fullsize
 from gvu.perf.measure import machine_info, plan, write_json
-from gvu.perf.reward import bench_janus_reward, bench_reward
-from gvu.perf.rollout import bench_rollout
+from gvu.perf.processes import in_processes
 from gvu.perf.step import bench_limit, bench_step
 from gvu.perf.stepab import bench_step_ab
 from gvu.rl.monitor import process_peak_rss_mib
@@ -71,16 +71,16 @@ def run_benchmarks(quick: bool = False, out: str | os.PathLike | None = None, th
         walls = res["wall_s_by_benchmark"] = {}
         if "reward" in only:
             t = time.perf_counter()
-            res["reward"] = bench_reward(p)
+            res["reward"] = in_processes("reward", p, threads)
             c = _headline(res["reward"]["cases"], {}, {"prompt_tokens": 16, "batch": 16})
             res["reward_speedup"], res["reward_speedup_range"] = c["speedup"], c["speedup_range"]
             heads["reward_speedup"] = {"prompt_tokens": c["prompt_tokens"], "batch": c["batch"]}
             walls["reward"], t = time.perf_counter() - t, time.perf_counter()
-            res["janus"] = bench_janus_reward(p) if janus else "not run"
+            res["janus"] = in_processes("janus", p, threads) if janus else "not run"
             walls["janus"] = time.perf_counter() - t
         if "rollout" in only:
             t = time.perf_counter()
-            res["rollout"] = bench_rollout(p)
+            res["rollout"] = in_processes("rollout", p, threads)
             for key, g in (("rollout_speedup_nocfg", 1.0), ("rollout_speedup_cfg", p.rollout_guidance)):
                 c = _headline(res["rollout"]["cases"], {"guidance": g}, {"batch": 64})  # the goal: 2x at 64
                 res[key], res[f"{key}_range"] = c["speedup"], c["speedup_range"]
