@@ -30,6 +30,12 @@ def positions(mask_NS: torch.Tensor) -> torch.Tensor:
     return (mask_NS.cumsum(-1) - 1).clamp(min=0)
 
 
+def checkpointing(module: torch.nn.Module) -> bool:
+    """Whether gradient checkpointing is on in any of the module's layers (transformers then turns the KV cache
+    off in training and recomputes activations in the backward pass)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in module.modules())
+
+
 @contextlib.contextmanager
 def eval_mode(module: torch.nn.Module):
     was_training = module.training

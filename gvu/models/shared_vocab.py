@@ -29,8 +29,8 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from gvu.models.forward import (cache_kwarg, cache_of, eval_mode, ForwardView, logits_kwarg, pad_batch, positions,
-                                span_logprobs, takes_kwargs)
+from gvu.models.forward import (cache_kwarg, cache_of, checkpointing, eval_mode, ForwardView, logits_kwarg, pad_batch,
+                                positions, span_logprobs, takes_kwargs)
 from gvu.models.hf import base_model
 from gvu.models.protocol import check_sample_args, checked_codes, DEFAULT_INSTRUCTION, Rollout, SamplingConfig
 from gvu.models.sampling import draw, guided_logprobs
@@ -252,10 +252,8 @@ class SharedVocabUMM:
         pos_T = lay.code_positions(T).to(device)
         block_BI = block_NI[:, :int(pos_T[-1])].repeat(2 if guided else 1, 1)  # nothing follows the last code
         if self.logits_chunk:
-            prefix_BS, pmask_BS = pad_batch(prefixes, lay.pad_id, "left", device)
-            ids_BS = torch.cat([prefix_BS, block_BI], dim=1)
-            mask_BS = torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
-            return self._chunked_logprobs(ids_BS, mask_BS, pos_T, block_BI.shape[1] + 1, codes_NT, sampling)
+            return self._chunked_logprobs(*self._whole_sequences(prefixes, block_BI), pos_T, block_BI.shape[1] + 1,
+                                          codes_NT, sampling)
         logits_BTC = self._code_logits(self._block_logits(prefixes, block_BI)[:, pos_T])  # logit k predicts token k
         C = logits_BTC.shape[-1]
         logp_QC = self._step_logprobs(logits_BTC.reshape(-1, C), N * T, sampling)
@@ -272,7 +270,7 @@ class SharedVocabUMM:
         lay, device, I = self.layout, self.device, block_BI.shape[1]
         distinct: dict[tuple, int] = {}
         inv = [distinct.setdefault(tuple(p), len(distinct)) for p in prefixes]
-        if self.share_prefix and not self._checkpointing():
+        if self.share_prefix and not (torch.is_grad_enabled() and checkpointing(self.lm)):  # no cache then
             pre_US, pmask_US = pad_batch([list(p) for p in distinct], lay.pad_id, "left", device)
             out = self._forward(input_ids=pre_US, attention_mask=pmask_US, position_ids=positions(pmask_US),
                                 use_cache=True, logits_to_keep=1)
@@ -285,16 +283,14 @@ class SharedVocabUMM:
                                     use_cache=True, logits_to_keep=I, **{self._cache_arg: cache},
                                     cache_position=torch.arange(S, S + I, device=device))
                 return torch.cat([out.logits[:, -1:][inv_B], blk.logits[:, -I:]], dim=1)
-        prefix_BS, pmask_BS = pad_batch(prefixes, lay.pad_id, "left", device)
-        ids_BS = torch.cat([prefix_BS, block_BI], dim=1)
-        mask_BS = torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
+        ids_BS, mask_BS = self._whole_sequences(prefixes, block_BI)
         return self._forward(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions(mask_BS),
                              use_cache=False, logits_to_keep=I + 1).logits
 
-    def _checkpointing(self) -> bool:
-        """Whether gradient checkpointing is on (transformers then turns the KV cache off in training)."""
-        return torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) is True
-                                               for m in self.lm.modules())
+    def _whole_sequences(self, prefixes: list[list[int]], block_BI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) [B, S + I] of the left-padded prefixes followed by their blocks."""
+        prefix_BS, pmask_BS = pad_batch(prefixes, self.layout.pad_id, "left", self.device)
+        return torch.cat([prefix_BS, block_BI], dim=1), torch.cat([pmask_BS, torch.ones_like(block_BI)], dim=1)
 
     def _chunked_logprobs(self, ids_BS, mask_BS, pos_T, keep: int, codes_NT, sampling) -> torch.Tensor:
         """image_logprobs for large vocabularies: the decoder's hidden states once, then the code rows of the

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gvu.eval.evaluate import row_seeds
+from gvu.models.forward import checkpointing
 from gvu.models.sampling import prompt_generators
 from gvu.reward import intrinsic_reward
 from gvu.rl.grpo import group_advantages, grpo_loss, k3_kl
@@ -258,7 +259,7 @@ class GRPOStep:
             return False
         m = self.policy.module
         return (not self.policy.reads_pixels
-                and not any(getattr(x, "gradient_checkpointing", False) is True for x in m.modules())
+                and not checkpointing(m)
                 and not any(isinstance(x, torch.nn.Dropout) and x.p > 0 for x in m.modules())
                 and not any(float(getattr(getattr(x, "config", None), "attention_dropout", 0) or 0) > 0
                             for x in m.modules()))
