@@ -41,3 +41,14 @@ def finite(minimum: float | None = None, above: bool = False):
 COUNT = at_least(1)
 SEED = at_least(0)
 THREADS = at_least(0)
+
+
+def STEPS(text: str) -> set[int]:
+    """Comma-separated training steps, each >= 0 (0: the model a run started from)."""
+    try:
+        steps = {int(t) for t in text.split(",") if t.strip()}
+    except ValueError:
+        steps = set()
+    if not steps or min(steps) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give steps as whole numbers >= 0, e.g. 0,20,120")
+    return steps

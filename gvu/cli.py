@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from gvu.argcheck import COUNT, SEED, THREADS, at_least, finite
+from gvu.argcheck import COUNT, SEED, STEPS, THREADS, at_least, finite
 
 
 # The one lazy-import place (docs/design.md, "The layers"): `gvu --help` and argument errors must not import torch,
@@ -122,12 +122,12 @@ def cmd_train(a: argparse.Namespace) -> None:
     from gvu.rl.trainer import Trainer
 
     if a.resume:
-        from gvu.rl.checkpoint import read_state, resolve_checkpoint
+        from gvu.rl.checkpoint import read_state, resolve_checkpoint, resume_config
 
         if a.overwrite or a.config:
             raise ValueError("--resume continues a run with its own config: leave out --config and --overwrite")
         ckpt = resolve_checkpoint(a.resume)
-        cfg = load_config(None, _resume_config(read_state(ckpt)["config"], parse_overrides(a.overrides),
+        cfg = load_config(None, resume_config(read_state(ckpt)["config"], parse_overrides(a.overrides),
                                                ckpt.parent, a.new_model))
     else:
         if not a.config:
@@ -143,18 +143,6 @@ def cmd_train(a: argparse.Namespace) -> None:
             torch.distributed.destroy_process_group()
     if trainer.dist.is_main:
         print(f"wrote the trained policy to {final}")
-
-
-def _resume_config(saved: dict, overrides: dict, run: Path, new_model: bool) -> dict:
-    """The checkpoint's config with the overrides (e.g. max_steps=... to train further), writing into the folder
-    as it is now (a copied run writes into the copy, not where it was first trained)."""
-    if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run.resolve():
-        raise ValueError(f"a resumed run writes into its own folder ({run}); to continue it elsewhere, copy the "
-                         "folder there and resume the copy")
-    if overrides.get("model", saved.get("model")) != saved.get("model") and not new_model:
-        raise ValueError(f"the run was trained from model={saved.get('model')}; model={overrides['model']} would "
-                         "switch the policy's reference mid-run: pass --new-model to do that on purpose")
-    return {**saved, **overrides, "output_dir": str(run)}
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -323,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--oracle", help="a `gvu demo --reward oracle_strict` folder of the same base: adds the "
                     "fraction of the oracle's gain")
     rp.set_defaults(func=_lazy("gvu.analysis.seeds", "cmd_report"))
+
+    cv = sub.add_parser("curve", help="gains over the steps: a run's checkpoints evaluated in full, the gain after a "
+                        "step, the own-sample accuracy's slope over the last third (curve.md, .json, .png)")
+    cv.add_argument("runs", nargs="+", help="`gvu train` folders, e.g. one per seed (save_total_limit=0 keeps all)")
+    cv.add_argument("--out", required=True, help="folder for each point's evaluation and the curve (resumes)")
+    cv.add_argument("--benchmark", default="val", help="as gvu eval's (default val: the validation benchmarks)")
+    cv.add_argument("--per-prompt", dest="per_prompt", type=COUNT, default=8)
+    cv.add_argument("--seed", type=SEED, default=1234, help="evaluation seed (the validation benchmarks: --val-seed)")
+    cv.add_argument("--val-seed", dest="val_seed", type=SEED, default=4321)
+    cv.add_argument("--against", type=at_least(0), default=20, help="the step the last step's gain is read from")
+    cv.add_argument("--steps", type=STEPS, help="evaluate only these steps, e.g. 0,20,120 (default: all)")
+    cv.set_defaults(func=_lazy("gvu.analysis.curve", "cmd_curve"))
 
     ld = sub.add_parser("lead", help="per-tag judge's lead (reward AUC on the base's own samples) against "
                         "per-tag gain, for one or more demo runs: a table, JSON and a scatter plot")

@@ -106,3 +106,21 @@ def load_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
     """(trainable weights, optimizer+scheduler states, rng states, trainer state)."""
     state = read_state(ckpt)
     return _load(ckpt / "trainable.pt"), _load(ckpt / "optim.pt"), _load(ckpt / "rng.pt"), state
+
+
+def resume_config(saved: dict, overrides: dict, run: Path, new_model: bool) -> dict:
+    """The checkpoint's config with the overrides (e.g. max_steps=... to train further), writing into the folder
+    as it is now (a copied run writes into the copy, not where it was first trained)."""
+    if "output_dir" in overrides and Path(overrides["output_dir"]).resolve() != run.resolve():
+        raise ValueError(f"a resumed run writes into its own folder ({run}); to continue it elsewhere, copy the "
+                         "folder there and resume the copy")
+    if overrides.get("model", saved.get("model")) != saved.get("model") and not new_model:
+        raise ValueError(f"the run was trained from model={saved.get('model')}; model={overrides['model']} would "
+                         "switch the policy's reference mid-run: pass --new-model to do that on purpose")
+    return {**saved, **overrides, "output_dir": str(run)}
+
+
+def load_weights(ckpt: Path) -> dict:
+    """The checkpoint's trainable weights alone, by name (data only), e.g. to evaluate the policy at that step."""
+    read_state(ckpt)
+    return _load(ckpt / "trainable.pt")

@@ -57,6 +57,15 @@ def lora_targets(policy, names) -> str:
     return rf"{re.escape(scope)}\..*\.(?:{alt})" if scope else rf"(?:.*\.)?(?:{alt})"
 
 
+def wrap_lora(policy, cfg: TrainConfig) -> None:
+    """The config's LoRA adapters on the policy's language model (in place)."""
+    from peft import LoraConfig, get_peft_model  # optional at import time: only LoRA runs need it
+
+    policy.module = get_peft_model(policy.module, LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=lora_targets(policy, cfg.lora_target_modules), bias="none"))
+
+
 def attach_training(policy, cfg: TrainConfig, dist):
     """LoRA on the policy's language model (its reference: the adapter disabled), or a frozen copy as the
     reference when the run needs one; FSDP2 sharding under several processes. Returns the reference copy or None."""
@@ -64,11 +73,7 @@ def attach_training(policy, cfg: TrainConfig, dist):
     if hasattr(policy, "share_prefix"):  # the shared-vocabulary models' teacher-forced pass (and the copy's)
         policy.share_prefix = cfg.share_prompt_prefix
     if cfg.use_lora:
-        from peft import LoraConfig, get_peft_model  # optional at import time: only LoRA runs need it
-
-        policy.module = get_peft_model(policy.module, LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=lora_targets(policy, cfg.lora_target_modules), bias="none"))
+        wrap_lora(policy, cfg)
     elif cfg.needs_reference():
         reference = copy.deepcopy(policy)
         for p in reference.module.parameters():
