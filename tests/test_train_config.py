@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gvu.rl.config import KNOWN_KEYS, TrainConfig, dump_config, load_config, parse_overrides
+from gvu.rl.config import SKILLS_MIX, KNOWN_KEYS, TrainConfig, dump_config, load_config, parse_overrides
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -109,7 +109,7 @@ def test_exponent_floats_are_floats(tmp_path):
     ("epsilon_high=wide", "bad config: epsilon_high must be float | None"),
     ("lora_target_modules=q_proj", "bad config: lora_target_modules must be list[str], got 'q_proj' (str)"),
     ("model=[a", "override 'model=[a': the value is not valid YAML"),
-    ("prompt_weights=[1]", "bad config: prompt_weights must be dict[str, float], got [1] (list)"),
+    ("prompt_weights=[1]", "bad config: prompt_weights must be dict[str, float] | None, got [1] (list)"),
     ("prompt_weights={colors: many}", "bad config: prompt_weights must be dict[str, float]"),
 ])
 def test_wrong_types_are_named(item, message):
@@ -217,5 +217,14 @@ def test_prompt_weights_set_the_built_in_training_mix():
     assert {inc[0]["count"] for inc in counted} == set(range(2, 8))
     assert not {scene_key(r) for r in rows} & held_out_scenes("shapes")
     # empty weights: the thirteen test kinds, none of the training-only one
-    default = load_prompt_rows(load_config(None, {"num_prompts": 400}), WordTokenizer())
-    assert not [r for r in default if r["tag"] == "counting"]  # every plain counting prompt is a test prompt
+    even = load_prompt_rows(load_config(None, {"num_prompts": 400, "prompt_weights": {}}), WordTokenizer())
+    assert not [r for r in even if r["tag"] == "counting"]  # every plain counting prompt is a test prompt
+    # unset: the skills mix, position at 4 of 11.5 (the curriculum's prior; the rows hold as many position scenes
+    # as the held-out split leaves)
+    cfg = load_config(None, {"num_prompts": 2000})
+    assert cfg.prompt_weights is None and cfg.mix == SKILLS_MIX and sum(SKILLS_MIX.values()) == 11.5
+    share = Counter(r["tag"] for r in load_prompt_rows(cfg, WordTokenizer()))["position"] / 2000
+    even_share = Counter(r["tag"] for r in even)["position"] / 400
+    assert share > 1.5 * even_share
+    # a prompt file has no mix
+    assert load_config(None, {"prompts": "p.jsonl"}).mix == {}

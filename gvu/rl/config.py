@@ -20,6 +20,12 @@ from gvu.rl.grpo import LOSS_AGGREGATIONS, SCALE_REWARDS
 from gvu.world.kinds import check_weights
 
 REWARDS = ("intrinsic", "oracle_binary", "oracle_strict", "oracle_partial")
+SKILLS_MIX = {"position": 4.0, "color_attr": 1.0, "color_attr_pp": 1.0, "color_spatial_attr": 1.0,
+              **{k: 0.5 for k in ("two_object", "colors", "spatial_count_attr", "color_count_attr",
+                                  "multi_object_count_attr", "size_spatial_attr", "single_object", "counting",
+                                  "counting_pp")}}
+"""The default mix of the built-in training set (TrainConfig.prompt_weights): the horizontal side and the binding of
+colours are what the base draws least, so their kinds weigh most (docs/rl-defaults.md, "The mix")."""
 
 
 @dataclass
@@ -33,23 +39,25 @@ class TrainConfig:
     """A GenEval-format metadata file, or 'train' (built-in shapes-world training set, no test overlap)."""
     num_prompts: int = 50_000
     """Size of the built-in training set when `prompts` is 'train'."""
-    prompt_weights: dict[str, float] = field(default_factory=dict)
-    """Mix of the built-in training set: prompt kind -> relative weight (kinds not named get 0); empty: the
+    prompt_weights: dict[str, float] | None = None
+    """Mix of the built-in training set: prompt kind -> relative weight (kinds not named get 0); unset: SKILLS_MIX
+    (position at 4, the three colour-binding kinds at 1, the other nine at 0.5: docs/rl-defaults.md); `{}`: the
     thirteen GenEval/GenEval++ kinds equally. Kinds: those of `gvu prompts` plus 'color_counting'. With the
     curriculum, which draws by tag, it is also the curriculum's prior: each tag's share is its weight (the sum of
     its kinds') times its signal, so the mix asked for is the mix drawn while every tag carries the same signal."""
-    max_steps: int = 60
-    """Training steps (one rollout each; with the defaults on the built-in model about 6.6 s each alone on two CPU
-    cores with the intrinsic reward, 10 s with an oracle: docs/rl-defaults.md)."""
+    max_steps: int = 120
+    """Training steps (one rollout each; with the defaults on the built-in model about 4 s each alone on two CPU
+    cores with the intrinsic reward: docs/rl-defaults.md, docs/performance.md)."""
     seed: int = 0
     """Seeds prompt order, sampling and initialisation of adapters."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
 
     # ------------------------------------------------------------------ rollout
-    prompts_per_step: int = 64
+    prompts_per_step: int = 32
     """Prompts per step; each gets `num_generations` images. Many prompts per optimizer step are what make the
-    update teach skills rather than the batch's prompts (docs/rl-defaults.md)."""
+    update teach skills rather than the batch's prompts; 32 for 120 steps draws as many images as 64 for 60 and
+    teaches the horizontal side that 60 steps do not (docs/rl-defaults.md)."""
     num_generations: int = 8
     """Group size G (the published run uses 2)."""
     dynamic_sampling: bool = True
@@ -262,6 +270,14 @@ class TrainConfig:
         known = ("geneval", "genevalpp", "dpg", "val_geneval", "val_genevalpp", "understanding")
         unknown = set(self.eval_benchmarks) - set(known)
         need(not unknown, f"unknown eval_benchmarks {sorted(unknown)}; use {', '.join(known)}")
+
+    @property
+    def mix(self) -> dict[str, float]:
+        """The training set's mix as drawn: prompt_weights, or SKILLS_MIX when unset on the built-in set (a prompt
+        file has no mix: {})."""
+        if self.prompt_weights is None:
+            return dict(SKILLS_MIX) if self.prompts == "train" else {}
+        return self.prompt_weights
 
     @property
     def rows_per_step(self) -> int:

@@ -26,7 +26,7 @@ def load_prompt_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
     """The training prompts, each checked against the model's vocabulary before any compute."""
     if cfg.prompts == "train":
         rows, where = build_train("shapes", seed=cfg.seed, n=cfg.num_prompts,
-                                  weights=cfg.prompt_weights or None), "built-in training set"
+                                  weights=cfg.mix or None), "built-in training set"
     else:
         rows, where = read_metadata(cfg.prompts), cfg.prompts
     if not rows:  # e.g. num_prompts=0: the data order below would divide by zero at the first step

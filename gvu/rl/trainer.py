@@ -62,7 +62,7 @@ class Trainer(GRPOStep):
         self.policy = load_model(cfg.model, device=D.device_for(self.dist))
         self.rows = load_prompt_rows(cfg, self.policy.tokenizer)
         self.curriculum = KindCurriculum(self.rows, cfg.seed, cfg.curriculum_floor, cfg.curriculum_decay,
-                                         prior=tag_weights(cfg.prompt_weights) if cfg.prompt_weights else None) \
+                                         prior=tag_weights(cfg.mix) if cfg.mix else None) \
             if cfg.curriculum else None
         if cfg.prompts != "train":  # tags, classes, colours, counts, prompt against include: gvu.eval.check
 
