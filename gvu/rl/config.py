@@ -173,9 +173,10 @@ class TrainConfig:
     prompts_per_step and minibatch_size must be multiples of the number of processes."""
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
-    eval_steps: int = 30
+    eval_steps: int = 60
     """Evaluate every this many steps (and at the start and end); 0: never. A logging choice only: evaluation
-    draws with its own generators, so the trained weights are the same whatever it is (tests/test_trainer.py)."""
+    draws with its own generators, so the trained weights are the same whatever it is (tests/test_trainer.py).
+    Its few images a prompt are a glance; `gvu curve` evaluates the kept checkpoints in full."""
     eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "dpg", "val_geneval",
                                                                 "val_genevalpp", "understanding"])
     """Held-out benchmarks evaluated during training: the test ones (dpg: DPG-shapes, dense prompts,
