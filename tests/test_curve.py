@@ -102,6 +102,7 @@ def test_points_are_evaluated_once_and_resume(runs, tmp_path, monkeypatch):
     assert len(calls) == 5
     data = json.loads((tmp_path / "c" / "curve.json").read_text())
     assert list(data["runs"]) == ["seed-0", "seed-1"]
+    assert set(data["own_sample_accuracy"]) == {"seed-0", "seed-1", "mean over the runs"}
     mean = data["scores"]["val_geneval"]["mean"]
     assert [m["step"] for m in mean] == [0, 2, 4]
     assert mean[0]["runs"][0] == mean[0]["runs"][1]
@@ -151,6 +152,8 @@ def test_the_own_sample_accuracy_slope_over_the_last_third(tmp_path):
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps({"step": s, "accuracy": a}) for s, a in rising[:9])
                                         + "\n" + json.dumps({"step": 0, "val_geneval": 0.2}) + "\n")
     assert curve.log_points(tmp_path) == [(s, a) for s, a in rising[:9]]
+    # the pooled curve: the mean at the steps every run logged
+    assert curve.mean_points([[(1, 0.2), (2, 0.4), (3, 0.5)], [(2, 0.6), (3, 0.7)]]) == [(2, 0.5), (3, 0.6)]
 
 
 def test_cli_refuses_bad_steps_and_a_folder_without_checkpoints(tmp_path):

@@ -158,6 +158,12 @@ def log_points(run: Path, key: str = "accuracy") -> list[tuple[int, float]]:
     return sorted(pts)
 
 
+def mean_points(runs: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The runs' values averaged at the steps every run logged (the pooled curve's noise is 1/sqrt(runs) of one)."""
+    shared = set.intersection(*(set(dict(pts)) for pts in runs)) if runs else set()
+    return [(s, float(np.mean([dict(pts)[s] for pts in runs]))) for s in sorted(shared)]
+
+
 def accuracy_trend(pts: list[tuple[int, float]]) -> dict | None:
     """Own-sample exact accuracy by step: its mean by thirds of the steps, and the slope over the last third (per
     step, least squares, with its 95% interval). None with fewer than two points a third."""
@@ -262,6 +268,8 @@ def write_curve(runs: list[str], out: str | os.PathLike, *, labels: list[str] | 
     curves = score_curves(results, against)
     logs = {lab: log_points(run) for lab, run in named}
     trends = {lab: accuracy_trend(pts) for lab, pts in logs.items()}
+    if len(logs) > 1:
+        trends["mean over the runs"] = accuracy_trend(mean_points(list(logs.values())))
     atomic_write_text(out / "curve.json", json.dumps({"runs": {lab: str(run) for lab, run in named},
                                                       "benchmark": benchmark, "per_prompt": per_prompt,
                                                       "against": against, "scores": curves,
