@@ -85,7 +85,7 @@ def evaluate_points(runs: list[tuple[str, Path]], out: Path, benchmark: str, per
             if steps is not None and step not in steps:
                 continue
             folder = out / label / f"step-{step}"
-            point = {"run": str(run), "step": step, "model": cfg["model"], "benchmark": benchmark,
+            point = {"run": str(run.resolve()), "step": step, "model": cfg["model"], "benchmark": benchmark,
                      "per_prompt": per_prompt, "seed": seed, "val_seed": val_seed, "limit": limit}
             if (folder / "point.json").is_file():
                 recorded = json.loads((folder / "point.json").read_text())
@@ -130,7 +130,9 @@ def score_curves(results: dict, against: int) -> dict:
             vals = [results[label][step][bench]["overall"] for label in results]
             half = _t_half(vals) if len(vals) > 1 else 1.96 * (overall_se(results[next(iter(results))][step][bench])
                                                                 or 0.0)
-            mean.append({"step": step, "mean": float(np.mean(vals)), "half_width": half, "runs": vals})
+            tags = {t: float(np.mean([results[label][step][bench]["tags"][t] for label in results]))
+                    for t in results[next(iter(results))][step][bench].get("tags", {})}
+            mean.append({"step": step, "mean": float(np.mean(vals)), "half_width": half, "runs": vals, "tags": tags})
         gains = {}
         for label, pts in per_run.items():
             at = {step: (v, se) for step, v, se in pts}
@@ -216,29 +218,40 @@ def markdown(curves: dict, trends: dict, against: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _accuracy_panel(ax, logs: dict) -> None:
+    for lab, pts in logs.items():
+        if pts:
+            xs, ys = zip(*pts)
+            w = max(1, len(ys) // 12)
+            ax.plot(xs[w - 1:], np.convolve(ys, np.ones(w) / w, mode="valid"), lw=1.2, label=lab)
+    ax.set_title("own-sample exact accuracy (running mean)", fontsize=9)
+
+
+def _score_panel(ax, c: dict, title: str) -> None:
+    for lab, pts in c["runs"].items():
+        ax.plot([p["step"] for p in pts], [p["score"] for p in pts], lw=0.8, alpha=0.6, marker=".", label=lab)
+    xs = [m["step"] for m in c["mean"]]
+    ys = np.array([m["mean"] for m in c["mean"]])
+    hw = np.array([m["half_width"] or 0.0 for m in c["mean"]])
+    ax.plot(xs, ys, color="k", lw=1.8, label="mean")
+    ax.fill_between(xs, ys - hw, ys + hw, color="k", alpha=0.12)
+    ax.set_title(title, fontsize=9)
+
+
 def plot(curves: dict, logs: dict, path: Path) -> Path:
-    panels = list(curves) + ["accuracy"]
-    fig = _figure(3.6 * len(panels), 2.8)
-    for k, name in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), k + 1)
-        if name == "accuracy":
-            for lab, pts in logs.items():
-                if pts:
-                    xs, ys = zip(*pts)
-                    w = max(1, len(ys) // 12)
-                    smooth = np.convolve(ys, np.ones(w) / w, mode="valid")
-                    ax.plot(xs[w - 1:], smooth, lw=1.2, label=lab)
-            ax.set_title("own-sample exact accuracy\n(running mean)", fontsize=9)
-        else:
-            c = curves[name]
-            for lab, pts in c["runs"].items():
-                ax.plot([p["step"] for p in pts], [p["score"] for p in pts], lw=0.8, alpha=0.6, marker=".", label=lab)
-            xs = [m["step"] for m in c["mean"]]
-            ys = np.array([m["mean"] for m in c["mean"]])
-            hw = np.array([m["half_width"] or 0.0 for m in c["mean"]])
-            ax.plot(xs, ys, color="k", lw=1.8, label="mean")
-            ax.fill_between(xs, ys - hw, ys + hw, color="k", alpha=0.12)
-            ax.set_title(BENCH_TITLES[name], fontsize=9)
+    """Top: each benchmark's score by step (runs, mean, 95% band) and the own-sample accuracy; below: each
+    benchmark's tags, the mean over the runs."""
+    cols = len(curves) + 1
+    fig = _figure(3.6 * cols, 5.6)
+    for k, (name, c) in enumerate(curves.items()):
+        _score_panel(fig.add_subplot(2, cols, k + 1), c, BENCH_TITLES[name])
+        ax = fig.add_subplot(2, cols, cols + k + 1)
+        for tag in (c["mean"][0]["tags"] if c["mean"] else {}):
+            ax.plot([m["step"] for m in c["mean"]], [m["tags"][tag] for m in c["mean"]], lw=1.2, marker=".", label=tag)
+        ax.set_title(f"{BENCH_TITLES[name]}: tags (mean)", fontsize=9)
+        ax.legend(fontsize=6)
+    _accuracy_panel(fig.add_subplot(2, cols, cols), logs)
+    for ax in fig.axes:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
