@@ -21,7 +21,8 @@ from gvu.rl.trainer import Trainer
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yaml"
 # every path of the update is exercised: 2 minibatches x 2 passes, the KL to the reference, the judge's leash
-COMMON = {"num_prompts": 32, "eval_steps": 0, "save_steps": 0, "max_steps": 3, "prompts_per_step": 4,
+COMMON = {"prompt_weights": {},  # every kind alike: the mix these equalities were measured on
+          "num_prompts": 32, "eval_steps": 0, "save_steps": 0, "max_steps": 3, "prompts_per_step": 4,
           "num_generations": 4, "minibatch_size": 8, "num_iterations": 2, "beta": 0.02, "beta_understanding": 1.0}
 
 
