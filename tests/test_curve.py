@@ -12,18 +12,10 @@ import torch
 
 from gvu.analysis import curve
 from gvu.models.builtin.model import load_builtin
-from gvu.models.builtin.pretrain import PretrainConfig, pretrain
 from gvu.rl.config import load_config
 from gvu.rl.trainer import Trainer
 
-from test_trainer import TINY, gvu
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, one_thread):
-    out = tmp_path_factory.mktemp("base") / "base-tiny"
-    pretrain(PretrainConfig(size="tiny", steps=40, num_scenes=200, batch_size=32), out, progress=False)
-    return out
+from test_trainer import TINY, base, gvu  # noqa: F401 (base: the tiny pretrained base fixture)
 
 
 def train(base, out, **kw):
