@@ -10,7 +10,9 @@ prompts). Variants, each an option measured against the plain geometric mean:
   otherwise dilutes the words that carry the prompt's facts;
 - `contrastive`: the probability of the true prompt among itself and hard negatives built through the
   grammar (one fact changed: a colour, a count, a relation, an object; and two objects' colours swapped), i.e.
-  softmax over total log-probs.
+  softmax over total log-probs;
+- `blend`: geomean^(1 - w) x contrastive^w, the plain reward weighed with how far the true prompt stands above its
+  hard negatives (w = `blend_weight`; docs/results.md, "A reward that reads distinctions").
 
 Also here: TRL-style reward functions `f(prompts, images, **metadata) -> list[float | None]` (the intrinsic reward
 as one, for TRL's `reward_funcs`) and the shapes world's oracle rewards from the exact judge (the yardstick).
@@ -38,7 +40,7 @@ from gvu.world.judge import evaluate
 from gvu.world.kinds import scene_key, swap_colours
 from gvu.world.render import decode
 
-VARIANTS = ("geomean", "content", "contrastive")
+VARIANTS = ("geomean", "content", "contrastive", "blend")
 SCORERS = ("policy", "reference")
 IMAGE_PATHS = ("tokens", "pixels")
 TEMPLATE_PREFIX = "a photo of"
@@ -49,7 +51,10 @@ class RewardConfig:
     instruction: str = DEFAULT_INSTRUCTION
     """The understanding instruction placed after the image."""
     variant: str = "geomean"
-    """'geomean' (the paper), 'content' (drop the template prefix) or 'contrastive' (vs hard negatives)."""
+    """'geomean' (the paper), 'content' (drop the template prefix), 'contrastive' (vs hard negatives) or 'blend'
+    (geomean^(1 - blend_weight) x contrastive^blend_weight)."""
+    blend_weight: float = 0.5
+    """The contrastive factor's exponent w in the blend variant, in (0, 1)."""
     scorer: str = "policy"
     """Which model scores: the current 'policy' (teacher and student evolve together) or the frozen 'reference'.
     Read by the caller that picks the model (the trainer, `gvu score`); the functions here score with whatever
@@ -64,6 +69,10 @@ class RewardConfig:
         for name, allowed in (("variant", VARIANTS), ("scorer", SCORERS), ("image_path", IMAGE_PATHS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"reward {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if isinstance(self.blend_weight, bool) or not isinstance(self.blend_weight, (int, float)) or \
+                not 0.0 < self.blend_weight < 1.0:
+            raise ValueError(f"reward blend_weight must be a number in (0, 1) (the contrastive factor's exponent; "
+                             f"0 and 1 are the geomean and contrastive variants), got {self.blend_weight!r}")
         if not isinstance(self.instruction, str):
             raise ValueError(f"reward instruction must be a string, got {type(self.instruction).__name__}")
         if isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int) or self.micro_batch < 1:
@@ -147,8 +156,11 @@ def intrinsic_reward(model, image_tokens_NT: torch.Tensor, prompts: list[str], c
         reward = geomean(logp_NL, keep)
     else:
         if rows is None or len(rows) != len(prompts):
-            raise ValueError("the contrastive reward needs each prompt's metadata row (rows=..., one per image)")
+            raise ValueError(f"the {cfg.variant} reward needs each prompt's metadata row (rows=..., one per image)")
         reward = contrastive_reward(model, image_tokens_NT, rows, logp_NL, mask_NL, cfg, rng)
+        if cfg.variant == "blend":
+            w = cfg.blend_weight
+            reward = geomean(logp_NL, mask_NL).pow(1.0 - w) * reward.to(logp_NL.device).pow(w)
     return RewardOutput(reward, logp_with_graph, mask_NL)
 
 

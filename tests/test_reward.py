@@ -161,6 +161,28 @@ def test_contrastive_is_true_prompt_probability_among_candidates(model):
         assert r[n].item() == pytest.approx(torch.softmax(total, 0)[0].item(), rel=1e-5)
 
 
+def test_blend_weighs_the_geometric_mean_with_the_contrastive_probability(model):
+    prompts = PROMPTS + ["a photo of four stars"]
+    rows = rows_of(prompts)
+    codes = gt_tokens(rows)
+    geo = intrinsic_reward(model, codes, prompts, RewardConfig()).reward_N
+    con = intrinsic_reward(model, codes, prompts, RewardConfig(variant="contrastive"), rows=rows,
+                           rng=np.random.default_rng(5)).reward_N
+    for w in (0.25, 0.5):
+        blend = intrinsic_reward(model, codes, prompts, RewardConfig(variant="blend", blend_weight=w), rows=rows,
+                                 rng=np.random.default_rng(5)).reward_N
+        torch.testing.assert_close(blend, geo.pow(1 - w) * con.pow(w))
+    assert not torch.allclose(geo, con)  # the two factors differ, so the weight is read
+    with pytest.raises(ValueError, match="metadata row"):
+        intrinsic_reward(model, codes, prompts, RewardConfig(variant="blend"))
+
+
+@pytest.mark.parametrize("w", [0, 1, 1.5, -0.1, True, "0.5"])
+def test_blend_weight_must_lie_strictly_between_0_and_1(w):
+    with pytest.raises(ValueError, match="blend_weight must be a number in \\(0, 1\\)"):
+        RewardConfig(variant="blend", blend_weight=w)
+
+
 def test_contrastive_needs_rows(model):
     codes = gt_tokens(rows_of(PROMPTS[:1]))
     with pytest.raises(ValueError, match="metadata row"):

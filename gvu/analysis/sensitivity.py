@@ -102,8 +102,8 @@ def score_ablations(model, rows: list[dict], images: dict[str, torch.Tensor], pe
                     cfg: RewardConfig | None = None) -> list[dict]:
     """One record per image: source, row index, tag, and the reward under every ablation that applies."""
     cfg = cfg or RewardConfig()
-    if cfg.variant == "contrastive":
-        raise ValueError("the contrastive variant needs metadata for its hard negatives, which ablated prompts "
+    if cfg.variant in ("contrastive", "blend"):
+        raise ValueError(f"the {cfg.variant} variant needs metadata for its hard negatives, which ablated prompts "
                          "do not have; run the sensitivity study with the geomean or content variant")
     prompts_of = [ablated_prompts(r) for r in rows]
     records = []

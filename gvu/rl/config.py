@@ -89,7 +89,9 @@ class TrainConfig:
     reward: str = "intrinsic"
     """'intrinsic' (GvU) or an oracle from the exact judge: 'oracle_binary', 'oracle_strict', 'oracle_partial'."""
     reward_variant: str = "geomean"
-    """Intrinsic reward variant: 'geomean' (the paper), 'content', 'contrastive'."""
+    """Intrinsic reward variant: 'geomean' (the paper), 'content', 'contrastive', 'blend'."""
+    reward_blend_weight: float = 0.5
+    """The blend variant's contrastive exponent w: reward = geomean^(1 - w) x contrastive^w."""
     reward_scorer: str = "policy"
     """Who scores the intrinsic reward: the current 'policy' or the frozen 'reference'."""
     reward_image_path: str = "tokens"
@@ -262,7 +264,7 @@ class TrainConfig:
              f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon}): it widens the upper clip "
              "range (DAPO's clip-higher); leave it null for the same range as epsilon")
         RewardConfig(instruction=self.instruction, variant=self.reward_variant, scorer=self.reward_scorer,
-                     image_path=self.reward_image_path)
+                     image_path=self.reward_image_path, blend_weight=self.reward_blend_weight)
         need(self.monitor_images >= 0, f"monitor_images must be >= 0 (0: every kept image), got {self.monitor_images}")
         need(self.monitor in ("auto", "shapes", "reward"),
              f"monitor must be auto, shapes or reward, got {self.monitor!r}")

@@ -71,7 +71,8 @@ class Trainer(GRPOStep):
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                        min_p=cfg.min_p, guidance=cfg.guidance_scale)
         self.reward_cfg = RewardConfig(instruction=cfg.instruction, variant=cfg.reward_variant,
-                                       scorer=cfg.reward_scorer, image_path=cfg.reward_image_path)
+                                       scorer=cfg.reward_scorer, image_path=cfg.reward_image_path,
+                                       blend_weight=cfg.reward_blend_weight)
         self.reference = attach_training(self.policy, cfg, self.dist)
         self.params = [p for p in self.policy.module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
