@@ -176,6 +176,20 @@ def test_score_command_through_argparse(tiny_dir, bench_dir, tmp_path, capsys):
         _parser().parse_args(["score", str(bench_dir), "--model", str(tiny_dir), "--scorer", "teacher"])
 
 
+def test_score_blend_weight_reaches_the_reward(tiny_dir, bench_dir, tmp_path, capsys):
+    rewards = {}
+    for variant, w in (("geomean", 0.5), ("contrastive", 0.5), ("blend", 0.25), ("blend", 0.75)):
+        out = tmp_path / f"{variant}-{w}.jsonl"
+        a = _parser().parse_args(["score", str(bench_dir), "--model", str(tiny_dir), "--variant", variant,
+                                  "--blend-weight", str(w), "--out", str(out)])
+        a.func(a)
+        rewards[variant, w] = np.array([json.loads(line)["reward"] for line in out.read_text().splitlines()])
+    geo, con = rewards["geomean", 0.5], rewards["contrastive", 0.5]
+    for w in (0.25, 0.75):
+        np.testing.assert_allclose(rewards["blend", w], geo ** (1 - w) * con ** w, rtol=1e-4)
+    assert capsys.readouterr().out.count("intrinsic reward (blend)") == 2
+
+
 @pytest.mark.slow  # a fresh interpreter imports torch + transformers: 5-20 s on two busy cores
 def test_score_cli_subprocess(tiny_dir, bench_dir, tmp_path):
     out = tmp_path / "s.jsonl"

@@ -263,7 +263,8 @@ def write_scores(path: str | os.PathLike, records: list[dict]) -> None:
 
 def cmd_score(a: argparse.Namespace) -> None:
     model, what = load_scorer(a.model, a.scorer)
-    cfg = RewardConfig(variant=a.variant, scorer=a.scorer, image_path="pixels", micro_batch=a.micro_batch)
+    cfg = RewardConfig(variant=a.variant, scorer=a.scorer, image_path="pixels", micro_batch=a.micro_batch,
+                       blend_weight=a.blend_weight)
     records = score_folder(model, a.dir, cfg, seed=a.seed, progress=True)
     if a.out:
         write_scores(a.out, records)
