@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="policy: the model; reference: the base a `gvu train` output started from (a plain "
                          "model folder is its own reference)")
     sc.add_argument("--variant", type=_member("gvu.reward", "VARIANTS"), default="geomean", help="the reward's form")
-    sc.add_argument("--blend-weight", dest="blend_weight", type=float, default=0.5, help="blend: contrastive exponent")
+    sc.add_argument("--blend-weight", dest="blend_weight", type=float, default=0.25, help="blend: contrastive exponent")
     sc.add_argument("--out", help="write one JSON line per image here (filename, prompt, tag, reward, correct)")
     sc.add_argument("--micro-batch", dest="micro_batch", type=COUNT, default=64, help="images per forward pass")
     sc.add_argument("--seed", type=SEED, default=0, help="draws the contrastive variant's negatives")

@@ -53,7 +53,7 @@ class RewardConfig:
     variant: str = "geomean"
     """'geomean' (the paper), 'content' (drop the template prefix), 'contrastive' (vs hard negatives) or 'blend'
     (geomean^(1 - blend_weight) x contrastive^blend_weight)."""
-    blend_weight: float = 0.5
+    blend_weight: float = 0.25
     """The contrastive factor's exponent w in the blend variant, in (0, 1)."""
     scorer: str = "policy"
     """Which model scores: the current 'policy' (teacher and student evolve together) or the frozen 'reference'.

@@ -229,3 +229,12 @@ def test_prompt_weights_set_the_built_in_training_mix():
     assert share > 1.5 * even_share
     # a prompt file has no mix
     assert load_config(None, {"prompts": "p.jsonl"}).mix == {}
+
+
+def test_the_reward_variant_is_the_blend_on_the_built_in_set_and_the_geometric_mean_for_a_prompt_file():
+    cfg = load_config(None, {})
+    assert cfg.reward_variant is None and cfg.variant == "blend" and cfg.reward_blend_weight == 0.25
+    assert load_config(None, {"prompts": "p.jsonl"}).variant == "geomean"  # a file's rows carry no facts
+    for v in ("geomean", "content", "contrastive", "blend"):
+        assert load_config(None, {"reward_variant": v}).variant == v
+        assert load_config(None, {"reward_variant": v, "prompts": "p.jsonl"}).variant == v

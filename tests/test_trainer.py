@@ -240,6 +240,15 @@ def test_lora_trains_only_adapters_and_saves_a_merged_model(base, tmp_path):
     assert not any("lora" in k for k in final_w)
 
 
+def test_the_default_reward_is_the_blend_of_the_built_in_set(base, run_a, tmp_path):
+    trainer, out = run_a  # tiny.yaml leaves the variant unset
+    assert (trainer.reward_cfg.variant, trainer.reward_cfg.blend_weight) == ("blend", 0.25)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps(ROW) + "\n")
+    t = Trainer(config(base, tmp_path / "run", prompts=str(prompts), reward_blend_weight=0.5))
+    assert (t.reward_cfg.variant, t.reward_cfg.blend_weight) == ("geomean", 0.5)
+
+
 def test_reference_scorer_with_beta_zero(base, tmp_path):
     out = tmp_path / "ref"
     trainer = train(config(base, out, max_steps=1, beta=0.0, reward_scorer="reference"))

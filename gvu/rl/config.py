@@ -88,9 +88,11 @@ class TrainConfig:
     # ------------------------------------------------------------------ reward
     reward: str = "intrinsic"
     """'intrinsic' (GvU) or an oracle from the exact judge: 'oracle_binary', 'oracle_strict', 'oracle_partial'."""
-    reward_variant: str = "geomean"
-    """Intrinsic reward variant: 'geomean' (the paper), 'content', 'contrastive', 'blend'."""
-    reward_blend_weight: float = 0.5
+    reward_variant: str | None = None
+    """Intrinsic reward variant: 'geomean' (the paper), 'content', 'contrastive', 'blend'; unset: 'blend' on the
+    built-in training set (its rows carry the facts the hard negatives are built from; docs/rl-defaults.md, "A reward
+    that reads distinctions"), 'geomean' for a prompt file."""
+    reward_blend_weight: float = 0.25
     """The blend variant's contrastive exponent w: reward = geomean^(1 - w) x contrastive^w."""
     reward_scorer: str = "policy"
     """Who scores the intrinsic reward: the current 'policy' or the frozen 'reference'."""
@@ -263,7 +265,7 @@ class TrainConfig:
         need(self.epsilon_high is None or self.epsilon_high >= self.epsilon,
              f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon}): it widens the upper clip "
              "range (DAPO's clip-higher); leave it null for the same range as epsilon")
-        RewardConfig(instruction=self.instruction, variant=self.reward_variant, scorer=self.reward_scorer,
+        RewardConfig(instruction=self.instruction, variant=self.variant, scorer=self.reward_scorer,
                      image_path=self.reward_image_path, blend_weight=self.reward_blend_weight)
         need(self.monitor_images >= 0, f"monitor_images must be >= 0 (0: every kept image), got {self.monitor_images}")
         need(self.monitor in ("auto", "shapes", "reward"),
@@ -281,6 +283,14 @@ class TrainConfig:
         if self.prompt_weights is None:
             return dict(SKILLS_MIX) if self.prompts == "train" else {}
         return self.prompt_weights
+
+    @property
+    def variant(self) -> str:
+        """The intrinsic reward's variant as scored: reward_variant, or 'blend' when unset on the built-in set
+        ('geomean' for a prompt file)."""
+        if self.reward_variant is None:
+            return "blend" if self.prompts == "train" else "geomean"
+        return self.reward_variant
 
     @property
     def rows_per_step(self) -> int:

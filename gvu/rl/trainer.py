@@ -70,7 +70,7 @@ class Trainer(GRPOStep):
                        world=self.policy.world == "shapes")
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                        min_p=cfg.min_p, guidance=cfg.guidance_scale)
-        self.reward_cfg = RewardConfig(instruction=cfg.instruction, variant=cfg.reward_variant,
+        self.reward_cfg = RewardConfig(instruction=cfg.instruction, variant=cfg.variant,
                                        scorer=cfg.reward_scorer, image_path=cfg.reward_image_path,
                                        blend_weight=cfg.reward_blend_weight)
         self.reference = attach_training(self.policy, cfg, self.dist)
