@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -208,11 +209,17 @@ def hard_negatives(row: dict, rng: np.random.Generator, classes: tuple[str, ...]
 
 
 def contrastive_reward(model, image_tokens_NT, rows, logp_NL, mask_NL, cfg, rng=None) -> torch.Tensor:
-    rng = rng or np.random.default_rng(0)
+    # One draw from `rng`, then each prompt's negatives from (that draw, the prompt): the images of a group are
+    # weighed against the same negatives, and a row's negatives do not depend on the other rows of the batch (so a
+    # run split over processes draws what one process draws).
+    base = int((rng or np.random.default_rng(0)).integers(2 ** 63))
     true_lp = (logp_NL * mask_NL).sum(-1)
-    idx, prompts = [], []
+    idx, prompts, drawn = [], [], {}
     for n, row in enumerate(rows):
-        for neg in hard_negatives(row, rng):
+        if row["prompt"] not in drawn:
+            key = zlib.crc32(row["prompt"].encode())
+            drawn[row["prompt"]] = hard_negatives(row, np.random.default_rng([base, key]))
+        for neg in drawn[row["prompt"]]:
             idx.append(n)
             prompts.append(neg["prompt"])
     if not prompts:

@@ -21,7 +21,7 @@ from gvu.rl.trainer import Trainer
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yaml"
 # every path of the update is exercised: 2 minibatches x 2 passes, the KL to the reference, the judge's leash
-COMMON = {"prompt_weights": {},  # every kind alike: the mix these equalities were measured on
+COMMON = {"prompt_weights": {}, "reward_variant": "geomean",  # the mix and reward these equalities were measured on
           "num_prompts": 32, "eval_steps": 0, "save_steps": 0, "max_steps": 3, "prompts_per_step": 4,
           "num_generations": 4, "minibatch_size": 8, "num_iterations": 2, "beta": 0.02, "beta_understanding": 1.0}
 
@@ -91,6 +91,17 @@ def test_two_processes_match_one(base, single, tmp_path, strategy):
         # the loss near ratio 1 is a sum of terms +-A that cancel to ~1e-3 (advantages have mean zero), so float32
         # rounding, which depends on each shard's padding width, is large relative to it: compare it to 1e-5
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+
+
+def test_the_blend_reward_in_two_processes_matches_one(base, tmp_path):
+    """The contrastive factor's negatives are drawn per prompt, not in the order of a process's rows: two processes
+    end where one does (to rounding; drawn per row in order, 1.7e-2 apart)."""
+    one = tmp_path / "one"
+    one_process(base, one, reward_variant="blend")
+    out = tmp_path / "two"
+    torchrun(2, "-m", "gvu.cli", "train", "--config", str(TINY), f"model={base}", f"output_dir={out}",
+             *overrides(reward_variant="blend"))
+    assert_same(final_weights(out), final_weights(one), tol=1e-4)
 
 
 def test_checkpoint_of_two_processes_resumes_in_one(base, single, tmp_path):

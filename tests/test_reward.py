@@ -7,6 +7,8 @@ written out literally below and compared with our one-pass, log-space version on
 
 import math
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -152,13 +154,32 @@ def test_contrastive_is_true_prompt_probability_among_candidates(model):
     r = intrinsic_reward(model, codes, prompts, RewardConfig(variant="contrastive"), rows=rows,
                          rng=np.random.default_rng(5)).reward_N
     assert ((r > 0) & (r <= 1)).all()
-    rng = np.random.default_rng(5)  # the same draws, by hand
+    base = int(np.random.default_rng(5).integers(2 ** 63))  # the same draws, by hand: one per prompt
     for n, row in enumerate(rows):
+        rng = np.random.default_rng([base, zlib.crc32(row["prompt"].encode())])
         cands = [prompts[n]] + [neg["prompt"] for neg in hard_negatives(row, rng)]
         assert len(cands) >= 2 and len(set(cands)) == len(cands)
         lp, mask = prompt_token_logprobs(model, codes[[n] * len(cands)], cands)
         total = (lp * mask).sum(-1).double()
         assert r[n].item() == pytest.approx(torch.softmax(total, 0)[0].item(), rel=1e-5)
+
+
+def test_contrastive_negatives_do_not_depend_on_the_other_rows(model):
+    """A run split over processes scores each shard alone: a row's reward must be the one it gets in the whole
+    batch, and the images of one prompt are weighed against the same negatives."""
+    prompts = PROMPTS + ["a photo of four stars"]
+    rows = rows_of(prompts)
+    codes = gt_tokens(rows)
+    for variant in ("contrastive", "blend"):
+        cfg = RewardConfig(variant=variant)
+        whole = intrinsic_reward(model, codes, prompts, cfg, rows=rows, rng=np.random.default_rng(5)).reward_N
+        for lo, hi in ((0, 1), (1, len(rows))):
+            part = intrinsic_reward(model, codes[lo:hi], prompts[lo:hi], cfg, rows=rows[lo:hi],
+                                    rng=np.random.default_rng(5)).reward_N
+            torch.testing.assert_close(part, whole[lo:hi])
+        twice = intrinsic_reward(model, codes[[0, 0]], [prompts[0]] * 2, cfg, rows=[rows[0]] * 2,
+                                 rng=np.random.default_rng(5)).reward_N
+        assert twice[0].item() == twice[1].item()
 
 
 def test_blend_weighs_the_geometric_mean_with_the_contrastive_probability(model):

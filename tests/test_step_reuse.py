@@ -74,7 +74,7 @@ def test_reuse_is_off_where_the_update_would_see_other_weights_or_sequences(base
 
 def test_a_draw_with_dropped_groups_recomputes(base, tmp_path):
     """Dynamic sampling that drops a group: the kept rows are not the reward's batch, so the update recomputes."""
-    tr = trainer(base, tmp_path / "run")
+    tr = trainer(base, tmp_path / "run", reward_variant="geomean")  # the blend adds its negatives' pass
     real = tr.intrinsic_scored
 
     def tie_first_group(*a):  # equal rewards in the first group: it carries no signal and is dropped
