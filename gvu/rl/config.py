@@ -177,8 +177,9 @@ class TrainConfig:
     prompts_per_step and minibatch_size must be multiples of the number of processes."""
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
-    eval_steps: int = 60
-    """Evaluate every this many steps (and at the start and end); 0: never. A logging choice only: evaluation
+    eval_steps: int = 0
+    """Evaluate every this many steps (and at the start and end); 0: never (the demo evaluates before and after at 8
+    images a prompt, and `gvu curve` reads the kept checkpoints). A logging choice only: evaluation
     draws with its own generators, so the trained weights are the same whatever it is (tests/test_trainer.py).
     Its few images a prompt are a glance; `gvu curve` evaluates the kept checkpoints in full."""
     eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "dpg", "val_geneval",
