@@ -161,7 +161,7 @@ def intrinsic_reward(model, image_tokens_NT: torch.Tensor, prompts: list[str], c
         reward = contrastive_reward(model, image_tokens_NT, rows, logp_NL, mask_NL, cfg, rng)
         if cfg.variant == "blend":
             w = cfg.blend_weight
-            reward = geomean(logp_NL, mask_NL).pow(1.0 - w) * reward.to(logp_NL.device).pow(w)
+            reward = geomean(logp_NL, mask_NL).pow(1.0 - w) * reward.pow(w)
     return RewardOutput(reward, logp_with_graph, mask_NL)
 
 

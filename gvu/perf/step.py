@@ -40,7 +40,7 @@ def _count_tokens(lm, counter: dict, key: str, only_grad: bool):
 
 
 STEP_FIELDS = ("prompts_per_step", "num_generations", "dynamic_sampling", "max_sampling_rounds", "curriculum",
-               "minibatch_size", "num_iterations", "beta", "beta_understanding", "reward", "reward_variant",
+               "minibatch_size", "num_iterations", "beta", "beta_understanding", "reward", "variant",
                "reward_scorer", "guidance_scale", "old_logp_source", "reuse_reward_pass", "share_prompt_prefix",
                "monitor_images")
 """What defines the step's work, as reported; the benchmark takes every field of TrainConfig() except where the run

@@ -89,9 +89,8 @@ class TrainConfig:
     reward: str = "intrinsic"
     """'intrinsic' (GvU) or an oracle from the exact judge: 'oracle_binary', 'oracle_strict', 'oracle_partial'."""
     reward_variant: str | None = None
-    """Intrinsic reward variant: 'geomean' (the paper), 'content', 'contrastive', 'blend'; unset: 'blend' on the
-    built-in training set (its rows carry the facts the hard negatives are built from; docs/rl-defaults.md, "A reward
-    that reads distinctions"), 'geomean' for a prompt file."""
+    """'geomean' (the paper), 'content', 'contrastive', 'blend'; unset: 'blend' on the built-in training set (its
+    rows carry the facts the hard negatives are built from; docs/rl-defaults.md), 'geomean' for a prompt file."""
     reward_blend_weight: float = 0.25
     """The blend variant's contrastive exponent w: reward = geomean^(1 - w) x contrastive^w."""
     reward_scorer: str = "policy"
@@ -178,10 +177,8 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
     eval_steps: int = 0
-    """Evaluate every this many steps (and at the start and end); 0: never (the demo evaluates before and after at 8
-    images a prompt, and `gvu curve` reads the kept checkpoints). A logging choice only: evaluation
-    draws with its own generators, so the trained weights are the same whatever it is (tests/test_trainer.py).
-    Its few images a prompt are a glance; `gvu curve` evaluates the kept checkpoints in full."""
+    """Evaluate every this many steps (and at the start and end); 0: never. A logging choice only (own generators:
+    the same trained weights, tests/test_trainer.py); a glance beside the demo's before/after and `gvu curve`."""
     eval_benchmarks: list[str] = field(default_factory=lambda: ["geneval", "genevalpp", "dpg", "val_geneval",
                                                                 "val_genevalpp", "understanding"])
     """Held-out benchmarks evaluated during training: the test ones (dpg: DPG-shapes, dense prompts,
@@ -266,8 +263,7 @@ class TrainConfig:
         need(self.epsilon_high is None or self.epsilon_high >= self.epsilon,
              f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon}): it widens the upper clip "
              "range (DAPO's clip-higher); leave it null for the same range as epsilon")
-        RewardConfig(instruction=self.instruction, variant=self.variant, scorer=self.reward_scorer,
-                     image_path=self.reward_image_path, blend_weight=self.reward_blend_weight)
+        _ = self.reward_config  # RewardConfig checks the reward's settings as it is built
         need(self.monitor_images >= 0, f"monitor_images must be >= 0 (0: every kept image), got {self.monitor_images}")
         need(self.monitor in ("auto", "shapes", "reward"),
              f"monitor must be auto, shapes or reward, got {self.monitor!r}")
@@ -287,11 +283,15 @@ class TrainConfig:
 
     @property
     def variant(self) -> str:
-        """The intrinsic reward's variant as scored: reward_variant, or 'blend' when unset on the built-in set
-        ('geomean' for a prompt file)."""
+        """reward_variant, or when unset 'blend' on the built-in set and 'geomean' for a prompt file."""
         if self.reward_variant is None:
             return "blend" if self.prompts == "train" else "geomean"
         return self.reward_variant
+
+    @property
+    def reward_config(self) -> RewardConfig:
+        return RewardConfig(instruction=self.instruction, variant=self.variant, scorer=self.reward_scorer,
+                            image_path=self.reward_image_path, blend_weight=self.reward_blend_weight)
 
     @property
     def rows_per_step(self) -> int:

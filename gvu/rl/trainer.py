@@ -31,7 +31,7 @@ from tqdm import tqdm
 from gvu.eval.check import check_rows, file_lines
 from gvu.models.load import load_model
 from gvu.models.protocol import SamplingConfig
-from gvu.reward import oracle_reward_function, RewardConfig
+from gvu.reward import oracle_reward_function
 from gvu.rl import checkpoint as ckpt, distributed as D, runfolder
 from gvu.rl.config import dump_config, TrainConfig
 from gvu.rl.curriculum import KindCurriculum
@@ -70,9 +70,7 @@ class Trainer(GRPOStep):
                        world=self.policy.world == "shapes")
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                        min_p=cfg.min_p, guidance=cfg.guidance_scale)
-        self.reward_cfg = RewardConfig(instruction=cfg.instruction, variant=cfg.variant,
-                                       scorer=cfg.reward_scorer, image_path=cfg.reward_image_path,
-                                       blend_weight=cfg.reward_blend_weight)
+        self.reward_cfg = cfg.reward_config
         self.reference = attach_training(self.policy, cfg, self.dist)
         self.params = [p for p in self.policy.module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
